@@ -1,0 +1,334 @@
+# Buffers, tensors, blobs and native objects.
+#
+# A Tensor is a small struct (dtype, dims, size) pointing at a refcounted
+# Buffer.  Writers always go through tensor_reshape(), which hands back a
+# buffer owned by this tensor alone: when the current buffer is shared (a
+# numpy view exported to Python holds a reference) a new one is allocated, so
+# memory that Python still sees is never written or recycled.  Reusing a
+# large-enough private buffer keeps steady-state loops allocation-free.
+#
+# A Blob holds either a Tensor or a refcounted native object (queue, counter,
+# mutex, timer, cursor, stat registry).  The object pointer is guarded by a
+# tiny spinlock so a reader can take a reference while another thread
+# replaces the object (CreateBlobsQueue re-run).
+
+DEF MAX_DIMS = 8
+
+# DataType codes (Caffe2's TensorProto.DataType).
+cdef enum:
+    DT_UNDEFINED = 0
+    DT_FLOAT = 1
+    DT_INT32 = 2
+    DT_BYTE = 3
+    DT_STRING = 4
+    DT_BOOL = 5
+    DT_UINT8 = 6
+    DT_INT8 = 7
+    DT_UINT16 = 8
+    DT_INT16 = 9
+    DT_INT64 = 10
+    DT_FLOAT16 = 12
+    DT_DOUBLE = 13
+
+# Kinds of native objects a blob can hold.
+cdef enum:
+    OBJ_COUNTER = 1
+    OBJ_MUTEX = 2
+    OBJ_QUEUE = 3
+    OBJ_TIMER = 4
+    OBJ_CURSOR = 5
+    OBJ_STATS = 6
+
+cdef const char* OBJ_NAMES[7]
+OBJ_NAMES[0] = b"tensor"
+OBJ_NAMES[1] = b"counter"
+OBJ_NAMES[2] = b"mutex"
+OBJ_NAMES[3] = b"queue"
+OBJ_NAMES[4] = b"timer"
+OBJ_NAMES[5] = b"cursor"
+OBJ_NAMES[6] = b"stat registry"
+
+
+cdef inline int64_t dtype_itemsize(int dt) noexcept nogil:
+    if dt == DT_FLOAT or dt == DT_INT32:
+        return 4
+    if dt == DT_INT64 or dt == DT_DOUBLE:
+        return 8
+    if dt == DT_UINT16 or dt == DT_INT16 or dt == DT_FLOAT16:
+        return 2
+    if dt == DT_STRING:
+        return sizeof(string)
+    if dt == DT_UNDEFINED:
+        return 0
+    return 1
+
+
+cdef const char* dtype_name(int dt) noexcept nogil:
+    if dt == DT_FLOAT: return b"float32"
+    if dt == DT_INT32: return b"int32"
+    if dt == DT_BYTE: return b"byte"
+    if dt == DT_STRING: return b"string"
+    if dt == DT_BOOL: return b"bool"
+    if dt == DT_UINT8: return b"uint8"
+    if dt == DT_INT8: return b"int8"
+    if dt == DT_UINT16: return b"uint16"
+    if dt == DT_INT16: return b"int16"
+    if dt == DT_INT64: return b"int64"
+    if dt == DT_FLOAT16: return b"float16"
+    if dt == DT_DOUBLE: return b"float64"
+    return b"undefined"
+
+
+# ---- Buffer ------------------------------------------------------------------
+
+ctypedef struct Buffer:
+    int64_t refcnt      # atomic
+    void* data
+    int64_t capacity    # bytes (numeric) or element count (strings)
+    bint is_str
+
+
+cdef Buffer* buf_new(int64_t n, bint is_str) noexcept nogil:
+    """n = bytes, or strings for a string buffer.  NULL when out of memory."""
+    cdef Buffer* b = <Buffer*>malloc(sizeof(Buffer))
+    if b == NULL:
+        return NULL
+    b.refcnt = 1
+    b.is_str = is_str
+    b.capacity = n
+    if is_str:
+        b.data = <void*>fp_str_array_new(n)
+    else:
+        b.data = malloc(n if n > 0 else 1)
+    if b.data == NULL:
+        free(b)
+        return NULL
+    return b
+
+
+cdef inline void buf_incref(Buffer* b) noexcept nogil:
+    if b != NULL:
+        fp_fetch_add(&b.refcnt, 1)
+
+
+cdef inline void buf_decref(Buffer* b) noexcept nogil:
+    if b != NULL and fp_fetch_add(&b.refcnt, -1) == 1:
+        if b.is_str:
+            fp_str_array_delete(<string*>b.data)
+        else:
+            free(b.data)
+        free(b)
+
+
+# ---- Tensor ------------------------------------------------------------------
+
+ctypedef struct Tensor:
+    int dtype               # DT_UNDEFINED: never written
+    int ndim
+    int64_t shape[MAX_DIMS]
+    int64_t size
+    Buffer* buf
+
+
+cdef inline void tensor_init(Tensor* t) noexcept nogil:
+    memset(t, 0, sizeof(Tensor))
+
+
+cdef inline void tensor_clear(Tensor* t) noexcept nogil:
+    buf_decref(t.buf)
+    memset(t, 0, sizeof(Tensor))
+
+
+cdef inline void* tdata(Tensor* t) noexcept nogil:
+    return t.buf.data if t.buf != NULL else NULL
+
+
+cdef inline int64_t tensor_nbytes(Tensor* t) noexcept nogil:
+    return t.size * dtype_itemsize(t.dtype)
+
+
+cdef int tensor_reshape(Tensor* t, int dtype, int ndim, const int64_t* shape) noexcept nogil:
+    """Make t a tensor of this dtype and shape backed by a private buffer.
+
+    Keeps the current buffer (and its bytes) when it is private, of the same
+    kind and large enough.  Returns 0, or -1 when out of memory, -2 for too
+    many dims, -3 for a negative dim."""
+    cdef int64_t size = 1
+    cdef int i
+    if ndim > MAX_DIMS or ndim < 0:
+        return -2
+    for i in range(ndim):
+        if shape[i] < 0:
+            return -3
+        size *= shape[i]
+    cdef bint is_str = dtype == DT_STRING
+    cdef int64_t need = size if is_str else size * dtype_itemsize(dtype)
+    cdef Buffer* b = t.buf
+    if b == NULL or b.is_str != is_str or b.capacity < need or fp_load(&b.refcnt) != 1:
+        b = buf_new(need, is_str)
+        if b == NULL:
+            return -1
+        buf_decref(t.buf)
+        t.buf = b
+    t.dtype = dtype
+    t.ndim = ndim
+    for i in range(ndim):
+        t.shape[i] = shape[i]
+    t.size = size
+    return 0
+
+
+cdef inline int tensor_scalar(Tensor* t, int dtype) noexcept nogil:
+    return tensor_reshape(t, dtype, 0, NULL)
+
+
+cdef int tensor_copy(Tensor* dst, Tensor* src) noexcept nogil:
+    """Deep copy src into dst (dst may be src: then nothing happens)."""
+    cdef int64_t i
+    cdef string* ss
+    cdef string* ds
+    cdef Buffer* keep
+    if dst == src:
+        return 0
+    if src.dtype == DT_UNDEFINED:
+        tensor_clear(dst)
+        return 0
+    keep = src.buf
+    buf_incref(keep)  # src and dst could share a buffer
+    if tensor_reshape(dst, src.dtype, src.ndim, src.shape) != 0:
+        buf_decref(keep)
+        return -1
+    if src.dtype == DT_STRING:
+        ss = <string*>keep.data
+        ds = <string*>dst.buf.data
+        for i in range(src.size):
+            ds[i] = ss[i]
+    elif src.size > 0:
+        memcpy(dst.buf.data, keep.data, src.size * dtype_itemsize(src.dtype))
+    buf_decref(keep)
+    return 0
+
+
+cdef inline void tensor_swap(Tensor* a, Tensor* b) noexcept nogil:
+    cdef Tensor tmp
+    memcpy(&tmp, a, sizeof(Tensor))
+    memcpy(a, b, sizeof(Tensor))
+    memcpy(b, &tmp, sizeof(Tensor))
+
+
+cdef string tensor_describe(Tensor* t) noexcept nogil:
+    cdef string s = string(dtype_name(t.dtype))
+    cdef int i
+    cdef char tmp[32]
+    s.append(b"[")
+    for i in range(t.ndim):
+        if i:
+            s.append(b", ")
+        snprintf(tmp, 32, b"%lld", <long long>t.shape[i])
+        s.append(<const char*>tmp)
+    s.append(b"]")
+    return s
+
+
+# ---- native objects ----------------------------------------------------------
+
+ctypedef void (*obj_destroy_fn)(void* impl) noexcept nogil
+
+ctypedef struct ObjHeader:
+    int64_t refcnt       # atomic
+    int kind
+    void* impl
+    obj_destroy_fn destroy
+
+
+cdef ObjHeader* obj_new(int kind, void* impl, obj_destroy_fn destroy) noexcept nogil:
+    cdef ObjHeader* h = <ObjHeader*>malloc(sizeof(ObjHeader))
+    if h == NULL:
+        destroy(impl)
+        return NULL
+    h.refcnt = 1
+    h.kind = kind
+    h.impl = impl
+    h.destroy = destroy
+    return h
+
+
+cdef inline void obj_incref(ObjHeader* h) noexcept nogil:
+    if h != NULL:
+        fp_fetch_add(&h.refcnt, 1)
+
+
+cdef inline void obj_decref(ObjHeader* h) noexcept nogil:
+    if h != NULL and fp_fetch_add(&h.refcnt, -1) == 1:
+        h.destroy(h.impl)
+        free(h)
+
+
+# ---- Blob --------------------------------------------------------------------
+
+cdef cppclass Blob:
+    Tensor t
+    ObjHeader* obj      # guarded by objlock; NULL when the blob holds a tensor
+    int64_t objlock     # spinlock (0 free, 1 held)
+    string name
+
+
+cdef inline void blob_lock(Blob* b) noexcept nogil:
+    while not fp_cas(&b.objlock, 0, 1):
+        fp_cpu_relax()
+
+
+cdef inline void blob_unlock(Blob* b) noexcept nogil:
+    fp_store(&b.objlock, 0)
+
+
+cdef Blob* blob_new(const string& name) noexcept nogil:
+    cdef Blob* b = new Blob()
+    tensor_init(&b.t)
+    b.obj = NULL
+    b.objlock = 0
+    b.name = name
+    return b
+
+
+cdef void blob_free(Blob* b) noexcept nogil:
+    tensor_clear(&b.t)
+    obj_decref(b.obj)
+    del b
+
+
+cdef ObjHeader* blob_get_obj(Blob* b) noexcept nogil:
+    """A new reference to the blob's object, or NULL."""
+    cdef ObjHeader* h
+    blob_lock(b)
+    h = b.obj
+    obj_incref(h)
+    blob_unlock(b)
+    return h
+
+
+cdef void blob_set_obj(Blob* b, ObjHeader* h) noexcept nogil:
+    """Store h (steals the reference) in b, dropping any tensor or object."""
+    cdef ObjHeader* old
+    blob_lock(b)
+    old = b.obj
+    b.obj = h
+    blob_unlock(b)
+    tensor_clear(&b.t)
+    obj_decref(old)
+
+
+cdef inline Tensor* blob_out(Blob* b) noexcept nogil:
+    """The blob's tensor, for writing (drops an object it held, as Caffe2's
+    GetMutable does on a type change)."""
+    if b.obj != NULL:
+        blob_set_obj(b, NULL)
+    return &b.t
+
+
+cdef inline string cstr(const char* s) noexcept nogil:
+    return string(s)
+
+
+cdef inline bint blob_is_set(Blob* b) noexcept nogil:
+    return b.obj != NULL or b.t.dtype != DT_UNDEFINED

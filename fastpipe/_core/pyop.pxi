@@ -1,0 +1,181 @@
+# The Python operator and Print: the only kernels that take the GIL.
+#
+# User code runs in one trampoline (python_call) that catches BaseException
+# into the run's first-error slot; run() re-raises it with the original as
+# __cause__.
+
+
+cdef class _BufRef:
+    """Keeps a native buffer alive while a numpy array views it."""
+    cdef Buffer* buf
+
+    def __dealloc__(self):
+        buf_decref(self.buf)
+
+
+cdef object tensor_view(Tensor* t):
+    """A numpy view of t's buffer (strings: a copy as an array of bytes).
+    The view holds a buffer reference, so the runtime never recycles memory
+    that Python still sees: the next native write reallocates instead."""
+    cdef cnp.npy_intp dims[MAX_DIMS]
+    cdef int i
+    cdef _BufRef ref
+    cdef cnp.ndarray arr
+    if t.dtype == DT_UNDEFINED:
+        raise RunError("tensor has no value yet (call reshape() or feed() first)")
+    if t.dtype == DT_STRING:
+        return tensor_to_numpy(t)
+    for i in range(t.ndim):
+        dims[i] = t.shape[i]
+    arr = cnp.PyArray_SimpleNewFromData(t.ndim, dims, npy_type(t.dtype), t.buf.data)
+    ref = _BufRef.__new__(_BufRef)
+    ref.buf = t.buf
+    buf_incref(t.buf)
+    Py_INCREF(ref)
+    cnp.PyArray_SetBaseObject(arr, ref)
+    return arr
+
+
+cdef class TensorRef:
+    """A tensor handed to a Python operator: ``.data`` is a numpy view,
+    ``.feed(array)`` replaces the content, ``.reshape(shape)`` resizes.
+    Valid only while its operator exists."""
+    cdef Blob* blob
+    cdef bint valid
+
+    @property
+    def data(self):
+        self._check()
+        return tensor_view(&self.blob.t)
+
+    @property
+    def shape(self):
+        self._check()
+        return tuple(self.blob.t.shape[i] for i in range(self.blob.t.ndim))
+
+    @property
+    def _dtype(self):
+        self._check()
+        return self.blob.t.dtype
+
+    def reshape(self, shape):
+        self._check()
+        cdef int64_t dims[MAX_DIMS]
+        shape = [int(x) for x in shape]
+        if len(shape) > MAX_DIMS or any(x < 0 for x in shape):
+            raise ValueError("bad shape %r" % (shape,))
+        for i, d in enumerate(shape):
+            dims[i] = d
+        dt = self.blob.t.dtype if self.blob.t.dtype != DT_UNDEFINED else DT_FLOAT
+        if tensor_reshape(blob_out(self.blob), dt, len(shape), dims) != 0:
+            raise MemoryError("reshape of blob %r" % self.blob.name.decode())
+
+    def feed(self, value):
+        self._check()
+        feed_tensor(self.blob, value)
+        return True
+
+    def _check(self):
+        if not self.valid:
+            raise RunError("this tensor belongs to a Python operator that no longer exists")
+
+
+cdef class _PyOpState:
+    cdef object func
+    cdef list inputs
+    cdef list outputs
+    cdef bint pass_ws
+
+
+cdef object make_tensor_ref(Blob* b):
+    cdef TensorRef r = TensorRef.__new__(TensorRef)
+    r.blob = b
+    r.valid = True
+    return r
+
+
+cdef int pyop_init(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef size_t i
+    cdef string msg
+    with gil:
+        try:
+            entry = <object>op.d.pyobj
+            func, pass_ws = entry
+            if isinstance(func, tuple):
+                factory, args, kwargs = func
+                func = factory(*(args or ()), **(kwargs or {}))
+            st = _PyOpState()
+            st.func = func
+            st.pass_ws = pass_ws
+            st.inputs = [make_tensor_ref(op.ins[i]) for i in range(op.ins.size())]
+            st.outputs = [make_tensor_ref(op.outs[i]) for i in range(op.outs.size())]
+            Py_INCREF(st)
+            op.state = <void*>st
+            return 0
+        except BaseException as e:
+            python_fail(op, ctx, e, "creating the Python op")
+            return -1
+
+
+cdef void pyop_fini(OpInst* op) noexcept nogil:
+    if op.state == NULL:
+        return
+    with gil:
+        st = <_PyOpState>op.state
+        for r in st.inputs:
+            (<TensorRef>r).valid = False
+        for r in st.outputs:
+            (<TensorRef>r).valid = False
+        Py_DECREF(st)
+    op.state = NULL
+
+
+cdef void python_fail(OpInst* op, RunCtx* ctx, object exc, str what):
+    """Record exc as the run's first error (called with the GIL)."""
+    cdef string msg = op_where(op, ctx)
+    text = "%s: %s raised %s: %s" % (msg.decode("utf-8", "replace"), what,
+                                     type(exc).__name__, exc)
+    msg = text.encode("utf-8", "replace")
+    cdef RunState* rs = ctx.rs
+    cdef bint first = False
+    with nogil:
+        fp_lock(&rs.lock)
+        if rs.err_code == E_OK:
+            rs.err_code = E_PYTHON
+            rs.err_msg = msg
+            first = True
+        fp_unlock(&rs.lock)
+    if first:
+        Py_INCREF(exc)
+        rs.err_exc = <PyObject*>exc
+    with nogil:
+        rs_cancel(rs)
+
+
+cdef int k_python(OpInst* op, RunCtx* ctx) noexcept nogil:
+    with gil:
+        st = <_PyOpState>op.state
+        try:
+            if st.pass_ws:
+                st.func(st.inputs, st.outputs, None)
+            else:
+                st.func(st.inputs, st.outputs)
+            return 0
+        except BaseException as e:
+            python_fail(op, ctx, e, "the Python function")
+            return -1
+
+
+cdef int k_print(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef Tensor* t = in_t(op, ctx, 0)
+    if t == NULL:
+        return -1
+    with gil:
+        try:
+            arr = tensor_to_numpy(t)
+            print("%s: %s" % (op.ins[0].name.decode("utf-8", "replace"),
+                              ",".join(str(x) for x in arr.reshape(-1)[:1000])))
+            return 0
+        except BaseException as e:
+            python_fail(op, ctx, e, "printing")
+            return -1

@@ -1,0 +1,737 @@
+# Workspaces, the run state, compiled ops and nets, and the step executor.
+#
+# Everything here runs without the GIL.  Descriptions (OpDesc, NetDesc,
+# StepDesc) are built once per plan by the Python side and are read-only
+# while a run executes; instances (OpInst, NetInst, CStep) bind a description
+# to one workspace, so N runtime instances are N bindings of one description.
+
+# Status codes crossing the native boundary (turned into exceptions in one
+# place: _raise_status in api.pxi).
+cdef enum:
+    E_OK = 0
+    E_RUNTIME = 1       # an operator failed           -> RunError
+    E_PLAN = 2          # plan cannot be compiled       -> PlanError
+    E_PYTHON = 3        # a Python op raised            -> RunError from exc
+    E_INTERRUPT = 4     # Ctrl-C                        -> KeyboardInterrupt
+    E_QUEUE_CLOSED = 5  # plain Enqueue/Dequeue on a closed queue
+    E_MEMORY = 6        # allocation failed             -> MemoryError
+    E_CANCELLED = 7     # stopped because of another failure (never the first)
+
+
+# ---- descriptions (immutable during a run) -----------------------------------
+
+cdef cppclass ArgVal:
+    bint present
+    int64_t i
+    double f
+    string s
+    char vkind            # 'value' args: b'f', b'i' or b's'
+    vector[int64_t] ints
+    vector[double] floats
+    vector[string] strings
+
+
+ctypedef int (*kernel_fn)(OpInst* op, RunCtx* ctx) noexcept nogil
+ctypedef int (*op_init_fn)(OpInst* op, RunCtx* ctx) noexcept nogil
+ctypedef void (*op_fini_fn)(OpInst* op) noexcept nogil
+
+
+cdef cppclass OpDesc:
+    kernel_fn run
+    op_init_fn init
+    op_fini_fn fini
+    vector[string] inputs
+    vector[string] outputs
+    vector[ArgVal] args
+    string type
+    string label          # "Type 'name'" or "Type #k", for messages
+    string net            # owning net's name
+    PyObject* pyobj       # Python ops: (func, pass_ws, is_factory); kept alive by Program
+    bint blocking         # may wait on a queue
+
+
+cdef cppclass NetDesc:
+    string name
+    vector[OpDesc*] ops
+
+
+cdef cppclass StepDesc:
+    string name
+    vector[StepDesc*] substeps
+    vector[NetDesc*] nets
+    int64_t num_iter          # used when has_stop is false
+    bint has_stop
+    string stop_name
+    bint only_once
+    bint concurrent
+    bint create_workspace
+    int64_t num_instances
+    int64_t run_every_ms
+    NetDesc* report_net
+    int64_t report_interval_ms
+
+
+# ---- run state ----------------------------------------------------------------
+
+cdef int64_t g_run_ids = 0
+
+
+cdef cppclass RunState:
+    int64_t cancelled       # atomic, sticky
+    int64_t run_id
+    fp_mutex lock           # protects err_*, queues, done
+    fp_cond done_cv         # signalled when the driver thread finishes
+    bint done
+    int err_code
+    string err_msg
+    PyObject* err_exc       # owned; set with the GIL by the Python kernel
+    vector[ObjHeader*] queues   # queues touched by this run (owned refs)
+
+
+ctypedef struct RunCtx:
+    RunState* rs
+    const string* step      # innermost step being executed (for messages)
+
+
+cdef RunState* rs_new() noexcept nogil:
+    cdef RunState* rs = new RunState()
+    rs.cancelled = 0
+    rs.run_id = fp_fetch_add(&g_run_ids, 1) + 1
+    fp_mutex_init(&rs.lock)
+    fp_cond_init(&rs.done_cv)
+    rs.done = False
+    rs.err_code = E_OK
+    rs.err_exc = NULL
+    return rs
+
+
+cdef void rs_free(RunState* rs) noexcept nogil:
+    cdef size_t i
+    for i in range(rs.queues.size()):
+        obj_decref(rs.queues[i])
+    if rs.err_exc != NULL:
+        with gil:
+            Py_DECREF(<object>rs.err_exc)
+    fp_mutex_destroy(&rs.lock)
+    fp_cond_destroy(&rs.done_cv)
+    del rs
+
+
+
+
+cdef void rs_cancel(RunState* rs) noexcept nogil:
+    """Trip the run's sticky cancel flag and close every queue it touched,
+    which wakes every blocked read and write."""
+    cdef vector[ObjHeader*] qs
+    cdef size_t i
+    if fp_exchange(&rs.cancelled, 1) != 0:
+        return
+    fp_lock(&rs.lock)
+    qs = rs.queues
+    fp_unlock(&rs.lock)
+    for i in range(qs.size()):
+        queue_close_obj(qs[i])
+
+
+cdef void rs_register_queue(RunState* rs, ObjHeader* q) noexcept nogil:
+    cdef bint close_now
+    obj_incref(q)
+    fp_lock(&rs.lock)
+    rs.queues.push_back(q)
+    fp_unlock(&rs.lock)
+    # A run cancelled before this queue was registered must still close it.
+    if fp_load(&rs.cancelled):
+        queue_close_obj(q)
+
+
+cdef int rs_fail(RunState* rs, int code, const string& msg) noexcept nogil:
+    """Record the first error of the run and cancel it.  Returns -1."""
+    fp_lock(&rs.lock)
+    if rs.err_code == E_OK:
+        rs.err_code = code
+        rs.err_msg = msg
+    fp_unlock(&rs.lock)
+    rs_cancel(rs)
+    return -1
+
+
+cdef inline bint rs_cancelled(RunCtx* ctx) noexcept nogil:
+    return fp_load_relaxed(&ctx.rs.cancelled) != 0
+
+
+cdef string op_where(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef string s = op.d.label
+    s.append(b" in net '")
+    s.append(op.d.net)
+    s.append(b"'")
+    if ctx.step != NULL and ctx.step.size():
+        s.append(b" (step '")
+        s.append(ctx.step[0])
+        s.append(b"')")
+    return s
+
+
+cdef int op_fail(OpInst* op, RunCtx* ctx, int code, const char* msg) noexcept nogil:
+    cdef string s = op_where(op, ctx)
+    s.append(b": ")
+    s.append(msg)
+    return rs_fail(ctx.rs, code, s)
+
+
+cdef int op_fails(OpInst* op, RunCtx* ctx, int code, const string& msg) noexcept nogil:
+    cdef string s = op_where(op, ctx)
+    s.append(b": ")
+    s.append(msg)
+    return rs_fail(ctx.rs, code, s)
+
+
+cdef int op_oom(OpInst* op, RunCtx* ctx) noexcept nogil:
+    return op_fail(op, ctx, E_MEMORY, b"out of memory")
+
+
+# ---- workspace ------------------------------------------------------------------
+
+cdef cppclass WS:
+    WS* parent
+    fp_mutex lock                       # protects blobs and nets
+    unordered_map[string, Blob*] blobs
+    unordered_map[string, NetInst*] nets
+
+
+cdef WS* ws_new(WS* parent) noexcept nogil:
+    cdef WS* ws = new WS()
+    ws.parent = parent
+    fp_mutex_init(&ws.lock)
+    return ws
+
+
+cdef void ws_clear(WS* ws) noexcept nogil:
+    """Free every net and blob of ws (not its parent's)."""
+    cdef unordered_map[string, NetInst*] nets
+    cdef unordered_map[string, Blob*] blobs
+    fp_lock(&ws.lock)
+    nets.swap(ws.nets)
+    blobs.swap(ws.blobs)
+    fp_unlock(&ws.lock)
+    for kv in nets:
+        net_decref(kv.second)
+    for kv2 in blobs:
+        blob_free(kv2.second)
+
+
+cdef void ws_free(WS* ws) noexcept nogil:
+    ws_clear(ws)
+    fp_mutex_destroy(&ws.lock)
+    del ws
+
+
+cdef Blob* ws_find_local(WS* ws, const string& name) noexcept nogil:
+    cdef Blob* b = NULL
+    fp_lock(&ws.lock)
+    it = ws.blobs.find(name)
+    if it != ws.blobs.end():
+        b = deref(it).second
+    fp_unlock(&ws.lock)
+    return b
+
+
+cdef Blob* ws_find(WS* ws, const string& name) noexcept nogil:
+    """Look name up in ws, then its parents.  NULL if nowhere."""
+    cdef Blob* b
+    while ws != NULL:
+        b = ws_find_local(ws, name)
+        if b != NULL:
+            return b
+        ws = ws.parent
+    return NULL
+
+
+cdef Blob* ws_create(WS* ws, const string& name) noexcept nogil:
+    """Caffe2's CreateBlob: the visible blob if the name resolves anywhere up
+    the chain, otherwise a new blob in ws."""
+    cdef Blob* b = ws_find(ws, name)
+    if b != NULL:
+        return b
+    fp_lock(&ws.lock)
+    it = ws.blobs.find(name)
+    if it != ws.blobs.end():
+        b = deref(it).second
+    else:
+        b = blob_new(name)
+        ws.blobs[name] = b
+    fp_unlock(&ws.lock)
+    return b
+
+
+# ---- compiled ops and nets ------------------------------------------------------
+
+cdef cppclass OpInst:
+    OpDesc* d
+    vector[Blob*] ins
+    vector[Blob*] outs
+    void* state
+    WS* ws
+    vector[ObjHeader*] objs     # per input: cached native object (one ref each)
+    vector[int64_t] obj_run     # per input: run id the object was registered with
+
+
+cdef cppclass NetInst:
+    NetDesc* d
+    vector[OpInst*] ops
+    int64_t refcnt      # atomic: the workspace map and each CStep hold one
+    int64_t running     # atomic: 1 while a thread runs this net
+    int64_t run_id      # the run that created it (0: CreateNet)
+    WS* ws
+
+
+cdef void net_free(NetInst* n) noexcept nogil:
+    cdef size_t i, j
+    cdef OpInst* op
+    for i in range(n.ops.size()):
+        op = n.ops[i]
+        if op.d.fini != NULL:
+            op.d.fini(op)
+        for j in range(op.objs.size()):
+            obj_decref(op.objs[j])
+        del op
+    del n
+
+
+cdef void net_decref(NetInst* n) noexcept nogil:
+    if n != NULL and fp_fetch_add(&n.refcnt, -1) == 1:
+        net_free(n)
+
+
+cdef NetInst* net_compile(NetDesc* nd, WS* ws, RunCtx* ctx) noexcept nogil:
+    """Bind every op of nd to blobs of ws.  Inputs must exist (as in Caffe2,
+    outputs of earlier ops count); outputs are created.  NULL on error."""
+    cdef NetInst* n = new NetInst()
+    cdef OpInst* op
+    cdef OpDesc* od
+    cdef Blob* b
+    cdef size_t i, j
+    cdef string msg
+    n.d = nd
+    n.refcnt = 1
+    n.running = 0
+    n.run_id = ctx.rs.run_id if ctx.rs != NULL else 0
+    n.ws = ws
+    for i in range(nd.ops.size()):
+        od = nd.ops[i]
+        op = new OpInst()
+        op.d = od
+        op.state = NULL
+        op.ws = ws
+        for j in range(od.inputs.size()):
+            b = ws_find(ws, od.inputs[j])
+            if b == NULL:
+                del op
+                net_free(n)
+                msg = od.label
+                msg.append(b" in net '")
+                msg.append(nd.name)
+                msg.append(b"': input blob '")
+                msg.append(od.inputs[j])
+                msg.append(b"' does not exist (it is read before any net writes it)")
+                rs_fail(ctx.rs, E_PLAN, msg)
+                return NULL
+            op.ins.push_back(b)
+            op.objs.push_back(NULL)
+            op.obj_run.push_back(0)
+        for j in range(od.outputs.size()):
+            op.outs.push_back(ws_create(ws, od.outputs[j]))
+        if od.init != NULL and od.init(op, ctx) != 0:
+            del op
+            net_free(n)
+            return NULL
+        n.ops.push_back(op)
+    return n
+
+
+cdef int net_run(NetInst* n, RunCtx* ctx) noexcept nogil:
+    cdef size_t i
+    cdef OpInst* op
+    cdef int rc = 0
+    cdef string msg
+    if fp_exchange(&n.running, 1) != 0:
+        msg = cstr(b"net '")
+        msg.append(n.d.name)
+        msg.append(b"' is already running in another thread of the same workspace "
+                   b"(two concurrent steps use one net; give each its own net or "
+                   b"create_workspace)")
+        return rs_fail(ctx.rs, E_PLAN, msg)
+    for i in range(n.ops.size()):
+        op = n.ops[i]
+        rc = op.d.run(op, ctx)
+        if rc != 0:
+            break
+    fp_store(&n.running, 0)
+    return rc
+
+
+cdef NetInst* ws_get_net(WS* ws, NetDesc* nd, RunCtx* ctx) noexcept nogil:
+    """The instance of nd in ws for this run (created on first use in the run,
+    replacing one from an earlier run).  Returns a new reference."""
+    cdef NetInst* n = NULL
+    cdef NetInst* old = NULL
+    cdef NetInst* fresh
+    cdef int64_t rid = ctx.rs.run_id
+    fp_lock(&ws.lock)
+    it = ws.nets.find(nd.name)
+    if it != ws.nets.end() and deref(it).second.run_id == rid and deref(it).second.d == nd:
+        n = deref(it).second
+        fp_fetch_add(&n.refcnt, 1)
+    fp_unlock(&ws.lock)
+    if n != NULL:
+        return n
+    fresh = net_compile(nd, ws, ctx)
+    if fresh == NULL:
+        return NULL
+    fp_lock(&ws.lock)
+    it = ws.nets.find(nd.name)
+    if it != ws.nets.end() and deref(it).second.run_id == rid and deref(it).second.d == nd:
+        n = deref(it).second      # another thread won the race
+    else:
+        if it != ws.nets.end():
+            old = deref(it).second
+        ws.nets[nd.name] = fresh
+        n = fresh
+        fresh = NULL
+    fp_fetch_add(&n.refcnt, 1)
+    fp_unlock(&ws.lock)
+    net_decref(old)
+    if fresh != NULL:
+        net_decref(fresh)
+    return n
+
+
+# ---- compiled steps ------------------------------------------------------------
+
+cdef cppclass CStep:
+    StepDesc* d
+    WS* ws
+    bint lazy                   # create_workspace: compiled at each execution
+    vector[NetInst*] nets
+    vector[CStep*] subs         # recurring substeps
+    vector[CStep*] reporters    # run_every_ms substeps
+    NetInst* report_net
+    Blob* stop
+
+
+cdef void cstep_free(CStep* cs) noexcept nogil:
+    cdef size_t i
+    if cs == NULL:
+        return
+    for i in range(cs.nets.size()):
+        net_decref(cs.nets[i])
+    for i in range(cs.subs.size()):
+        cstep_free(cs.subs[i])
+    for i in range(cs.reporters.size()):
+        cstep_free(cs.reporters[i])
+    net_decref(cs.report_net)
+    del cs
+
+
+cdef CStep* step_compile(StepDesc* d, WS* ws, RunCtx* ctx, bint here) noexcept nogil:
+    """Compile d into ws.  A create_workspace step is left lazy unless `here`
+    (the executor compiles it into a fresh child at each execution)."""
+    cdef CStep* cs = new CStep()
+    cdef CStep* sub
+    cdef NetInst* n
+    cdef size_t i
+    cdef string msg
+    cs.d = d
+    cs.ws = ws
+    cs.lazy = d.create_workspace and not here
+    cs.report_net = NULL
+    cs.stop = NULL
+    if cs.lazy:
+        return cs
+    for i in range(d.substeps.size()):
+        sub = step_compile(d.substeps[i], ws, ctx, False)
+        if sub == NULL:
+            cstep_free(cs)
+            return NULL
+        if d.substeps[i].run_every_ms > 0:
+            cs.reporters.push_back(sub)
+        else:
+            cs.subs.push_back(sub)
+    for i in range(d.nets.size()):
+        n = ws_get_net(ws, d.nets[i], ctx)
+        if n == NULL:
+            cstep_free(cs)
+            return NULL
+        cs.nets.push_back(n)
+    if d.report_net != NULL:
+        cs.report_net = ws_get_net(ws, d.report_net, ctx)
+        if cs.report_net == NULL:
+            cstep_free(cs)
+            return NULL
+    if d.has_stop:
+        cs.stop = ws_find(ws, d.stop_name)
+        if cs.stop == NULL:
+            msg = cstr(b"step '")
+            msg.append(d.name)
+            msg.append(b"': should_stop_blob '")
+            msg.append(d.stop_name)
+            msg.append(b"' does not exist when the step is compiled (create it in an "
+                       b"earlier net of the step or before the run)")
+            rs_fail(ctx.rs, E_PLAN, msg)
+            cstep_free(cs)
+            return NULL
+    return cs
+
+
+cdef int read_stop(CStep* cs, RunCtx* ctx, bint* out) noexcept nogil:
+    """out = value of the step's stop blob (missing/unset reads as false)."""
+    cdef Blob* b = cs.stop
+    cdef string msg
+    out[0] = False
+    if b == NULL:
+        return 0
+    if b.obj != NULL or (b.t.dtype != DT_UNDEFINED and
+                         (b.t.dtype != DT_BOOL or b.t.size != 1)):
+        msg = cstr(b"step '")
+        msg.append(cs.d.name)
+        msg.append(b"': should_stop_blob '")
+        msg.append(cs.d.stop_name)
+        msg.append(b"' expects a scalar boolean, got ")
+        if b.obj != NULL:
+            msg.append(OBJ_NAMES[b.obj.kind])
+        else:
+            msg.append(tensor_describe(&b.t))
+        return rs_fail(ctx.rs, E_RUNTIME, msg)
+    if b.t.dtype == DT_BOOL:
+        out[0] = (<uint8_t*>tdata(&b.t))[0] != 0
+    return 0
+
+
+cdef inline bint step_own(StepDesc* d, int64_t i) noexcept nogil:
+    if d.has_stop:
+        return i == 0 if d.only_once else True
+    return i < d.num_iter
+
+
+# -- reporters: one thread per action; first run one interval after start,
+#    then every interval, plus one final run after the step's body ends.
+
+cdef cppclass Reporter:
+    CStep* step          # either a substep...
+    NetInst* net         # ...or a report net
+    RunCtx ctx
+    int64_t interval_ns
+    fp_mutex lock        # protects done
+    fp_cond cv
+    bint done
+    fp_thread th
+    int rc
+
+
+cdef int reporter_action(Reporter* r) noexcept nogil:
+    if r.step != NULL:
+        return exec_step(r.step, &r.ctx)
+    return net_run(r.net, &r.ctx)
+
+
+cdef void* reporter_main(void* arg) noexcept nogil:
+    cdef Reporter* r = <Reporter*>arg
+    cdef bint last
+    cdef int64_t deadline, now, slice_end
+    while True:
+        deadline = fp_now_ns() + r.interval_ns
+        fp_lock(&r.lock)
+        while not r.done and not rs_cancelled(&r.ctx):
+            now = fp_now_ns()
+            if now >= deadline:
+                break
+            # Slices of at most 50 ms so a cancelled run is seen promptly.
+            slice_end = deadline if deadline - now < 50000000 else now + 50000000
+            fp_wait_until(&r.cv, &r.lock, slice_end)
+        last = r.done
+        fp_unlock(&r.lock)
+        if rs_cancelled(&r.ctx) and not last:
+            break
+        if reporter_action(r) != 0:
+            r.rc = -1
+            break
+        if last:
+            break
+    return NULL
+
+
+cdef int reporters_start(CStep* cs, RunCtx* ctx, vector[Reporter*]* out) noexcept nogil:
+    cdef size_t i
+    cdef Reporter* r
+    cdef size_t n = cs.reporters.size() + (1 if cs.report_net != NULL else 0)
+    for i in range(n):
+        r = new Reporter()
+        r.ctx = ctx[0]
+        r.done = False
+        r.rc = 0
+        fp_mutex_init(&r.lock)
+        fp_cond_init(&r.cv)
+        if i < cs.reporters.size():
+            r.step = cs.reporters[i]
+            r.net = NULL
+            r.ctx.step = &r.step.d.name
+            r.interval_ns = cs.reporters[i].d.run_every_ms * 1000000
+        else:
+            r.step = NULL
+            r.net = cs.report_net
+            r.interval_ns = cs.d.report_interval_ms * 1000000
+        if fp_thread_start(&r.th, reporter_main, r) != 0:
+            fp_mutex_destroy(&r.lock)
+            fp_cond_destroy(&r.cv)
+            del r
+            return rs_fail(ctx.rs, E_RUNTIME, b"could not start a reporter thread")
+        out.push_back(r)
+    return 0
+
+
+cdef int reporters_stop(vector[Reporter*]* rs) noexcept nogil:
+    cdef size_t i
+    cdef Reporter* r
+    cdef int rc = 0
+    for i in range(rs.size()):
+        r = rs[0][i]
+        fp_lock(&r.lock)
+        r.done = True
+        fp_signal(&r.cv)
+        fp_unlock(&r.lock)
+    for i in range(rs.size()):
+        r = rs[0][i]
+        fp_thread_join(&r.th)
+        if r.rc != 0:
+            rc = -1
+        fp_mutex_destroy(&r.lock)
+        fp_cond_destroy(&r.cv)
+        del r
+    rs.clear()
+    return rc
+
+
+# -- concurrent substeps / instances
+
+ctypedef struct Worker:
+    CStep* step
+    RunCtx ctx
+    int rc
+    fp_thread th
+
+
+cdef void* worker_main(void* arg) noexcept nogil:
+    cdef Worker* w = <Worker*>arg
+    if rs_cancelled(&w.ctx):
+        w.rc = -1
+    else:
+        w.rc = exec_step(w.step, &w.ctx)
+    return NULL
+
+
+cdef int run_concurrent(CStep* cs, RunCtx* ctx) noexcept nogil:
+    """One iteration: S x max(1, N) threads, thread k runs substep k mod S."""
+    cdef size_t S = cs.subs.size()
+    cdef int64_t N = cs.d.num_instances if cs.d.num_instances > 1 else 1
+    cdef size_t T = S * <size_t>N
+    cdef size_t k, started = 0
+    cdef int rc = 0
+    cdef Worker* ws = <Worker*>calloc(T, sizeof(Worker))
+    if ws == NULL:
+        return rs_fail(ctx.rs, E_MEMORY, b"out of memory starting step threads")
+    for k in range(T):
+        ws[k].step = cs.subs[k % S]
+        ws[k].ctx = ctx[0]
+        ws[k].ctx.step = &ws[k].step.d.name
+        ws[k].rc = 0
+        if fp_thread_start(&ws[k].th, worker_main, &ws[k]) != 0:
+            rc = rs_fail(ctx.rs, E_RUNTIME, b"could not start a step thread")
+            break
+        started += 1
+    for k in range(started):
+        fp_thread_join(&ws[k].th)
+        if ws[k].rc != 0:
+            rc = -1
+    free(ws)
+    return rc
+
+
+cdef int exec_body(CStep* cs, RunCtx* ctx) noexcept nogil:
+    cdef StepDesc* d = cs.d
+    cdef int64_t i = 0
+    cdef size_t j
+    cdef bint stop = False
+    cdef bint conc = (d.concurrent and cs.subs.size() > 1) or d.num_instances > 1
+    if cs.nets.size():
+        while step_own(d, i):
+            if rs_cancelled(ctx):
+                return -1
+            for j in range(cs.nets.size()):
+                if net_run(cs.nets[j], ctx) != 0:
+                    return -1
+                if cs.stop != NULL:
+                    if read_stop(cs, ctx, &stop) != 0:
+                        return -1
+                    if stop:
+                        return 0
+            i += 1
+    elif cs.subs.size():
+        while step_own(d, i):
+            if rs_cancelled(ctx):
+                return -1
+            if conc:
+                if run_concurrent(cs, ctx) != 0:
+                    return -1
+                if cs.stop != NULL:
+                    if read_stop(cs, ctx, &stop) != 0:
+                        return -1
+                    if stop:
+                        return 0
+            else:
+                for j in range(cs.subs.size()):
+                    if exec_step(cs.subs[j], ctx) != 0:
+                        return -1
+                    if cs.stop != NULL:
+                        if read_stop(cs, ctx, &stop) != 0:
+                            return -1
+                        if stop:
+                            return 0
+            i += 1
+    elif cs.stop != NULL and not d.only_once and cs.reporters.size() == 0:
+        pass  # an empty body with a stop blob would spin forever: run once
+    return 0
+
+
+cdef int exec_compiled(CStep* cs, RunCtx* ctx) noexcept nogil:
+    cdef vector[Reporter*] reps
+    cdef int rc
+    cdef const string* saved = ctx.step
+    ctx.step = &cs.d.name
+    if cs.reporters.size() or cs.report_net != NULL:
+        if reporters_start(cs, ctx, &reps) != 0:
+            reporters_stop(&reps)
+            ctx.step = saved
+            return -1
+    rc = exec_body(cs, ctx)
+    if reps.size():
+        if reporters_stop(&reps) != 0:
+            rc = -1
+    ctx.step = saved
+    return rc
+
+
+cdef int exec_step(CStep* cs, RunCtx* ctx) noexcept nogil:
+    cdef WS* child
+    cdef CStep* inner
+    cdef int rc
+    if not cs.lazy:
+        return exec_compiled(cs, ctx)
+    # create_workspace: a fresh child workspace, compiled and freed per execution
+    child = ws_new(cs.ws)
+    inner = step_compile(cs.d, child, ctx, True)
+    if inner == NULL:
+        rc = -1
+    else:
+        rc = exec_compiled(inner, ctx)
+        cstep_free(inner)
+    ws_free(child)
+    return rc

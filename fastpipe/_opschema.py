@@ -1,0 +1,468 @@
+"""Operator schemas: one per operator type.
+
+A schema states the operator's arity, its typed arguments with defaults and
+a docstring.  The graph layer validates every operator against it when the
+operator is added to a net (``net.OpType(...)``), and the lowering step
+(``fastpipe._lower``) validates again and turns the arguments into the
+fixed, ordered slots the native kernel reads.  A schema never touches data.
+
+Argument kinds:
+
+* ``int``, ``bool``   -- read from ``Argument.i`` (Python bools are stored there)
+* ``float``           -- read from ``Argument.f`` (an int in ``i`` is accepted)
+* ``str``             -- read from ``Argument.s``
+* ``ints``, ``floats``, ``strings`` -- the repeated fields
+* ``dtype``           -- a DataType: an int in ``i`` or a case-insensitive name in ``s``
+* ``value``           -- any scalar (ConstantFill's ``value``: f, i or s)
+"""
+
+from .errors import OperatorDefError
+
+INF = 1 << 30
+
+# Caffe2 DataType codes (caffe2.proto TensorProto.DataType).
+UNDEFINED, FLOAT, INT32, BYTE, STRING, BOOL, UINT8, INT8, UINT16, INT16, \
+    INT64, FLOAT16, DOUBLE = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13
+
+DTYPE_NAMES = {
+    "UNDEFINED": UNDEFINED, "FLOAT": FLOAT, "INT32": INT32, "BYTE": BYTE,
+    "STRING": STRING, "BOOL": BOOL, "UINT8": UINT8, "INT8": INT8,
+    "UINT16": UINT16, "INT16": INT16, "INT64": INT64, "FLOAT16": FLOAT16,
+    "DOUBLE": DOUBLE,
+}
+
+_KINDS = ("int", "bool", "float", "str", "ints", "floats", "strings",
+          "dtype", "value")
+
+
+class ArgSpec(object):
+    __slots__ = ("name", "kind", "default", "doc")
+
+    def __init__(self, name, kind, default=None, doc=""):
+        if kind not in _KINDS:
+            raise ValueError("unknown argument kind %r" % kind)
+        self.name = name
+        self.kind = kind
+        self.default = default
+        self.doc = doc
+
+
+class OpSchema(object):
+    """Arity, arguments and doc of one operator type.
+
+    ``inputs``/``outputs`` are ``(min, max)``; ``check`` is an optional
+    callable ``check(op_def, args) -> str or None`` for rules that tie
+    arguments and arity together (it returns an error message).
+    """
+
+    __slots__ = ("type", "inputs", "outputs", "args", "doc", "check",
+                 "arg_index")
+
+    def __init__(self, type, inputs, outputs, args=(), doc="", check=None):
+        self.type = type
+        self.inputs = inputs
+        self.outputs = outputs
+        self.args = tuple(args)
+        self.doc = doc
+        self.check = check
+        self.arg_index = {a.name: i for i, a in enumerate(self.args)}
+
+
+REGISTRY = {}
+
+
+def register(type, inputs, outputs, args=(), doc="", check=None):
+    if isinstance(inputs, int):
+        inputs = (inputs, inputs)
+    if isinstance(outputs, int):
+        outputs = (outputs, outputs)
+    REGISTRY[type] = OpSchema(type, inputs, outputs, args, doc, check)
+
+
+def get(op_type):
+    return REGISTRY.get(op_type)
+
+
+def is_operator(op_type):
+    return op_type in REGISTRY
+
+
+def _where(op_def, net_name):
+    name = " %r" % op_def.name if op_def.name else ""
+    net = " in net %r" % net_name if net_name else ""
+    return "%s%s%s" % (op_def.type, name, net)
+
+
+def arg_value(arg, spec, where):
+    """Decode one Argument proto according to its spec (raises OperatorDefError)."""
+    kind = spec.kind
+    has = arg.HasField
+
+    def bad(expected):
+        got = [f for f in ("f", "i", "s") if has(f)] + \
+              [f for f in ("floats", "ints", "strings") if getattr(arg, f)]
+        return OperatorDefError(
+            "%s: argument %r expects %s, got %s" %
+            (where, spec.name, expected, ", ".join(got) or "no value"))
+
+    if kind in ("int", "bool"):
+        if has("i"):
+            return bool(arg.i) if kind == "bool" else int(arg.i)
+        if has("f") and float(arg.f).is_integer() and kind == "int":
+            return int(arg.f)
+        raise bad("an int" if kind == "int" else "a bool")
+    if kind == "float":
+        if has("f"):
+            return float(arg.f)
+        if has("i"):
+            return float(arg.i)
+        raise bad("a float")
+    if kind == "str":
+        if has("s"):
+            s = arg.s
+            return s.decode("utf-8") if isinstance(s, bytes) else str(s)
+        raise bad("a string")
+    if kind == "ints":
+        if has("i") or has("f") or has("s") or arg.floats or arg.strings:
+            if not (arg.floats and all(float(x).is_integer() for x in arg.floats)):
+                raise bad("a list of ints")
+            return [int(x) for x in arg.floats]
+        return [int(x) for x in arg.ints]
+    if kind == "floats":
+        if has("i") or has("f") or has("s") or arg.strings:
+            raise bad("a list of floats")
+        return [float(x) for x in (arg.floats or arg.ints)]
+    if kind == "strings":
+        if has("i") or has("f") or has("s") or arg.ints or arg.floats:
+            raise bad("a list of strings")
+        return [s.decode("utf-8") if isinstance(s, bytes) else str(s)
+                for s in arg.strings]
+    if kind == "dtype":
+        if has("i"):
+            code = int(arg.i)
+            if code not in DTYPE_NAMES.values():
+                raise OperatorDefError("%s: argument %r: unknown data type %d"
+                                       % (where, spec.name, code))
+            return code
+        if has("s"):
+            s = arg.s.decode() if isinstance(arg.s, bytes) else str(arg.s)
+            code = DTYPE_NAMES.get(s.upper())
+            if code is None:
+                raise OperatorDefError("%s: argument %r: unknown data type %r"
+                                       % (where, spec.name, s))
+            return code
+        raise bad("a data type")
+    # 'value': keep the field it came in
+    if has("f"):
+        return ("f", float(arg.f))
+    if has("i"):
+        return ("i", int(arg.i))
+    if has("s"):
+        s = arg.s
+        return ("s", s.decode("utf-8") if isinstance(s, bytes) else str(s))
+    raise bad("a scalar value")
+
+
+def parse_args(op_def, net_name=None):
+    """Validate ``op_def`` against its schema.
+
+    Returns ``(schema, values)`` where ``values`` is a list in schema order,
+    ``None`` marking an argument that was not given (the kernel uses the
+    default).  Raises :class:`OperatorDefError` (a ``ValueError``) naming
+    the operator, net and argument on any problem.
+    """
+    where = _where(op_def, net_name)
+    schema = REGISTRY.get(op_def.type)
+    if schema is None:
+        raise OperatorDefError("%s: unknown operator type %r" % (where, op_def.type))
+    nin, nout = len(op_def.input), len(op_def.output)
+    lo, hi = schema.inputs
+    if not lo <= nin <= hi:
+        raise OperatorDefError("%s: takes %s inputs, got %d" %
+                               (where, _range(lo, hi), nin))
+    lo, hi = schema.outputs
+    if not lo <= nout <= hi:
+        raise OperatorDefError("%s: takes %s outputs, got %d" %
+                               (where, _range(lo, hi), nout))
+    values = [None] * len(schema.args)
+    seen = set()
+    for arg in op_def.arg:
+        idx = schema.arg_index.get(arg.name)
+        if idx is None:
+            raise OperatorDefError(
+                "%s: unknown argument %r (accepted: %s)" %
+                (where, arg.name, ", ".join(a.name for a in schema.args) or "none"))
+        if arg.name in seen:
+            raise OperatorDefError("%s: argument %r given twice" % (where, arg.name))
+        seen.add(arg.name)
+        values[idx] = arg_value(arg, schema.args[idx], where)
+    if schema.check is not None:
+        full = {a.name: (v if v is not None else a.default)
+                for a, v in zip(schema.args, values)}
+        msg = schema.check(op_def, full)
+        if msg:
+            raise OperatorDefError("%s: %s" % (where, msg))
+    return schema, values
+
+
+def _range(lo, hi):
+    if lo == hi:
+        return "exactly %d" % lo
+    if hi >= INF:
+        return "at least %d" % lo
+    return "%d to %d" % (lo, hi)
+
+
+A = ArgSpec
+
+
+def _bcast_args():
+    return [A("broadcast", "bool", False, "legacy Caffe2 broadcast of B over A"),
+            A("axis", "int", -1, "anchor B's dims at this axis of A")]
+
+
+def _check_bcast(op, a):
+    if "axis" in {x.name for x in op.arg} and not a["broadcast"]:
+        return "argument 'axis' requires broadcast=1"
+    return None
+
+
+# --- fills ----------------------------------------------------------------
+
+
+def _check_constant_fill(op, a):
+    given = {x.name for x in op.arg}
+    if op.input:
+        if "shape" in given:
+            return "cannot set argument 'shape' when an input is given"
+    else:
+        if "extra_shape" in given:
+            return "argument 'extra_shape' needs an input"
+        if a["input_as_shape"]:
+            return "argument 'input_as_shape' needs an input"
+    if any(x < 0 for x in (a["shape"] or []) + (a["extra_shape"] or [])):
+        return "shape dims must be >= 0"
+    return None
+
+
+register("ConstantFill", (0, 1), 1, [
+    A("shape", "ints", []), A("extra_shape", "ints", []),
+    A("input_as_shape", "bool", False), A("value", "value", None),
+    A("dtype", "dtype", None)],
+    "Fill a tensor with one value. Shape from 'shape' (missing/empty: 0-d) "
+    "or from the input. dtype defaults to FLOAT, or is inferred from value.",
+    _check_constant_fill)
+
+
+def _check_given(op, a):
+    if any(x < 0 for x in a["shape"]):
+        return "shape dims must be >= 0"
+    n = 1
+    for d in a["shape"]:
+        n *= d
+    if n != len(a["values"] or []):
+        return ("shape %s has %d elements but %d values were given"
+                % (list(a["shape"]), n, len(a["values"] or [])))
+    return None
+
+
+for _t, _k in (("GivenTensorFill", "floats"), ("GivenTensorDoubleFill", "floats"),
+               ("GivenTensorIntFill", "ints"), ("GivenTensorInt64Fill", "ints"),
+               ("GivenTensorBoolFill", "ints"), ("GivenTensorStringFill", "strings")):
+    register(_t, 0, 1, [A("shape", "ints", []), A("values", _k, [])],
+             "Fill a tensor with the given values (row-major).", _check_given)
+
+# --- basic ------------------------------------------------------------------
+
+register("Copy", 1, 1, doc="Y = deep copy of X (same dims and dtype).")
+register("Not", 1, 1, doc="Element-wise logical not of a bool tensor.")
+for _t in ("And", "Or", "Xor"):
+    register(_t, 2, 1, _bcast_args(), "Element-wise logical %s of bools." % _t.lower(),
+             _check_bcast)
+for _t in ("LT", "LE", "GT", "GE", "EQ", "NE"):
+    register(_t, 2, 1, _bcast_args(), "Element-wise comparison; bool output.",
+             _check_bcast)
+for _t in ("Add", "Sub", "Mul", "Div"):
+    register(_t, 2, 1, _bcast_args(),
+             "Element-wise arithmetic (int32, int64, float, double).", _check_bcast)
+register("Sum", (1, INF), 1, doc="Element-wise sum of inputs with equal dims.")
+register("Scale", 1, 1, [A("scale", "float", 1.0)], "Y = scale * X (float types).")
+register("Cast", 1, 1, [A("to", "dtype", None), A("from_type", "dtype", None)],
+         "Element-wise static_cast to 'to'.",
+         lambda op, a: None if a["to"] is not None else "argument 'to' is required")
+register("IsEmpty", 1, 1, doc="Bool scalar: X has no elements.")
+register("Print", 1, 0, [A("to_file", "bool", False), A("limit", "int", 0),
+                         A("every_n", "int", 1)],
+         "Print a tensor to stdout.")
+
+# --- counters, mutex, append ------------------------------------------------
+
+
+def _check_counter(op, a):
+    if a.get("init_count", 0) < 0:
+        return "init_count=%d must be >= 0" % a["init_count"]
+    return None
+
+
+register("CreateCounter", 0, 1, [A("init_count", "int", 0)],
+         "Create an atomic int64 counter.", _check_counter)
+register("ResetCounter", 1, (0, 1), [A("init_count", "int", 0)],
+         "Set the counter; optional output: previous value.", _check_counter)
+register("CountDown", 1, 1, doc="Decrement; output bool: count was <= 0.")
+register("CountUp", 1, 1, doc="Increment; output int64: previous value.")
+register("CheckCounterDone", 1, 1, doc="Output bool: count <= 0.")
+register("RetrieveCount", 1, 1, doc="Output int64: current count.")
+register("CreateMutex", 0, 1, doc="Create a mutex blob.")
+
+
+def _check_atomic_append(op, a):
+    n = len(op.input) - 1
+    if n % 2 or n // 2 != len(op.output):
+        return "expects inputs (mutex, A1..Ak, B1..Bk) and outputs A1..Ak"
+    k = n // 2
+    for i in range(k):
+        if op.input[1 + i] != op.output[i]:
+            return "output %d must be the same blob as input %d" % (i, 1 + i)
+    return None
+
+
+register("AtomicAppend", (3, INF), (1, INF), check=_check_atomic_append,
+         doc="Under the mutex, append each B_i to A_i along dim 0.")
+
+
+def _check_python(op, a):
+    if not a["token"]:
+        return "argument 'token' is required"
+    return None
+
+
+register("Python", (0, INF), (0, INF),
+         [A("token", "str", ""), A("grad_input_indices", "ints", []),
+          A("grad_output_indices", "ints", [])],
+         "Call a Python function f(inputs, outputs) (takes the GIL).", _check_python)
+
+# --- queues -----------------------------------------------------------------
+
+
+def _check_create_queue(op, a):
+    if a["capacity"] < 1:
+        return "capacity=%d must be >= 1" % a["capacity"]
+    if a["num_blobs"] < 1:
+        return "num_blobs=%d must be >= 1" % a["num_blobs"]
+    if a["field_names"] and len(a["field_names"]) != a["num_blobs"]:
+        return ("field_names has %d names but num_blobs=%d"
+                % (len(a["field_names"]), a["num_blobs"]))
+    return None
+
+
+register("CreateBlobsQueue", 0, 1, [
+    A("capacity", "int", 1), A("num_blobs", "int", 1),
+    A("enforce_unique_name", "bool", False), A("field_names", "strings", []),
+    A("strict_close", "bool", False,
+      "fastpipe: reject every write after close (status true / op failure)")],
+    "Create a bounded blob queue.", _check_create_queue)
+
+
+def _check_enqueue(op, a):
+    if len(op.input) - 1 != len(op.output):
+        return "expects outputs d1..dn equal to inputs d1..dn"
+    for i, o in enumerate(op.output):
+        if op.input[1 + i] != o:
+            return "output %d must be the same blob as input %d (in-place)" % (i, 1 + i)
+    return None
+
+
+register("EnqueueBlobs", (2, INF), (1, INF), check=_check_enqueue,
+         doc="Blocking write; fails if the queue is closed and full.")
+register("DequeueBlobs", 1, (1, INF), [A("timeout_secs", "float", 0.0)],
+         "Blocking read; fails when closed and empty or on timeout.",
+         lambda op, a: "timeout_secs must be >= 0" if a["timeout_secs"] < 0 else None)
+register("CloseBlobsQueue", 1, 0, doc="Close the queue and wake every waiter.")
+
+
+def _check_safe_enqueue(op, a):
+    if len(op.output) != len(op.input):
+        return "expects outputs d1..dn, status for inputs queue, d1..dn"
+    for i, o in enumerate(op.output[:-1]):
+        if op.input[1 + i] != o:
+            return "output %d must be the same blob as input %d (in-place)" % (i, 1 + i)
+    return None
+
+
+register("SafeEnqueueBlobs", (2, INF), (2, INF), check=_check_safe_enqueue,
+         doc="Blocking write; status output is true iff the write failed.")
+register("SafeDequeueBlobs", 1, (2, INF), [A("num_records", "int", 1)],
+         "Blocking read of up to num_records records, concatenated on dim 0; "
+         "status true iff closed and empty.",
+         lambda op, a: ("num_records=%d must be >= 1" % a["num_records"]
+                        if a["num_records"] < 1 else None))
+
+
+def _check_weighted(op, a):
+    w = a["weights"]
+    if w and len(w) != len(op.input):
+        return "weights has %d values for %d queues" % (len(w), len(op.input))
+    if w and (any(x < 0 for x in w) or sum(w) <= 0):
+        return "weights must be >= 0 with a positive sum"
+    return None
+
+
+register("WeightedSampleDequeueBlobs", (1, INF), (2, INF),
+         [A("weights", "floats", []), A("table_idx_blob", "int", -1)],
+         "Pick a queue by weight and read one record from it.", _check_weighted)
+
+# --- timers and stats -------------------------------------------------------
+
+register("TimerBegin", 0, 1, [A("counter_name", "str", "")],
+         "Start a timer; stats go to <counter_name>/time_ns.")
+register("TimerEnd", 1, 0, doc="Stop the timer and add its time to the stats.")
+register("TimerGetAndEnd", 1, 1, doc="Elapsed ns (int64 [1]), then stop.")
+register("TimerGet", 1, 1, doc="Elapsed ns (int64 0-d).")
+register("StatRegistryCreate", 0, 1, doc="A new stat registry handle.")
+register("StatRegistryExport", (0, 1), 3, [A("reset", "bool", True)],
+         "Export keys, values and a timestamp from a registry (default: global).")
+register("StatRegistryUpdate", (2, 3), 0,
+         doc="Add values to keys in a registry (default: global).")
+
+# --- dataset ----------------------------------------------------------------
+
+register("CreateTreeCursor", 0, 1, [A("fields", "strings", [])],
+         "Create a cursor over a dataset with the given field names.")
+register("ResetCursor", 1, 0, doc="Rewind the cursor.")
+
+
+def _check_read_next(op, a):
+    if len(op.input) - 1 != len(op.output):
+        return "expects one output per field input"
+    if a["batch_size"] < 1:
+        return "batch_size=%d must be >= 1" % a["batch_size"]
+    return None
+
+
+register("ReadNextBatch", (1, INF), (0, INF),
+         [A("batch_size", "int", 1), A("enforce_batch_size", "bool", False)],
+         "Read the next batch of records atomically.", _check_read_next)
+register("ComputeOffset", (1, INF), 1, doc="Offsets of every record; resets the cursor.")
+register("SortAndShuffle", (1, INF), 1,
+         [A("sort_by_field_idx", "int", 1), A("batch_size", "int", 1),
+          A("shuffle_size", "int", 1)],
+         "Indices of records, sorted by a field's lengths and shuffled in blocks.")
+
+
+def _check_read_random(op, a):
+    if len(op.input) - 3 != len(op.output):
+        return "expects inputs (cursor, indices, offsets, fields...) and one output per field"
+    if a["batch_size"] < 1:
+        return "batch_size=%d must be >= 1" % a["batch_size"]
+    return None
+
+
+register("ReadRandomBatch", (3, INF), (0, INF),
+         [A("batch_size", "int", 1), A("enforce_batch_size", "bool", False),
+          A("loop_over", "bool", False)],
+         "Read a batch following an index permutation.", _check_read_random)
+register("CheckDatasetConsistency", (1, INF), 0, [A("fields", "strings", [])],
+         "Check that the fields form a consistent dataset.",
+         lambda op, a: (None if len(a["fields"]) == len(op.input) else
+                        "fields has %d names for %d inputs"
+                        % (len(a["fields"]), len(op.input))))
