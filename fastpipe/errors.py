@@ -18,9 +18,10 @@ class OperatorDefError(FastpipeError, ValueError):
     """An operator definition is invalid: unknown argument, bad type, arity."""
 
 
-class PlanError(FastpipeError, ValueError):
+class PlanError(FastpipeError, ValueError, RuntimeError):
     """A plan or execution step cannot be compiled (bad field combination,
-    undefined net, missing stop blob, missing input blob...)."""
+    undefined net, missing stop blob, missing input blob...).  Also a
+    ``RuntimeError``, which is what Caffe2 raised for these."""
 
 
 class BlobError(FastpipeError, KeyError):

@@ -256,6 +256,7 @@ cdef int bcast_plan(OpInst* op, RunCtx* ctx, Tensor* A, Tensor* B,
     """Caffe2's legacy broadcast: B's element for A's flat index i is
     (i / post) % n.  args: broadcast, axis."""
     cdef bint bc = op.d.args[0].present and op.d.args[0].i != 0
+    cdef bint has_axis = op.d.args[1].present and op.d.args[1].i >= 0
     cdef int64_t axis, k
     cdef int bnd = B.ndim
     cdef string msg
@@ -271,15 +272,15 @@ cdef int bcast_plan(OpInst* op, RunCtx* ctx, Tensor* A, Tensor* B,
         n[0] = A.size
         post[0] = 1
         return 0
-    if B.size == 1 and not op.d.args[1].present:
+    if B.size == 1 and not has_axis:
         pre[0] = A.size
         n[0] = 1
         post[0] = 1
         return 0
     # drop B's trailing 1-dims, as Caffe2 does
-    while bnd > 0 and B.shape[bnd - 1] == 1 and (not op.d.args[1].present):
+    while bnd > 0 and B.shape[bnd - 1] == 1 and (not has_axis):
         bnd -= 1
-    axis = op.d.args[1].i if op.d.args[1].present else A.ndim - bnd
+    axis = op.d.args[1].i if has_axis else A.ndim - bnd
     if axis < 0 or axis + bnd > A.ndim:
         return op_fails(op, ctx, E_RUNTIME, cstr(b"cannot broadcast ") + tensor_describe(B) +
                         cstr(b" over ") + tensor_describe(A) + cstr(b" at axis ") + to_str(axis))

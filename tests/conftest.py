@@ -1,0 +1,52 @@
+"""Shared fixtures: a fresh current workspace per test, and a check that no
+thread (Python or native) outlives its test."""
+import os
+import threading
+import time
+
+import pytest
+
+from fastpipe import workspace
+
+
+def _native_tids():
+    try:
+        return set(int(t) for t in os.listdir("/proc/self/task"))
+    except OSError:  # not Linux
+        return set()
+
+
+def _python_tids():
+    return {t.native_id for t in threading.enumerate()}
+
+
+@pytest.fixture(autouse=True)
+def fresh_workspace():
+    """Each test starts on an empty 'default' workspace."""
+    workspace.SwitchWorkspace("default")
+    workspace.ResetWorkspace()
+    yield
+    workspace.SwitchWorkspace("default")
+    workspace.ResetWorkspace()
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind(request):
+    before_native = _native_tids()
+    before_py = set(threading.enumerate())
+    yield
+    # Python threads started by the test must have been joined by it
+    # (pytest-timeout's timer thread is not the test's).
+    extra_py = [t for t in threading.enumerate()
+                if t not in before_py and t.is_alive() and not isinstance(t, threading.Timer)
+                and not t.daemon]
+    assert not extra_py, "threads left running: %r" % extra_py
+    # fastpipe joins every native thread before run() returns.  A Python
+    # thread the test joined can still be leaving the kernel for a moment,
+    # so give the task list a bounded time to settle (a poll, not a sleep).
+    deadline = time.monotonic() + 2.0
+    extra_native = _native_tids() - before_native - _python_tids()
+    while extra_native and time.monotonic() < deadline:
+        os.sched_yield()
+        extra_native = _native_tids() - before_native - _python_tids()
+    assert not extra_native, "native threads left running: %r" % sorted(extra_native)
