@@ -147,14 +147,19 @@ cdef inline int64_t tensor_nbytes(Tensor* t) noexcept nogil:
     return t.size * dtype_itemsize(t.dtype)
 
 
-cdef int tensor_reshape(Tensor* t, int dtype, int ndim, const int64_t* shape) noexcept nogil:
+cdef int tensor_reshape_hold(Tensor* t, int dtype, int ndim, const int64_t* shape,
+                             Buffer** old) noexcept nogil:
     """Make t a tensor of this dtype and shape backed by a private buffer.
 
     Keeps the current buffer (and its bytes) when it is private, of the same
-    kind and large enough.  Returns 0, or -1 when out of memory, -2 for too
-    many dims, -3 for a negative dim."""
+    kind and large enough -- so an op whose output is also its input works
+    in place.  When a new buffer is needed, the previous one is handed to
+    the caller in *old (to release with buf_decref once it has read its
+    inputs) instead of being freed.  Returns 0, or -1 when out of memory,
+    -2 for too many dims, -3 for a negative dim."""
     cdef int64_t size = 1
     cdef int i
+    old[0] = NULL
     if ndim > MAX_DIMS or ndim < 0:
         return -2
     for i in range(ndim):
@@ -168,7 +173,7 @@ cdef int tensor_reshape(Tensor* t, int dtype, int ndim, const int64_t* shape) no
         b = buf_new(need, is_str)
         if b == NULL:
             return -1
-        buf_decref(t.buf)
+        old[0] = t.buf
         t.buf = b
     t.dtype = dtype
     t.ndim = ndim
@@ -176,6 +181,14 @@ cdef int tensor_reshape(Tensor* t, int dtype, int ndim, const int64_t* shape) no
         t.shape[i] = shape[i]
     t.size = size
     return 0
+
+
+cdef int tensor_reshape(Tensor* t, int dtype, int ndim, const int64_t* shape) noexcept nogil:
+    """tensor_reshape_hold for writers that do not read t's old content."""
+    cdef Buffer* old
+    cdef int rc = tensor_reshape_hold(t, dtype, ndim, shape, &old)
+    buf_decref(old)
+    return rc
 
 
 cdef inline int tensor_scalar(Tensor* t, int dtype) noexcept nogil:

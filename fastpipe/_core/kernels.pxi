@@ -54,6 +54,17 @@ cdef inline int out_like(OpInst* op, RunCtx* ctx, Tensor* out, int dtype, Tensor
     return 0
 
 
+cdef inline int out_like_hold(OpInst* op, RunCtx* ctx, Tensor* out, int dtype, Tensor* like,
+                              Buffer** old) noexcept nogil:
+    """out_like for kernels whose output may be one of their inputs: `like`
+    is a snapshot of an input; if out must reallocate, its previous buffer
+    (possibly that input's) stays alive in *old until the caller releases it."""
+    cdef int rc = tensor_reshape_hold(out, dtype, like.ndim, like.shape, old)
+    if rc != 0:
+        return op_oom(op, ctx)
+    return 0
+
+
 cdef inline int out_shape(OpInst* op, RunCtx* ctx, Tensor* out, int dtype, int ndim,
                           const int64_t* shape) noexcept nogil:
     cdef int rc = tensor_reshape(out, dtype, ndim, shape)
@@ -237,17 +248,16 @@ cdef int k_not(OpInst* op, RunCtx* ctx) noexcept nogil:
         return -1
     if x.dtype != DT_BOOL:
         return fail_dtype(op, ctx, 0, x, b"bool")
-    xs = x[0]
-    buf_incref(xs.buf)       # the output may be the input
+    cdef Buffer* old
+    xs = x[0]                # snapshot: the output may be the input
     cdef Tensor* out = blob_out(op.outs[0])
-    if out_like(op, ctx, out, DT_BOOL, &xs) != 0:
-        buf_decref(xs.buf)
+    if out_like_hold(op, ctx, out, DT_BOOL, &xs, &old) != 0:
         return -1
     cdef uint8_t* a = <uint8_t*>xs.buf.data
     cdef uint8_t* o = <uint8_t*>tdata(out)
     for i in range(xs.size):
         o[i] = 0 if a[i] else 1
-    buf_decref(xs.buf)
+    buf_decref(old)
     return 0
 
 
@@ -445,15 +455,23 @@ cdef int binary_op(OpInst* op, RunCtx* ctx, int code) noexcept nogil:
         return -1
     if code == BIN_DIV and has_zero(tdata(pb), pb.dtype, pb.size):
         return op_fail(op, ctx, E_RUNTIME, b"integer division by zero")
-    # Hold the inputs' buffers: the output may be one of them (in-place).
+    # Snapshots of the inputs: the output may be one of them.  Elementwise
+    # kernels read index i before writing it, so a reused buffer is safe;
+    # a reallocated one keeps the old buffer alive in `old`.
     A = pa[0]
     B = pb[0]
-    buf_incref(A.buf)
-    buf_incref(B.buf)
+    cdef Buffer* old = NULL
     odt = A.dtype if code < BIN_LT else DT_BOOL
     cdef Tensor* out = blob_out(op.outs[0])
-    if out_like(op, ctx, out, odt, &A) != 0:
+    if (op.outs[0] == op.ins[1] and (B.size != A.size or code >= BIN_LT)):
+        # B broadcast or a dtype change into B itself: never write B in place
+        buf_incref(B.buf)
+        rc = out_like(op, ctx, out, odt, &A)
+        old = B.buf
+    elif out_like_hold(op, ctx, out, odt, &A, &old) != 0:
         rc = -1
+    if rc != 0:
+        pass
     elif code < BIN_LT:
         if A.dtype == DT_INT32:
             arith_loop(<int32_t*>A.buf.data, <int32_t*>B.buf.data, <int32_t*>tdata(out), pre, n, post, code)
@@ -474,8 +492,7 @@ cdef int binary_op(OpInst* op, RunCtx* ctx, int code) noexcept nogil:
             cmp_loop(<double*>A.buf.data, <double*>B.buf.data, <uint8_t*>tdata(out), pre, n, post, code)
     else:
         logic_loop(<uint8_t*>A.buf.data, <uint8_t*>B.buf.data, <uint8_t*>tdata(out), pre, n, post, code)
-    buf_decref(A.buf)
-    buf_decref(B.buf)
+    buf_decref(old)
     return rc
 
 
@@ -559,11 +576,10 @@ cdef int k_scale(OpInst* op, RunCtx* ctx) noexcept nogil:
         return -1
     if px.dtype != DT_FLOAT and px.dtype != DT_DOUBLE:
         return fail_dtype(op, ctx, 0, px, b"float32 or float64")
+    cdef Buffer* old
     X = px[0]
-    buf_incref(X.buf)
     cdef Tensor* out = blob_out(op.outs[0])
-    if out_like(op, ctx, out, X.dtype, &X) != 0:
-        buf_decref(X.buf)
+    if out_like_hold(op, ctx, out, X.dtype, &X, &old) != 0:
         return -1
     if X.dtype == DT_FLOAT:
         for i in range(X.size):
@@ -571,7 +587,7 @@ cdef int k_scale(OpInst* op, RunCtx* ctx) noexcept nogil:
     else:
         for i in range(X.size):
             (<double*>tdata(out))[i] = s * (<double*>X.buf.data)[i]
-    buf_decref(X.buf)
+    buf_decref(old)
     return 0
 
 
