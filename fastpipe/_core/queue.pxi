@@ -12,41 +12,69 @@
 # waits on them.  A waiter spins briefly before parking, because a
 # cross-core wake-up costs ~40 us here while a spin handoff costs ~70 ns.
 
-DEF SPIN_ROUNDS = 400
+DEF SPIN_ROUNDS = 64
+DEF YIELD_ROUNDS = 16
+DEF STATS_FLUSH = 256
+
+
+ctypedef struct QStats:
+    # Per-op, unshared counters, added into the queue's atomics every
+    # STATS_FLUSH records and when the op goes away, so the hot path does
+    # no shared atomic adds for stats.
+    void* queue             # the Queue these belong to (NULL: none yet)
+    int64_t writes, reads, records, bytes, read_ns, read_n, write_ns, write_n
+    int64_t pending
+    int64_t field_bytes[64]
+
+
+ctypedef struct Slot:
+    int64_t seq             # Vyukov sequence: pos = free for the writer at pos, pos+1 = full
+    Tensor* t               # nblobs tensors
 
 
 cdef cppclass Queue:
-    fp_mutex mu             # protects everything below (closed: also read racily)
-    fp_cond not_empty
-    fp_cond not_full
-    int64_t wait_readers
-    int64_t wait_writers
-    int64_t capacity
+    # -- read-mostly configuration
+    int64_t capacity        # records the queue holds at most
+    int64_t ring            # slots: max(capacity, 2) (the sequence scheme needs >= 2)
     int64_t nblobs
-    Tensor* slots           # capacity * nblobs
-    int64_t head            # records read (monotonic)
-    int64_t tail            # records written (monotonic)
-    int64_t closed          # atomic flag
     bint strict             # reject every write after close
     string name
     vector[string] fields
-    # stats (Caffe2 keys under <name>/...), guarded by mu
-    int64_t st_balance
+    Slot* slots             # capacity slots
+    char pad0[64]
+    # -- writer side (atomics)
+    int64_t tail            # next write position (monotonic)
+    int64_t inflight        # writers between their closed-check and publish
+    int64_t st_writes       # write attempts (for queue_balance)
+    int64_t st_write_ns
+    int64_t st_write_n
+    char pad1[64]
+    # -- reader side (atomics)
+    int64_t head            # next read position (monotonic)
+    int64_t st_reads        # read attempts (for queue_balance)
     int64_t st_records
     int64_t st_bytes
     int64_t st_read_ns
     int64_t st_read_n
-    int64_t st_write_ns
-    int64_t st_write_n
-    vector[int64_t] st_field_bytes
+    char pad2[64]
+    # -- shared, rarely written
+    int64_t closed          # atomic flag, sticky
+    int64_t wait_readers    # atomic: parked readers
+    int64_t wait_writers    # atomic: parked writers
+    fp_mutex mu             # only for parking: protects nothing but the condvars' waits
+    fp_cond not_empty
+    fp_cond not_full
+    vector[int64_t] st_field_bytes   # per column; updated with relaxed atomics
 
 
 cdef void queue_destroy(void* p) noexcept nogil:
     cdef Queue* q = <Queue*>p
-    cdef int64_t i
+    cdef int64_t i, j
     live_queue_remove(q)
-    for i in range(q.capacity * q.nblobs):
-        tensor_clear(&q.slots[i])
+    for i in range(q.ring):
+        for j in range(q.nblobs):
+            tensor_clear(&q.slots[i].t[j])
+        free(q.slots[i].t)
     free(q.slots)
     fp_mutex_destroy(&q.mu)
     fp_cond_destroy(&q.not_empty)
@@ -56,30 +84,41 @@ cdef void queue_destroy(void* p) noexcept nogil:
 
 cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept nogil:
     cdef Queue* q = new Queue()
-    q.slots = <Tensor*>calloc(capacity * nblobs, sizeof(Tensor))
+    cdef int64_t i
+    cdef int64_t ring = capacity if capacity >= 2 else 2
+    q.slots = <Slot*>calloc(ring, sizeof(Slot))
     if q.slots == NULL:
         del q
         return NULL
+    q.ring = ring
+    for i in range(ring):
+        q.slots[i].seq = i
+        q.slots[i].t = <Tensor*>calloc(nblobs, sizeof(Tensor))
+        if q.slots[i].t == NULL:
+            while i > 0:
+                i -= 1
+                free(q.slots[i].t)
+            free(q.slots)
+            del q
+            return NULL
     fp_mutex_init(&q.mu)
     fp_cond_init(&q.not_empty)
     fp_cond_init(&q.not_full)
-    q.wait_readers = 0
-    q.wait_writers = 0
     q.capacity = capacity
     q.nblobs = nblobs
-    q.head = 0
-    q.tail = 0
-    q.closed = 0
     q.strict = strict
-    q.st_balance = q.st_records = q.st_bytes = 0
-    q.st_read_ns = q.st_read_n = q.st_write_ns = q.st_write_n = 0
+    q.tail = q.head = q.inflight = 0
+    q.closed = q.wait_readers = q.wait_writers = 0
+    q.st_writes = q.st_write_ns = q.st_write_n = 0
+    q.st_reads = q.st_records = q.st_bytes = q.st_read_ns = q.st_read_n = 0
     q.st_field_bytes.resize(nblobs, 0)
     return q
 
 
 cdef void queue_close(Queue* q) noexcept nogil:
-    fp_lock(&q.mu)
     fp_store(&q.closed, 1)
+    fp_fence()
+    fp_lock(&q.mu)
     fp_broadcast(&q.not_empty)
     fp_broadcast(&q.not_full)
     fp_unlock(&q.mu)
@@ -90,21 +129,15 @@ cdef void queue_close_obj(ObjHeader* h) noexcept nogil:
         queue_close(<Queue*>h.impl)
 
 
-cdef inline bint spin_until_ready(Queue* q, bint reading) noexcept nogil:
-    """Spin (lock not held) until the queue looks ready for this side or
-    closed.  Returns whether it looked ready."""
-    cdef int k
-    for k in range(SPIN_ROUNDS):
-        if fp_load_relaxed(&q.closed):
-            return True
-        if reading:
-            if fp_load_relaxed(&q.tail) != fp_load_relaxed(&q.head):
-                return True
-        else:
-            if fp_load_relaxed(&q.tail) - fp_load_relaxed(&q.head) < q.capacity:
-                return True
-        fp_cpu_relax()
-    return False
+cdef inline void wake(Queue* q, int64_t* waiters, fp_cond* cv) noexcept nogil:
+    """After publishing a change: wake parked threads of the other side.
+    The fence pairs with the sleeper's seq_cst increment of *waiters
+    (Dekker): either we see the sleeper, or it sees our change."""
+    fp_fence()
+    if fp_load_relaxed(waiters) > 0:
+        fp_lock(&q.mu)
+        fp_broadcast(cv)
+        fp_unlock(&q.mu)
 
 
 # Results of queue_write / queue_read.
@@ -112,110 +145,221 @@ cdef enum:
     Q_OK = 0
     Q_CLOSED = 1
     Q_TIMEOUT = 2
+    Q_AGAIN = 3
 
 
-cdef int queue_write(Queue* q, Blob** blobs, int64_t n) noexcept nogil:
-    """Blocking write of one record: swaps blobs[j]'s tensor into the slot.
-    Q_CLOSED when the queue is closed and full (Caffe2), or closed at all
-    with strict close.  The caller checked n == q.nblobs and that every blob
-    holds a tensor."""
-    cdef int64_t j, base
-    cdef int64_t t0 = 0
-    fp_lock(&q.mu)
-    q.st_balance += 1
-    if q.tail - q.head >= q.capacity and not q.closed:
-        t0 = fp_now_ns()
-        fp_unlock(&q.mu)
-        spin_until_ready(q, False)
-        fp_lock(&q.mu)
-        while q.tail - q.head >= q.capacity and not q.closed:
-            q.wait_writers += 1
-            fp_wait(&q.not_full, &q.mu)
-            q.wait_writers -= 1
-    if q.closed and (q.strict or q.tail - q.head >= q.capacity):
-        fp_unlock(&q.mu)
-        return Q_CLOSED
-    base = (q.tail % q.capacity) * q.nblobs
-    for j in range(n):
-        tensor_swap(&q.slots[base + j], &blobs[j].t)
-    fp_store(&q.tail, q.tail + 1)
-    q.st_write_n += 1
-    if t0:
-        q.st_write_ns += fp_now_ns() - t0
-    if q.wait_readers:
-        fp_signal(&q.not_empty)
-    fp_unlock(&q.mu)
+cdef int try_write(Queue* q, Tensor** ts) noexcept nogil:
+    """Lock-free (Vyukov) write of one record.  Q_AGAIN when full."""
+    cdef int64_t pos = fp_load_relaxed(&q.tail)
+    cdef int64_t seq, dif, j
+    cdef Slot* s
+    while True:
+        if q.ring != q.capacity and pos - fp_load(&q.head) >= q.capacity:
+            return Q_AGAIN              # capacity 1 on a 2-slot ring
+        s = &q.slots[pos % q.ring]
+        seq = fp_load(&s.seq)
+        dif = seq - pos
+        if dif == 0:
+            if fp_cas(&q.tail, pos, pos + 1):
+                break
+            pos = fp_load_relaxed(&q.tail)
+        elif dif < 0:
+            return Q_AGAIN
+        else:
+            pos = fp_load_relaxed(&q.tail)
+    for j in range(q.nblobs):
+        tensor_swap(&s.t[j], ts[j])
+    fp_store(&s.seq, pos + 1)
     return Q_OK
 
 
-cdef int queue_read(Queue* q, Tensor* outs, int64_t n, int64_t max_records,
-                    int64_t timeout_ns, int64_t* got) noexcept nogil:
-    """Blocking read of up to max_records records (at least one unless the
-    queue is closed and empty or the wait times out).  Record k's tensor j is
-    swapped into outs[k * n + j].  Readers drain what remains after close."""
-    cdef int64_t j, k, base, avail, take
+cdef int try_read(Queue* q, Tensor** outs, QStats* st) noexcept nogil:
+    """Lock-free read of one record.  Q_AGAIN when empty."""
+    cdef int64_t pos = fp_load_relaxed(&q.head)
+    cdef int64_t seq, dif, j, nb
+    cdef Slot* s
+    while True:
+        s = &q.slots[pos % q.ring]
+        seq = fp_load(&s.seq)
+        dif = seq - (pos + 1)
+        if dif == 0:
+            if fp_cas(&q.head, pos, pos + 1):
+                break
+            pos = fp_load_relaxed(&q.head)
+        elif dif < 0:
+            return Q_AGAIN
+        else:
+            pos = fp_load_relaxed(&q.head)
+    for j in range(q.nblobs):
+        nb = string_bytes(&s.t[j]) if s.t[j].dtype == DT_STRING else tensor_nbytes(&s.t[j])
+        st.bytes += nb
+        st.field_bytes[j] += nb
+        tensor_swap(&s.t[j], outs[j])
+    fp_store(&s.seq, pos + q.ring)
+    return Q_OK
+
+
+cdef inline bint looks_full(Queue* q) noexcept nogil:
+    return fp_load(&q.tail) - fp_load(&q.head) >= q.capacity
+
+
+cdef inline bint looks_empty(Queue* q) noexcept nogil:
+    return fp_load(&q.tail) == fp_load(&q.head)
+
+
+cdef void qstats_flush(QStats* st) noexcept nogil:
+    """Add an op's private counters into its queue's shared ones."""
+    cdef Queue* q = <Queue*>st.queue
+    cdef int64_t j
+    if q == NULL:
+        return
+    fp_fetch_add_relaxed(&q.st_writes, st.writes)
+    fp_fetch_add_relaxed(&q.st_reads, st.reads)
+    fp_fetch_add_relaxed(&q.st_records, st.records)
+    fp_fetch_add_relaxed(&q.st_bytes, st.bytes)
+    fp_fetch_add_relaxed(&q.st_read_ns, st.read_ns)
+    fp_fetch_add_relaxed(&q.st_read_n, st.read_n)
+    fp_fetch_add_relaxed(&q.st_write_ns, st.write_ns)
+    fp_fetch_add_relaxed(&q.st_write_n, st.write_n)
+    for j in range(q.nblobs if q.nblobs < 64 else 64):
+        if j < <int64_t>q.fields.size():
+            fp_fetch_add_relaxed(&q.st_field_bytes[j], st.field_bytes[j])
+    memset(st, 0, sizeof(QStats))
+    st.queue = <void*>q
+
+
+cdef inline void qstats_use(QStats* st, Queue* q) noexcept nogil:
+    if st.queue != <void*>q:
+        qstats_flush(st)
+        memset(st, 0, sizeof(QStats))
+        st.queue = <void*>q
+
+
+cdef inline void qstats_tick(QStats* st) noexcept nogil:
+    st.pending += 1
+    if st.pending >= STATS_FLUSH:
+        qstats_flush(st)
+
+
+cdef inline bint backoff(int* round) noexcept nogil:
+    """One step of spin-then-yield while waiting for the other side.
+    Returns False once it is time to park."""
+    cdef int k
+    round[0] += 1
+    if round[0] <= 1:
+        for k in range(SPIN_ROUNDS):
+            fp_cpu_relax()
+        return True
+    if round[0] <= 1 + YIELD_ROUNDS:
+        fp_yield()      # with more threads than cores, let the peer run
+        return True
+    return False
+
+
+cdef int queue_write(Queue* q, Tensor** ts, int64_t timeout_ns, QStats* st) noexcept nogil:
+    """Blocking write of one record (its tensors are swapped into the slot).
+    Q_CLOSED when the queue is closed and full (Caffe2), or closed at all
+    with strict close; Q_TIMEOUT after timeout_ns > 0."""
+    cdef int r
+    cdef int rounds = 0
     cdef int64_t t0 = 0
     cdef int64_t deadline = 0
-    cdef int rc = Q_OK
-    got[0] = 0
-    fp_lock(&q.mu)
-    q.st_balance -= 1
+    qstats_use(st, q)
+    st.writes += 1
+    fp_fetch_add(&q.inflight, 1)
     while True:
-        avail = q.tail - q.head
-        if avail > 0:
-            take = avail if avail < max_records - got[0] else max_records - got[0]
-            for k in range(take):
-                base = (q.head % q.capacity) * q.nblobs
-                for j in range(n):
-                    if q.slots[base + j].dtype == DT_STRING:
-                        q.st_field_bytes[j] += string_bytes(&q.slots[base + j])
-                        q.st_bytes += string_bytes(&q.slots[base + j])
-                    else:
-                        q.st_field_bytes[j] += tensor_nbytes(&q.slots[base + j])
-                        q.st_bytes += tensor_nbytes(&q.slots[base + j])
-                    tensor_swap(&q.slots[base + j], &outs[(got[0] + k) * n + j])
-                fp_store(&q.head, q.head + 1)
-            got[0] += take
-            q.st_records += take
-            if q.wait_writers:
-                if take > 1:
-                    fp_broadcast(&q.not_full)
-                else:
-                    fp_signal(&q.not_full)
-            if got[0] >= max_records:
-                break
-            continue
-        if q.closed:
+        if q.strict and fp_load(&q.closed):
+            r = Q_CLOSED
             break
-        if got[0] > 0 and max_records > 1:
-            pass  # a batch waits for more records until full or closed
-        if deadline == 0 and timeout_ns > 0:
-            deadline = fp_now_ns() + timeout_ns
+        r = try_write(q, ts)
+        if r == Q_OK:
+            break
+        if fp_load(&q.closed):      # closed and full
+            r = Q_CLOSED
+            break
         if t0 == 0:
             t0 = fp_now_ns()
-        fp_unlock(&q.mu)
-        spin_until_ready(q, True)
-        fp_lock(&q.mu)
-        if q.tail != q.head or q.closed:
+            if timeout_ns > 0:
+                deadline = t0 + timeout_ns
+        if backoff(&rounds):
             continue
-        q.wait_readers += 1
-        if timeout_ns > 0:
-            if fp_wait_until(&q.not_empty, &q.mu, deadline) and q.tail == q.head and not q.closed:
-                q.wait_readers -= 1
-                rc = Q_TIMEOUT
-                break
-        else:
-            fp_wait(&q.not_empty, &q.mu)
-        q.wait_readers -= 1
-    if got[0] > 0:
-        q.st_read_n += 1
+        # park until a reader makes room, the queue closes, or the deadline
+        fp_lock(&q.mu)
+        fp_fetch_add(&q.wait_writers, 1)
+        if looks_full(q) and not fp_load(&q.closed):
+            if deadline:
+                if fp_wait_until(&q.not_full, &q.mu, deadline) and looks_full(q) \
+                        and not fp_load(&q.closed):
+                    fp_fetch_add(&q.wait_writers, -1)
+                    fp_unlock(&q.mu)
+                    r = Q_TIMEOUT
+                    break
+            else:
+                fp_wait(&q.not_full, &q.mu)
+        fp_fetch_add(&q.wait_writers, -1)
+        fp_unlock(&q.mu)
+        rounds = 0
+    fp_fetch_add(&q.inflight, -1)
+    if r == Q_OK:
+        st.write_n += 1
         if t0:
-            q.st_read_ns += fp_now_ns() - t0
-        rc = Q_OK
-    elif rc == Q_OK:
-        rc = Q_CLOSED
-    fp_unlock(&q.mu)
-    return rc
+            st.write_ns += fp_now_ns() - t0
+    qstats_tick(st)
+    # readers may wait for this record -- or, after close, for inflight == 0
+    wake(q, &q.wait_readers, &q.not_empty)
+    return r
+
+
+cdef inline bint reader_done(Queue* q) noexcept nogil:
+    """Closed, empty and no writer in flight: nothing more can arrive that
+    a reader is owed."""
+    return fp_load(&q.closed) and fp_load(&q.inflight) == 0 and looks_empty(q)
+
+
+cdef int queue_read(Queue* q, Tensor** outs, int64_t timeout_ns, QStats* st) noexcept nogil:
+    """Blocking read of one record into outs[0..nblobs) (swaps).  Readers
+    drain what remains after close, then get Q_CLOSED."""
+    cdef int r
+    cdef int rounds = 0
+    cdef int64_t t0 = 0
+    cdef int64_t deadline = 0
+    qstats_use(st, q)
+    st.reads += 1
+    while True:
+        r = try_read(q, outs, st)
+        if r == Q_OK:
+            break
+        if reader_done(q):
+            r = Q_CLOSED
+            break
+        if t0 == 0:
+            t0 = fp_now_ns()
+            if timeout_ns > 0:
+                deadline = t0 + timeout_ns
+        if backoff(&rounds):
+            continue
+        if deadline and fp_now_ns() >= deadline:
+            r = Q_TIMEOUT
+            break
+        fp_lock(&q.mu)
+        fp_fetch_add(&q.wait_readers, 1)
+        # closed with a writer still in flight: that writer wakes us when done
+        if looks_empty(q) and not reader_done(q):
+            if deadline:
+                fp_wait_until(&q.not_empty, &q.mu, deadline)
+            else:
+                fp_wait(&q.not_empty, &q.mu)
+        fp_fetch_add(&q.wait_readers, -1)
+        fp_unlock(&q.mu)
+        rounds = 0
+    if r == Q_OK:
+        st.records += 1
+        st.read_n += 1
+        if t0:
+            st.read_ns += fp_now_ns() - t0
+    qstats_tick(st)
+    wake(q, &q.wait_writers, &q.not_full)
+    return r
 
 
 cdef int64_t string_bytes(Tensor* t) noexcept nogil:
@@ -275,12 +419,71 @@ cdef int check_record(OpInst* op, RunCtx* ctx, Queue* q, size_t first, size_t n)
     return 0
 
 
+DEF MAX_REC_BLOBS = 64
+
+
+ctypedef struct QOpState:
+    QStats st
+    Tensor* scratch         # SafeDequeueBlobs num_records > 1: R * n tensors
+    int64_t nscratch
+    uint64_t rng            # WeightedSampleDequeueBlobs
+
+
+cdef int qop_init(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef QOpState* s = <QOpState*>calloc(1, sizeof(QOpState))
+    cdef int64_t recs = 1
+    if s == NULL:
+        return op_oom(op, ctx)
+    if op.d.type == b"SafeDequeueBlobs":
+        recs = op.d.args[0].i if op.d.args[0].present else 1
+        if recs > 1:
+            s.nscratch = recs * (<int64_t>op.outs.size() - 1)
+            s.scratch = <Tensor*>calloc(s.nscratch, sizeof(Tensor))
+            if s.scratch == NULL:
+                free(s)
+                return op_oom(op, ctx)
+    s.rng = (<uint64_t>fp_now_ns()) ^ (<uint64_t><size_t>op * 0x9E3779B97F4A7C15ULL) | 1
+    op.state = s
+    return 0
+
+
+cdef void qop_fini(OpInst* op) noexcept nogil:
+    cdef QOpState* s = <QOpState*>op.state
+    cdef int64_t i
+    if s == NULL:
+        return
+    qstats_flush(&s.st)      # the op still holds its queue (op.objs)
+    for i in range(s.nscratch):
+        tensor_clear(&s.scratch[i])
+    free(s.scratch)
+    free(s)
+    op.state = NULL
+
+
+cdef inline QStats* qst(OpInst* op) noexcept nogil:
+    return &(<QOpState*>op.state).st
+
+
+cdef int enqueue_inputs(OpInst* op, RunCtx* ctx, Queue* q, size_t n) noexcept nogil:
+    cdef Tensor* ts[MAX_REC_BLOBS]
+    cdef size_t j
+    if n > MAX_REC_BLOBS:
+        return op_fail(op, ctx, E_RUNTIME, b"a record has more than 64 blobs")
+    for j in range(n):
+        ts[j] = &op.ins[1 + j].t
+    return queue_write(q, ts, 0, qst(op))
+
+
 cdef int k_enqueue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Queue* q = op_queue(op, ctx, 0)
     cdef size_t n = op.ins.size() - 1
+    cdef int r
     if q == NULL or check_record(op, ctx, q, 1, n) != 0:
         return -1
-    if queue_write(q, &op.ins[1], n) != Q_OK:
+    r = enqueue_inputs(op, ctx, q, n)
+    if r == -1:
+        return -1
+    if r != Q_OK:
         if rs_cancelled(ctx):
             return -1
         return op_fails(op, ctx, E_QUEUE_CLOSED, cstr(b"queue '") + q.name +
@@ -294,7 +497,9 @@ cdef int k_safe_enqueue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int r
     if q == NULL or check_record(op, ctx, q, 1, n) != 0:
         return -1
-    r = queue_write(q, &op.ins[1], n)
+    r = enqueue_inputs(op, ctx, q, n)
+    if r == -1:
+        return -1
     return scalar_out_bool(op, ctx, op.outs.size() - 1, r != Q_OK)
 
 
@@ -303,55 +508,19 @@ cdef int check_outputs(OpInst* op, RunCtx* ctx, Queue* q, size_t n) noexcept nog
         return op_fails(op, ctx, E_RUNTIME, cstr(b"queue '") + q.name + cstr(b"' holds ") +
                         to_str(q.nblobs) + cstr(b" blobs per record, but the op has ") +
                         to_str(n) + cstr(b" data outputs"))
+    if n > MAX_REC_BLOBS:
+        return op_fail(op, ctx, E_RUNTIME, b"a record has more than 64 blobs")
     return 0
 
 
-cdef int read_into_outputs(OpInst* op, RunCtx* ctx, Queue* q, size_t n, int64_t timeout_ns,
-                           int* result) noexcept nogil:
-    """One record straight into the op's output blobs (a swap)."""
-    cdef int64_t got
-    cdef Tensor* tmp = <Tensor*>op.state
+cdef int read_into_outputs(OpInst* op, Queue* q, size_t n, int64_t timeout_ns) noexcept nogil:
+    """One record swapped straight into the op's first n output blobs
+    (left untouched -- stale, as in Caffe2 -- when nothing was read)."""
+    cdef Tensor* outs[MAX_REC_BLOBS]
     cdef size_t j
-    # Outputs are distinct blobs; move them into scratch so one swap each
-    # lands the record, then move back.
     for j in range(n):
-        tensor_swap(&tmp[j], blob_out(op.outs[j]))
-    result[0] = queue_read(q, tmp, n, 1, timeout_ns, &got)
-    for j in range(n):
-        tensor_swap(&tmp[j], &op.outs[j].t)
-    return 0
-
-
-cdef int scratch_init(OpInst* op, RunCtx* ctx) noexcept nogil:
-    # Scratch tensors: num_records * data outputs (SafeDequeueBlobs), or data
-    # outputs (DequeueBlobs, WeightedSampleDequeueBlobs).
-    cdef int64_t per = op.outs.size()
-    cdef int64_t recs = 1
-    if op.d.type == b"SafeDequeueBlobs":
-        per -= 1
-        recs = op.d.args[0].i if op.d.args[0].present else 1
-    elif op.d.type == b"WeightedSampleDequeueBlobs":
-        per -= 1
-    op.state = calloc(per * recs + 1, sizeof(Tensor))
-    if op.state == NULL:
-        return op_oom(op, ctx)
-    return 0
-
-
-cdef void scratch_fini(OpInst* op) noexcept nogil:
-    cdef int64_t per = op.outs.size()
-    cdef int64_t recs = 1, i
-    if op.state == NULL:
-        return
-    if op.d.type == b"SafeDequeueBlobs":
-        per -= 1
-        recs = op.d.args[0].i if op.d.args[0].present else 1
-    elif op.d.type == b"WeightedSampleDequeueBlobs":
-        per -= 1
-    for i in range(per * recs):
-        tensor_clear(&(<Tensor*>op.state)[i])
-    free(op.state)
-    op.state = NULL
+        outs[j] = blob_out(op.outs[j])
+    return queue_read(q, outs, timeout_ns, qst(op))
 
 
 cdef int k_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
@@ -361,7 +530,7 @@ cdef int k_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int r
     if q == NULL or check_outputs(op, ctx, q, n) != 0:
         return -1
-    read_into_outputs(op, ctx, q, n, <int64_t>(tmo * 1e9), &r)
+    r = read_into_outputs(op, q, n, <int64_t>(tmo * 1e9))
     if r == Q_OK:
         return 0
     if rs_cancelled(ctx):
@@ -428,16 +597,24 @@ cdef int k_safe_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef size_t n = op.outs.size() - 1
     cdef int64_t R = op.d.args[0].i if op.d.args[0].present else 1
     cdef int64_t got = 0
+    cdef size_t j
     cdef int r
+    cdef Tensor* ptrs[MAX_REC_BLOBS]
+    cdef Tensor* scratch = (<QOpState*>op.state).scratch
     if q == NULL or check_outputs(op, ctx, q, n) != 0:
         return -1
     if R == 1:
-        read_into_outputs(op, ctx, q, n, 0, &r)
+        r = read_into_outputs(op, q, n, 0)
         return scalar_out_bool(op, ctx, n, r != Q_OK)
-    r = queue_read(q, <Tensor*>op.state, n, R, 0, &got)
+    while got < R:
+        for j in range(n):
+            ptrs[j] = &scratch[got * n + j]
+        if queue_read(q, ptrs, 0, qst(op)) != Q_OK:
+            break
+        got += 1
     if got == 0:
         return scalar_out_bool(op, ctx, n, True)
-    if concat_records(op, ctx, q, <Tensor*>op.state, got, n) != 0:
+    if concat_records(op, ctx, q, scratch, got, n) != 0:
         return -1
     return scalar_out_bool(op, ctx, n, False)
 
@@ -468,19 +645,16 @@ cdef int k_weighted_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef size_t n = nout - (1 if tidx >= 0 else 0)
     cdef double total = 0.0, r, acc
     cdef size_t i, j, pick = 0
-    cdef int64_t got
     cdef int res
     cdef Queue* q
-    cdef Tensor* tmp = <Tensor*>op.state
-    cdef uint64_t seed
+    cdef Tensor* outs[MAX_REC_BLOBS]
     cdef Tensor* out
     cdef int64_t one = 1
     if tidx >= <int64_t>nout:
         return op_fail(op, ctx, E_RUNTIME, b"table_idx_blob is out of range")
     for i in range(m):
         total += op.d.args[0].floats[i] if op.d.args[0].floats.size() else 1.0
-    seed = <uint64_t>fp_now_ns() ^ (<uint64_t><size_t>op << 1)
-    r = (xorshift(&seed) >> 11) * (1.0 / 9007199254740992.0) * total
+    r = (xorshift(&(<QOpState*>op.state).rng) >> 11) * (1.0 / 9007199254740992.0) * total
     acc = 0.0
     pick = m - 1
     for i in range(m):
@@ -491,20 +665,13 @@ cdef int k_weighted_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     q = op_queue(op, ctx, pick)
     if q == NULL or check_outputs(op, ctx, q, n) != 0:
         return -1
-    # move the data outputs into scratch, read, move back
     j = 0
     for i in range(nout):
         if <int64_t>i == tidx:
             continue
-        tensor_swap(&tmp[j], blob_out(op.outs[i]))
+        outs[j] = blob_out(op.outs[i])
         j += 1
-    res = queue_read(q, tmp, n, 1, 0, &got)
-    j = 0
-    for i in range(nout):
-        if <int64_t>i == tidx:
-            continue
-        tensor_swap(&tmp[j], &op.outs[i].t)
-        j += 1
+    res = queue_read(q, outs, 0, qst(op))
     if tidx >= 0 and res == Q_OK:
         out = blob_out(op.outs[tidx])
         if tensor_reshape(out, DT_INT32, 1, &one) != 0:
@@ -545,24 +712,26 @@ cdef void live_queue_add(Queue* q) noexcept nogil:
     fp_unlock(&g_stats_lock)
 
 
+cdef inline int64_t take(int64_t* p, bint reset) noexcept nogil:
+    return fp_exchange(p, 0) if reset else fp_load(p)
+
+
 cdef void queue_stats_take(Queue* q, vector[pair[string, int64_t]]* out, bint reset) noexcept nogil:
-    """Append q's stats (q.mu held by the caller)."""
+    """Append q's stats (Caffe2 keys).  queue_balance counts attempts:
+    writes attempted minus reads attempted."""
     cdef size_t j
-    out.push_back(pair[string, int64_t](q.name + cstr(b"/queue_balance"), q.st_balance))
-    out.push_back(pair[string, int64_t](q.name + cstr(b"/queue_dequeued_records"), q.st_records))
-    out.push_back(pair[string, int64_t](q.name + cstr(b"/queue_dequeued_bytes"), q.st_bytes))
+    cdef int64_t w = take(&q.st_writes, reset)
+    cdef int64_t r = take(&q.st_reads, reset)
+    out.push_back(pair[string, int64_t](q.name + cstr(b"/queue_balance"), w - r))
+    out.push_back(pair[string, int64_t](q.name + cstr(b"/queue_dequeued_records"), take(&q.st_records, reset)))
+    out.push_back(pair[string, int64_t](q.name + cstr(b"/queue_dequeued_bytes"), take(&q.st_bytes, reset)))
     for j in range(q.fields.size()):
         out.push_back(pair[string, int64_t](q.name + cstr(b"/queue_dequeued_bytes/") + q.fields[j],
-                                            q.st_field_bytes[j]))
-    out.push_back(pair[string, int64_t](q.name + cstr(b"/read_time_ns/sum"), q.st_read_ns))
-    out.push_back(pair[string, int64_t](q.name + cstr(b"/read_time_ns/count"), q.st_read_n))
-    out.push_back(pair[string, int64_t](q.name + cstr(b"/write_time_ns/sum"), q.st_write_ns))
-    out.push_back(pair[string, int64_t](q.name + cstr(b"/write_time_ns/count"), q.st_write_n))
-    if reset:
-        q.st_balance = q.st_records = q.st_bytes = 0
-        q.st_read_ns = q.st_read_n = q.st_write_ns = q.st_write_n = 0
-        for j in range(q.st_field_bytes.size()):
-            q.st_field_bytes[j] = 0
+                                            take(&q.st_field_bytes[j], reset)))
+    out.push_back(pair[string, int64_t](q.name + cstr(b"/read_time_ns/sum"), take(&q.st_read_ns, reset)))
+    out.push_back(pair[string, int64_t](q.name + cstr(b"/read_time_ns/count"), take(&q.st_read_n, reset)))
+    out.push_back(pair[string, int64_t](q.name + cstr(b"/write_time_ns/sum"), take(&q.st_write_ns, reset)))
+    out.push_back(pair[string, int64_t](q.name + cstr(b"/write_time_ns/count"), take(&q.st_write_n, reset)))
 
 
 cdef void live_queue_remove(Queue* q) noexcept nogil:
@@ -575,9 +744,7 @@ cdef void live_queue_remove(Queue* q) noexcept nogil:
             g_live_queues.pop_back()
             break
     fp_unlock(&g_stats_lock)
-    fp_lock(&q.mu)
     queue_stats_take(q, &kv, True)
-    fp_unlock(&q.mu)
     for i in range(kv.size()):
         if kv[i].second:
             fp_fetch_add(stat_slot(kv[i].first), kv[i].second)
@@ -596,9 +763,7 @@ cdef vector[pair[string, int64_t]] stats_snapshot(bint reset) noexcept nogil:
         else:
             acc[kv.first] += fp_load(kv.second)
     for i in range(g_live_queues.size()):
-        fp_lock(&g_live_queues[i].mu)
         queue_stats_take(g_live_queues[i], &qs, reset)
-        fp_unlock(&g_live_queues[i].mu)
     fp_unlock(&g_stats_lock)
     for i in range(qs.size()):
         acc[qs[i].first] += qs[i].second

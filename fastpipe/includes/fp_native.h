@@ -6,6 +6,7 @@
 #define FP_NATIVE_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <time.h>
 #include <errno.h>
 #include <stdint.h>
@@ -31,6 +32,8 @@ static inline void fp_cpu_relax(void) {
     __asm__ __volatile__("yield");
 #endif
 }
+
+static inline void fp_yield(void) { sched_yield(); }
 
 /* ---- clock --------------------------------------------------------------- */
 static inline int64_t fp_now_ns(void) {

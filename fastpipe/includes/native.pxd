@@ -13,6 +13,7 @@ cdef extern from "fp_native.h" nogil:
     bint fp_cas(int64_t* p, int64_t expected, int64_t desired)
     void fp_fence()
     void fp_cpu_relax()
+    void fp_yield()
     int64_t fp_now_ns()
 
     ctypedef struct fp_mutex:

@@ -1,0 +1,787 @@
+# Dataset operators: a tree cursor over a flat list of fields.
+#
+# Fields are named like schema field names ("a", "b:lengths", "b:values").
+# A field "P:lengths" (int32, 1-D) defines a domain: the rows of every field
+# whose name starts with P belong to it, and row r of the lengths field says
+# how many rows of that domain belong to row r of the lengths field's own
+# domain.  Every field belongs to the domain of the longest matching
+# lengths prefix, else to the root (domain 0).  Domain k + 1 is the domain of
+# the k-th lengths field; a lengths field must come before the fields that
+# depend on it, so a domain's parent always has a smaller index.
+#
+# A cursor (OBJ_CURSOR) holds one int64 offset per domain and a mutex.
+# ReadNextBatch advances the offsets under the mutex and copies the slices
+# after releasing it, so N instances reading one cursor only serialise on the
+# (cheap) offset arithmetic and each record is read exactly once.  Input
+# buffers are pinned (one reference each) for the copy, so an output that
+# aliases an input never overwrites bytes still being read.  ReadRandomBatch
+# keeps only offset 0 (its position in the index permutation), as Caffe2
+# does; ComputeOffset takes the lock too (Caffe2 takes none).
+
+from libc.stdint cimport INT64_MAX
+
+cdef extern from *:
+    """
+    #include <algorithm>
+    #include <numeric>
+    #include <random>
+    #include <vector>
+    #include <new>
+
+    // SortAndShuffle's index permutation, bit for bit what Caffe2 computes
+    // with libstdc++: (unstable) std::sort on the key, then std::shuffle of
+    // every full block of batch*shuffle indices (except one ending exactly at
+    // the end) with a freshly default-constructed engine, then a shuffle of
+    // the order of the batches (same fresh engine), the tail kept last.
+    // Returns 0, or -1 when out of memory.
+    static int fp_ds_sort_shuffle(int64_t* out, int64_t size,
+                                  const int32_t* keys32, const int64_t* keys64,
+                                  int64_t batch, int64_t shuffle) noexcept {
+        try {
+            std::vector<int64_t> idx(size);
+            std::iota(idx.begin(), idx.end(), (int64_t)0);
+            if (keys32) {
+                std::sort(idx.begin(), idx.end(), [keys32](int64_t a, int64_t b) {
+                    return keys32[a] < keys32[b];
+                });
+            } else if (keys64) {
+                std::sort(idx.begin(), idx.end(), [keys64](int64_t a, int64_t b) {
+                    return keys64[a] < keys64[b];
+                });
+            }
+            int64_t block = batch * shuffle;
+            if (block > 1) {
+                int64_t off = 0;
+                while (off + block < size) {
+                    std::shuffle(idx.begin() + off, idx.begin() + off + block,
+                                 std::default_random_engine());
+                    off += block;
+                }
+            }
+            int64_t nb = size / batch;
+            std::vector<int64_t> order(nb);
+            std::iota(order.begin(), order.end(), (int64_t)0);
+            std::shuffle(order.begin(), order.end(), std::default_random_engine());
+            for (int64_t i = 0; i < nb; i++) {
+                std::copy(idx.begin() + order[i] * batch,
+                          idx.begin() + (order[i] + 1) * batch, out);
+                out += batch;
+            }
+            std::copy(idx.begin() + nb * batch, idx.end(), out);
+            return 0;
+        } catch (const std::bad_alloc&) {
+            return -1;
+        }
+    }
+    """
+    int fp_ds_sort_shuffle(int64_t* out, int64_t size, const int32_t* keys32,
+                           const int64_t* keys64, int64_t batch, int64_t shuffle) noexcept nogil
+
+
+# ---- the field tree ------------------------------------------------------------
+
+cdef cppclass FieldTree:
+    vector[string] names
+    vector[int] domain          # per field: its domain (0 = root)
+    vector[int] len_field       # per lengths field k (domain k + 1): its field index
+    vector[int] parent          # per domain: parent domain (-1 for the root)
+    int ndomains
+
+
+cdef void split_name(const string& s, vector[string]* parts) noexcept nogil:
+    """Split on ':' like Caffe2's getline-based split: a trailing empty piece
+    is dropped ("a:" -> ["a"], "" -> [])."""
+    cdef size_t start = 0, i
+    parts.clear()
+    for i in range(s.size()):
+        if s[i] == b':':
+            parts.push_back(s.substr(start, i - start))
+            start = i + 1
+    if start < s.size():
+        parts.push_back(s.substr(start))
+
+
+cdef int tree_build(FieldTree* t, const vector[string]& fields, string* err) noexcept nogil:
+    """Fill t from field names.  -1 with err set when a field depends on a
+    lengths field listed after it."""
+    cdef vector[vector[string]] parts
+    cdef vector[int] lens           # field ids of lengths fields, in order
+    cdef size_t i, j, m, nf = fields.size()
+    cdef size_t best_level
+    cdef int best
+    cdef bint match
+    cdef vector[string]* lp
+    cdef vector[string]* fp
+    t.names = fields
+    t.domain.assign(nf, 0)
+    t.len_field.clear()
+    t.parent.clear()
+    parts.resize(nf)
+    for i in range(nf):
+        split_name(fields[i], &parts[i])
+        if parts[i].size() and parts[i].back() == b"lengths":
+            lens.push_back(<int>i)
+    t.len_field = lens
+    t.ndomains = <int>lens.size() + 1
+    # longest matching lengths prefix (more than the bare "lengths")
+    for i in range(nf):
+        best_level = 1
+        best = -1
+        fp = &parts[i]
+        for j in range(lens.size()):
+            if <size_t>lens[j] == i:
+                continue
+            lp = &parts[lens[j]]
+            if lp.size() <= best_level or fp.size() < lp.size() - 1:
+                continue
+            match = True
+            for m in range(lp.size() - 1):
+                if lp[0][m] != fp[0][m]:
+                    match = False
+                    break
+            if match:
+                best_level = lp.size()
+                best = <int>j
+        t.domain[i] = best + 1
+        if best >= 0 and <size_t>lens[best] > i:
+            err[0] = cstr(b"field ") + to_str(i) + cstr(b" ('") + fields[i] + \
+                cstr(b"') depends on a lengths field defined after it: field ") + \
+                to_str(lens[best]) + cstr(b" ('") + fields[lens[best]] + cstr(b"')")
+            return -1
+    t.parent.push_back(-1)
+    for j in range(lens.size()):
+        t.parent.push_back(t.domain[lens[j]])
+    return 0
+
+
+# ---- the cursor object -----------------------------------------------------------
+
+cdef cppclass Cursor:
+    FieldTree tree              # immutable after creation
+    fp_mutex mu                 # protects offsets
+    vector[int64_t] offsets     # one per domain; empty means "at start"
+
+
+cdef void cursor_destroy(void* p) noexcept nogil:
+    cdef Cursor* c = <Cursor*>p
+    fp_mutex_destroy(&c.mu)
+    del c
+
+
+cdef int k_create_tree_cursor(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef Cursor* c = new Cursor()
+    cdef string err
+    cdef ObjHeader* h
+    if tree_build(&c.tree, op.d.args[0].strings, &err) != 0:
+        del c
+        return op_fails(op, ctx, E_RUNTIME, err)
+    fp_mutex_init(&c.mu)
+    h = obj_new(OBJ_CURSOR, c, cursor_destroy)
+    if h == NULL:
+        return op_oom(op, ctx)
+    blob_set_obj(op.outs[0], h)
+    return 0
+
+
+cdef inline Cursor* op_cursor(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef ObjHeader* h = op_obj(op, ctx, 0, OBJ_CURSOR)
+    if h == NULL:
+        return NULL
+    return <Cursor*>h.impl
+
+
+cdef int k_reset_cursor(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef Cursor* c = op_cursor(op, ctx)
+    if c == NULL:
+        return -1
+    fp_lock(&c.mu)
+    c.offsets.clear()
+    fp_unlock(&c.mu)
+    return 0
+
+
+# ---- per-op scratch (reused across runs: steady-state reads do not allocate) -----
+
+cdef cppclass DsState:
+    vector[Tensor] ins          # snapshots of the field inputs (one buffer ref each)
+    vector[int64_t] limits      # per domain: rows available (INT64_MAX: no field)
+    vector[int64_t] limit_field # per domain: a field that sets the limit (-1: none)
+    vector[int64_t] start       # per domain: offset before the advance
+    vector[int64_t] sizes       # per domain: rows taken
+    vector[int64_t] ends        # per domain: offset after the advance
+    FieldTree tree              # CheckDatasetConsistency: parsed at init
+
+
+cdef int ds_init(OpInst* op, RunCtx* ctx) noexcept nogil:
+    op.state = <void*>new DsState()
+    return 0
+
+
+cdef int ds_check_init(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef DsState* st = new DsState()
+    cdef string err
+    if tree_build(&st.tree, op.d.args[0].strings, &err) != 0:
+        del st      # the compiler does not call fini after a failed init
+        return op_fails(op, ctx, E_RUNTIME, err)
+    op.state = <void*>st
+    return 0
+
+
+cdef void ds_release(DsState* st) noexcept nogil:
+    cdef size_t i
+    for i in range(st.ins.size()):
+        buf_decref(st.ins[i].buf)
+        st.ins[i].buf = NULL
+    st.ins.clear()
+
+
+cdef void ds_fini(OpInst* op) noexcept nogil:
+    cdef DsState* st = <DsState*>op.state
+    if st == NULL:
+        return
+    ds_release(st)
+    del st
+    op.state = NULL
+
+
+cdef string field_desc(FieldTree* t, size_t i) noexcept nogil:
+    return cstr(b"field ") + to_str(i) + cstr(b" ('") + t.names[i] + cstr(b"')")
+
+
+cdef string domain_desc(FieldTree* t, int d) noexcept nogil:
+    if d == 0:
+        return cstr(b"the root domain")
+    return cstr(b"the domain of ") + field_desc(t, t.len_field[d - 1])
+
+
+cdef int snapshot_fields(OpInst* op, RunCtx* ctx, DsState* st, FieldTree* t,
+                         size_t first, bint same_dim0) noexcept nogil:
+    """Take a reference to every field input (inputs first .. first+F-1) and
+    compute per-domain limits: the smallest dim0 of the domain's fields, or
+    with same_dim0 (CheckDatasetConsistency) require equal dim0s.  Checks
+    ndim >= 1 everywhere and int32 1-D lengths.  The caller releases st."""
+    cdef size_t i, nf = t.names.size()
+    cdef Tensor* x
+    cdef int d
+    cdef int64_t rows
+    ds_release(st)
+    st.limits.assign(t.ndomains, INT64_MAX)
+    st.limit_field.assign(t.ndomains, -1)
+    for i in range(nf):
+        x = in_t(op, ctx, first + i)
+        if x == NULL:
+            return -1
+        st.ins.push_back(x[0])
+        buf_incref(x.buf)
+    for i in range(nf):
+        x = &st.ins[i]
+        if x.ndim < 1:
+            return op_fails(op, ctx, E_RUNTIME, field_desc(t, i) + cstr(b" (blob '") +
+                            op.ins[first + i].name + cstr(b"') is ") + tensor_describe(x) +
+                            cstr(b"; dataset fields need at least 1 dim"))
+        d = t.domain[i]
+        rows = x.shape[0]
+        if same_dim0 and st.limit_field[d] >= 0 and rows != st.limits[d]:
+            return op_fails(op, ctx, E_RUNTIME,
+                            cstr(b"Inconsistent sizes for fields belonging to same domain: ") +
+                            field_desc(t, i) + cstr(b" has ") + to_str(rows) + cstr(b" rows but ") +
+                            field_desc(t, st.limit_field[d]) + cstr(b" has ") + to_str(st.limits[d]) +
+                            cstr(b" (both in ") + domain_desc(t, d) + cstr(b")"))
+        if st.limit_field[d] < 0 or rows < st.limits[d]:
+            st.limits[d] = rows
+            st.limit_field[d] = <int64_t>i
+    for d in range(1, t.ndomains):
+        i = <size_t>t.len_field[d - 1]
+        x = &st.ins[i]
+        if x.dtype != DT_INT32 or x.ndim != 1:
+            return op_fails(op, ctx, E_RUNTIME, cstr(b"lengths ") + field_desc(t, i) +
+                            cstr(b" (blob '") + op.ins[first + i].name + cstr(b"') is ") +
+                            tensor_describe(x) + cstr(b", expected int32 1-D"))
+    return 0
+
+
+# Results of ds_advance.
+cdef enum:
+    ADV_OK = 0
+    ADV_PAST_END = 1        # root offset beyond the data (the data shrank)
+    ADV_INCONSISTENT = 2    # a child domain would pass its end
+    ADV_NEGATIVE = 3        # a negative length
+
+
+cdef int ds_advance(FieldTree* t, DsState* st, int64_t num, int* bad_domain,
+                    int64_t* bad_value) noexcept nogil:
+    """From offsets st.start, take up to num root records: fills st.sizes and
+    st.ends.  Lengths are read from st.ins (checked int32 1-D; a parent's rows
+    are within its lengths field because the lengths field is one of the
+    parent domain's fields, so it bounds the parent's limit)."""
+    cdef int d, p
+    cdef int64_t total, k, off, lim
+    cdef int32_t* lens
+    cdef int32_t v
+    lim = st.limits[0]
+    off = st.start[0]
+    if off > lim or off < 0:
+        bad_domain[0] = 0
+        bad_value[0] = off
+        return ADV_PAST_END
+    st.sizes[0] = lim - off if lim - off < num else num
+    st.ends[0] = off + st.sizes[0]
+    for d in range(1, t.ndomains):
+        p = t.parent[d]
+        lens = <int32_t*>tdata(&st.ins[t.len_field[d - 1]])
+        total = 0
+        for k in range(st.start[p], st.start[p] + st.sizes[p]):
+            v = lens[k]
+            if v < 0:
+                bad_domain[0] = d
+                bad_value[0] = k
+                return ADV_NEGATIVE
+            total += v
+        off = st.start[d]
+        if off < 0 or total > st.limits[d] - off:
+            bad_domain[0] = d
+            bad_value[0] = total
+            return ADV_INCONSISTENT
+        st.sizes[d] = total
+        st.ends[d] = off + total
+    return ADV_OK
+
+
+cdef int advance_fail(OpInst* op, RunCtx* ctx, FieldTree* t, DsState* st, int rc,
+                      int d, int64_t v) noexcept nogil:
+    cdef size_t lf
+    if rc == ADV_PAST_END:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"Tried to advance past end of cursor: offset ") +
+                        to_str(v) + cstr(b" but the root domain has ") + to_str(st.limits[0]) +
+                        cstr(b" rows (did the data shrink?)"))
+    lf = <size_t>t.len_field[d - 1]
+    if rc == ADV_NEGATIVE:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"negative length ") +
+                        to_str((<int32_t*>tdata(&st.ins[lf]))[v]) + cstr(b" at row ") + to_str(v) +
+                        cstr(b" of lengths ") + field_desc(t, lf))
+    if st.limit_field[d] < 0:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"Inconsistent field length: lengths ") +
+                        field_desc(t, lf) + cstr(b" overflow"))
+    return op_fails(op, ctx, E_RUNTIME, cstr(b"Inconsistent field length: tried to advance past the "
+                    b"end of ") + domain_desc(t, d) + cstr(b": from offset ") + to_str(st.start[d]) +
+                    cstr(b" the lengths sum to ") + to_str(v) + cstr(b" but ") +
+                    field_desc(t, st.limit_field[d]) + cstr(b" has ") + to_str(st.limits[d]) +
+                    cstr(b" rows"))
+
+
+cdef int copy_rows(OpInst* op, RunCtx* ctx, size_t out_i, Tensor* x, int64_t row0,
+                   int64_t nrows) noexcept nogil:
+    """outs[out_i] = x[row0 : row0 + nrows] (checked by the caller)."""
+    cdef int64_t shape[MAX_DIMS]
+    cdef int64_t inner = 1, k, n
+    cdef int j
+    cdef Tensor* out
+    cdef string* src
+    cdef string* dst
+    for j in range(1, x.ndim):
+        shape[j] = x.shape[j]
+        inner *= x.shape[j]
+    shape[0] = nrows
+    out = blob_out(op.outs[out_i])
+    if out_shape(op, ctx, out, x.dtype, x.ndim, shape) != 0:
+        return -1
+    n = nrows * inner
+    if n == 0:
+        return 0
+    if x.dtype == DT_STRING:
+        src = <string*>x.buf.data + row0 * inner
+        dst = <string*>tdata(out)
+        for k in range(n):
+            dst[k] = src[k]
+    else:
+        memcpy(tdata(out), <char*>x.buf.data + row0 * inner * dtype_itemsize(x.dtype),
+               n * dtype_itemsize(x.dtype))
+    return 0
+
+
+cdef int check_field_count(OpInst* op, RunCtx* ctx, Cursor* c, size_t nin) noexcept nogil:
+    if nin != c.tree.names.size():
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"the cursor ('") + op.ins[0].name +
+                        cstr(b"') has ") + to_str(c.tree.names.size()) + cstr(b" fields but the op has ") +
+                        to_str(nin) + cstr(b" field inputs"))
+    return 0
+
+
+# ---- ReadNextBatch ------------------------------------------------------------------
+
+cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
+    # args: batch_size, enforce_batch_size
+    cdef Cursor* c = op_cursor(op, ctx)
+    cdef DsState* st = <DsState*>op.state
+    cdef FieldTree* t
+    cdef int64_t batch = op.d.args[0].i
+    cdef bint enforce = op.d.args[1].i != 0
+    cdef size_t i, nf
+    cdef int d, rc, bad_d = 0
+    cdef int64_t bad_v = 0, have = 0
+    if c == NULL:
+        return -1
+    t = &c.tree
+    nf = t.names.size()
+    if check_field_count(op, ctx, c, op.ins.size() - 1) != 0:
+        return -1
+    if op.outs.size() != nf:
+        return op_fail(op, ctx, E_RUNTIME, b"expects one output per field input")
+    if batch < 1:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"batch_size=") + to_str(batch) + cstr(b" must be >= 1"))
+    if snapshot_fields(op, ctx, st, t, 1, False) != 0:
+        ds_release(st)
+        return -1
+    st.start.resize(t.ndomains)
+    st.sizes.resize(t.ndomains)
+    st.ends.resize(t.ndomains)
+    # Advance under the lock; nothing is copied while it is held.
+    fp_lock(&c.mu)
+    if c.offsets.empty():
+        c.offsets.assign(t.ndomains, 0)
+    if c.offsets.size() != <size_t>t.ndomains:
+        have = c.offsets.size()
+        rc = -1
+    else:
+        for d in range(t.ndomains):
+            st.start[d] = c.offsets[d]
+        rc = ds_advance(t, st, batch, &bad_d, &bad_v)
+        if rc == ADV_OK:
+            for d in range(t.ndomains):
+                c.offsets[d] = st.ends[d]
+    fp_unlock(&c.mu)
+    if rc == -1:
+        ds_release(st)
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"the cursor ('") + op.ins[0].name + cstr(b"') holds ") +
+                        to_str(have) + cstr(b" offsets for ") + to_str(t.ndomains) +
+                        cstr(b" domains (it was used by ReadRandomBatch; reset it with ResetCursor)"))
+    if rc != ADV_OK:
+        advance_fail(op, ctx, t, st, rc, bad_d, bad_v)
+        ds_release(st)
+        return -1
+    if enforce and st.sizes[0] < batch:
+        # a short tail is consumed but returned empty: the end-of-data signal
+        for d in range(t.ndomains):
+            st.sizes[d] = 0
+    rc = 0
+    for i in range(nf):
+        d = t.domain[i]
+        if copy_rows(op, ctx, i, &st.ins[i], st.start[d], st.sizes[d]) != 0:
+            rc = -1
+            break
+    ds_release(st)
+    return rc
+
+
+# ---- ComputeOffset -------------------------------------------------------------------
+
+cdef int k_compute_offset(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef Cursor* c = op_cursor(op, ctx)
+    cdef DsState* st = <DsState*>op.state
+    cdef FieldTree* t
+    cdef int d, D, rc = ADV_OK, bad_d = 0
+    cdef int64_t k, n, bad_v = 0
+    cdef int64_t shape[2]
+    cdef Tensor* out
+    cdef int64_t* o
+    if c == NULL:
+        return -1
+    t = &c.tree
+    if check_field_count(op, ctx, c, op.ins.size() - 1) != 0:
+        return -1
+    if t.names.size() == 0:
+        return op_fail(op, ctx, E_RUNTIME, b"the cursor has no fields")
+    if snapshot_fields(op, ctx, st, t, 1, False) != 0:
+        ds_release(st)
+        return -1
+    D = t.ndomains
+    n = st.limits[0]
+    st.start.assign(D, 0)
+    st.sizes.resize(D)
+    st.ends.resize(D)
+    shape[0] = n + 1
+    shape[1] = D
+    out = blob_out(op.outs[0])
+    if out_shape(op, ctx, out, DT_INT64, 2, shape) != 0:
+        ds_release(st)
+        return -1
+    o = <int64_t*>tdata(out)
+    # Row k = the offsets after k records, from the start of the data.  The
+    # lock makes this safe against concurrent readers of the cursor (Caffe2
+    # takes none); the cursor is left at the start.
+    fp_lock(&c.mu)
+    for k in range(n + 1):
+        for d in range(D):
+            o[k * D + d] = st.start[d]
+        if k == n:
+            break
+        rc = ds_advance(t, st, 1, &bad_d, &bad_v)
+        if rc != ADV_OK:
+            break
+        for d in range(D):
+            st.start[d] = st.ends[d]
+    if rc == ADV_OK:
+        c.offsets.assign(D, 0)
+    fp_unlock(&c.mu)
+    if rc != ADV_OK:
+        advance_fail(op, ctx, t, st, rc, bad_d, bad_v)
+        ds_release(st)
+        return -1
+    ds_release(st)
+    return 0
+
+
+# ---- SortAndShuffle ------------------------------------------------------------------
+
+cdef int k_sort_and_shuffle(OpInst* op, RunCtx* ctx) noexcept nogil:
+    # args: sort_by_field_idx, batch_size, shuffle_size
+    cdef Cursor* c = op_cursor(op, ctx)
+    cdef FieldTree* t
+    cdef int64_t sidx = op.d.args[0].i
+    cdef int64_t batch = op.d.args[1].i
+    cdef int64_t shuffle = op.d.args[2].i
+    cdef int64_t size
+    cdef Tensor* key
+    cdef Tensor K
+    cdef Tensor* out
+    cdef size_t nf
+    cdef int rc
+    cdef const int32_t* k32 = NULL
+    cdef const int64_t* k64 = NULL
+    if c == NULL:
+        return -1
+    t = &c.tree
+    nf = t.names.size()
+    if check_field_count(op, ctx, c, op.ins.size() - 1) != 0:
+        return -1
+    if nf == 0:
+        return op_fail(op, ctx, E_RUNTIME, b"the cursor has no fields")
+    if sidx < -1 or sidx >= <int64_t>nf:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"sort_by_field_idx=") + to_str(sidx) +
+                        cstr(b" must be -1 (no sort) or a field index < ") + to_str(nf))
+    if batch < 1 or shuffle < 1:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"batch_size=") + to_str(batch) +
+                        cstr(b" and shuffle_size=") + to_str(shuffle) + cstr(b" must be >= 1"))
+    key = in_t(op, ctx, <size_t>(sidx if sidx >= 0 else 0) + 1)
+    if key == NULL:
+        return -1
+    if key.ndim < 1:
+        return op_fails(op, ctx, E_RUNTIME, field_desc(t, sidx if sidx >= 0 else 0) +
+                        cstr(b" is ") + tensor_describe(key) + cstr(b"; dataset fields need at least 1 dim"))
+    size = key.shape[0]
+    if sidx >= 0:
+        if t.domain[sidx] != 0:
+            return op_fails(op, ctx, E_RUNTIME, cstr(b"cannot sort by ") + field_desc(t, sidx) +
+                            cstr(b": it is not in the root domain"))
+        if key.dtype != DT_INT32 and key.dtype != DT_INT64:
+            return op_fails(op, ctx, E_RUNTIME, cstr(b"cannot sort by ") + field_desc(t, sidx) +
+                            cstr(b": it is ") + tensor_describe(key) + cstr(b", expected int32 or int64"))
+        if key.size != size:
+            return op_fails(op, ctx, E_RUNTIME, cstr(b"cannot sort by ") + field_desc(t, sidx) +
+                            cstr(b": it is ") + tensor_describe(key) + cstr(b", expected 1 value per row"))
+    # adjust shuffle_size when a shuffle block is larger than the data (Caffe2)
+    if shuffle > size // batch:
+        shuffle = size // batch
+    K = key[0]
+    buf_incref(K.buf)       # the output may be the key blob
+    if sidx >= 0:
+        if K.dtype == DT_INT32:
+            k32 = <int32_t*>K.buf.data
+        else:
+            k64 = <int64_t*>K.buf.data
+    out = blob_out(op.outs[0])
+    if out_shape(op, ctx, out, DT_INT64, 1, &size) != 0:
+        buf_decref(K.buf)
+        return -1
+    rc = fp_ds_sort_shuffle(<int64_t*>tdata(out), size, k32, k64, batch, shuffle)
+    buf_decref(K.buf)
+    if rc != 0:
+        return op_oom(op, ctx)
+    return 0
+
+
+# ---- ReadRandomBatch ------------------------------------------------------------------
+
+cdef int k_read_random_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
+    # inputs: cursor, indices (int64), offsets (int64 [N+1, D]), fields...
+    # args: batch_size, enforce_batch_size, loop_over
+    cdef Cursor* c = op_cursor(op, ctx)
+    cdef DsState* st = <DsState*>op.state
+    cdef FieldTree* t
+    cdef int64_t batch = op.d.args[0].i
+    cdef bint enforce = op.d.args[1].i != 0
+    cdef bint loop_over = op.d.args[2].i != 0
+    cdef Tensor* pidx
+    cdef Tensor* poff
+    cdef Tensor IDX, OFF
+    cdef int64_t nidx, pos, end, j, r, b0, b1, rows, nrec, D, inner, isz, k
+    cdef int64_t shape[MAX_DIMS]
+    cdef int64_t* ix
+    cdef int64_t* M
+    cdef size_t i, nf
+    cdef int d, q, rc = 0
+    cdef Tensor* x
+    cdef Tensor* out
+    cdef string* ss
+    cdef string* ds
+    if c == NULL:
+        return -1
+    t = &c.tree
+    nf = t.names.size()
+    if op.ins.size() < 3 or check_field_count(op, ctx, c, op.ins.size() - 3) != 0:
+        return -1
+    if op.outs.size() != nf:
+        return op_fail(op, ctx, E_RUNTIME, b"expects one output per field input")
+    if batch < 1:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"batch_size=") + to_str(batch) + cstr(b" must be >= 1"))
+    pidx = in_t(op, ctx, 1)
+    if pidx == NULL:
+        return -1
+    if pidx.dtype != DT_INT64:
+        return fail_dtype(op, ctx, 1, pidx, b"int64 (record indices)")
+    poff = in_t(op, ctx, 2)
+    if poff == NULL:
+        return -1
+    D = t.ndomains
+    if poff.dtype != DT_INT64 or poff.ndim != 2 or poff.shape[1] != D or poff.shape[0] < 1:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"input 2 ('") + op.ins[2].name + cstr(b"') is ") +
+                        tensor_describe(poff) + cstr(b", expected int64 [records + 1, ") + to_str(D) +
+                        cstr(b"] offsets from ComputeOffset"))
+    IDX = pidx[0]
+    OFF = poff[0]
+    buf_incref(IDX.buf)
+    buf_incref(OFF.buf)
+    if snapshot_fields(op, ctx, st, t, 3, False) != 0:
+        rc = -1
+    else:
+        nidx = IDX.size
+        nrec = OFF.shape[0] - 1
+        ix = <int64_t*>IDX.buf.data
+        M = <int64_t*>OFF.buf.data
+        # Position under the lock (the cursor's first offset); the copy is
+        # done outside it.
+        fp_lock(&c.mu)
+        # Caffe2 keeps only the first offset: a ReadNextBatch on this cursor
+        # then fails (instead of reading misaligned nested slices) until a
+        # ResetCursor.
+        if c.offsets.empty():
+            c.offsets.push_back(0)
+        c.offsets.resize(1)
+        pos = c.offsets[0]
+        if enforce and pos + batch > nidx:
+            pos = nidx
+        if loop_over and pos >= nidx:
+            c.offsets[0] = 0
+            pos = 0
+        c.offsets[0] += batch
+        fp_unlock(&c.mu)
+        if pos < 0:
+            pos = nidx
+        end = pos + batch if batch < nidx - pos else nidx
+        if end < pos:
+            end = pos
+        # validate every picked record once
+        for j in range(pos, end):
+            r = ix[j]
+            if r < 0 or r >= nrec:
+                rc = op_fails(op, ctx, E_RUNTIME, cstr(b"Out of bound when trying to get elem from "
+                              b"offsetsmat: index ") + to_str(r) + cstr(b" at position ") + to_str(j) +
+                              cstr(b" of '") + op.ins[1].name + cstr(b"' but the offsets ('") +
+                              op.ins[2].name + cstr(b"') cover ") + to_str(nrec) + cstr(b" records"))
+                break
+            for q in range(D):
+                b0 = M[r * D + q]
+                b1 = M[(r + 1) * D + q]
+                if b0 < 0 or b1 < b0 or b1 > st.limits[q]:
+                    rc = op_fails(op, ctx, E_RUNTIME, cstr(b"offsets ('") + op.ins[2].name +
+                                  cstr(b"') of record ") + to_str(r) + cstr(b" give rows [") + to_str(b0) +
+                                  cstr(b", ") + to_str(b1) + cstr(b") in ") + domain_desc(t, q) +
+                                  cstr(b", which has ") + to_str(st.limits[q]) + cstr(b" rows"))
+                    break
+            if rc:
+                break
+        if rc == 0:
+            for i in range(nf):
+                x = &st.ins[i]
+                d = t.domain[i]
+                rows = 0
+                for j in range(pos, end):
+                    r = ix[j]
+                    rows += M[(r + 1) * D + d] - M[r * D + d]
+                inner = 1
+                for q in range(1, x.ndim):
+                    shape[q] = x.shape[q]
+                    inner *= x.shape[q]
+                shape[0] = rows
+                out = blob_out(op.outs[i])
+                if out_shape(op, ctx, out, x.dtype, x.ndim, shape) != 0:
+                    rc = -1
+                    break
+                if rows * inner == 0:
+                    continue
+                isz = dtype_itemsize(x.dtype)
+                k = 0
+                for j in range(pos, end):
+                    r = ix[j]
+                    b0 = M[r * D + d]
+                    b1 = M[(r + 1) * D + d]
+                    if b1 == b0:
+                        continue
+                    if x.dtype == DT_STRING:
+                        ss = <string*>x.buf.data + b0 * inner
+                        ds = <string*>tdata(out) + k * inner
+                        for q in range((b1 - b0) * inner):
+                            ds[q] = ss[q]
+                    else:
+                        memcpy(<char*>tdata(out) + k * inner * isz,
+                               <char*>x.buf.data + b0 * inner * isz, (b1 - b0) * inner * isz)
+                    k += b1 - b0
+    ds_release(st)
+    buf_decref(IDX.buf)
+    buf_decref(OFF.buf)
+    return rc
+
+
+# ---- CheckDatasetConsistency ------------------------------------------------------------
+
+cdef int k_check_dataset_consistency(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef DsState* st = <DsState*>op.state
+    cdef FieldTree* t = &st.tree
+    cdef int d, rc, bad_d = 0
+    cdef int64_t bad_v = 0
+    cdef size_t lf
+    if op.ins.size() != t.names.size():
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"Invalid number of fields. Expected ") +
+                        to_str(t.names.size()) + cstr(b", got ") + to_str(op.ins.size()))
+    if snapshot_fields(op, ctx, st, t, 0, True) != 0:
+        ds_release(st)
+        return -1
+    st.start.assign(t.ndomains, 0)
+    st.sizes.resize(t.ndomains)
+    st.ends.resize(t.ndomains)
+    rc = ds_advance(t, st, st.limits[0], &bad_d, &bad_v)
+    if rc != ADV_OK:
+        advance_fail(op, ctx, t, st, rc, bad_d, bad_v)
+        ds_release(st)
+        return -1
+    for d in range(1, t.ndomains):
+        # a domain without fields has nothing its lengths could disagree with
+        if st.limit_field[d] >= 0 and st.ends[d] != st.limits[d]:
+            lf = <size_t>t.len_field[d - 1]
+            op_fails(op, ctx, E_RUNTIME, cstr(b"Inconsistent field length: lengths ") +
+                     field_desc(t, lf) + cstr(b" sum to ") + to_str(st.ends[d]) + cstr(b" but ") +
+                     field_desc(t, st.limit_field[d]) + cstr(b" has ") + to_str(st.limits[d]) +
+                     cstr(b" rows"))
+            ds_release(st)
+            return -1
+    ds_release(st)
+    return 0
+
+
+reg("CreateTreeCursor", k_create_tree_cursor)
+reg("ResetCursor", k_reset_cursor)
+reg("ReadNextBatch", k_read_next_batch, ds_init, ds_fini)
+reg("ComputeOffset", k_compute_offset, ds_init, ds_fini)
+reg("SortAndShuffle", k_sort_and_shuffle)
+reg("ReadRandomBatch", k_read_random_batch, ds_init, ds_fini)
+reg("CheckDatasetConsistency", k_check_dataset_consistency, ds_check_init, ds_fini)
