@@ -1,0 +1,269 @@
+"""In-memory datasets with a fixed schema (Caffe2's ``caffe2.python.dataset``).
+
+A :class:`Dataset` is a set of blobs, one per schema field, stored as
+native tensors.  Its reader reads batches atomically through a shared tree
+cursor (``ReadNextBatch``), so any number of instances can read it
+concurrently and every record is read exactly once; its writer appends
+under a mutex (``AtomicAppend``).
+"""
+
+import numpy as np
+
+from . import core
+from .dataio import Reader, Writer
+from .errors import GraphError
+from .schema import InitEmptyRecord, Struct, from_blob_list, from_column_list
+
+__all__ = ["Dataset", "Const", "execution_step_with_progress"]
+
+
+class _DatasetReader(Reader):
+    def __init__(self, dataset, name, batch_size=1, enforce_batch_size=False):
+        """Use ``dataset.reader()``."""
+        Reader.__init__(self, dataset.content())
+        self.dataset = dataset
+        self.name = name or (dataset.name + "_cursor")
+        self.batch_size = batch_size
+        self.enforce_batch_size = enforce_batch_size
+        self.cursor = None
+
+    def setup_ex(self, init_net, exit_net):
+        # guarded: a reader shared by several pipes creates its cursor once
+        if self.cursor is None:
+            self.cursor = init_net.CreateTreeCursor(
+                [], init_net.NextScopedBlob(self.name), fields=self.dataset.fields)
+
+    def read(self, read_net):
+        if self.cursor is None:
+            raise GraphError("Dataset reader %s: setup_ex not called." % self.name)
+        content = self.dataset.content()
+        with core.NameScope(read_net.NextName(self.name)):
+            fields = read_net.ReadNextBatch(
+                [self.cursor] + content.field_blobs(), content.field_names(),
+                batch_size=self.batch_size,
+                enforce_batch_size=self.enforce_batch_size)
+            fields = core.output_to_list(fields)
+            return read_net.IsEmpty([fields[0]]), fields
+
+    def reset(self, net):
+        net.ResetCursor([self.cursor], [])
+
+
+class _DatasetRandomReader(Reader):
+    def __init__(self, dataset, name, indices, batch_size=1, loop_over=False,
+                 enforce_batch_size=False):
+        """Use ``dataset.random_reader()``."""
+        Reader.__init__(self, dataset.content())
+        self.dataset = dataset
+        self.cursor = None
+        self.name = name or (dataset.name + "_cursor")
+        self.indices = indices
+        self.offsets = None
+        self.batch_size = batch_size
+        self.loop_over = loop_over
+        self.enforce_batch_size = enforce_batch_size
+
+    def setup_ex(self, init_net, exit_net):
+        if self.cursor is None:
+            self.cursor = init_net.CreateTreeCursor(
+                [], init_net.NextScopedBlob(self.name), fields=self.dataset.fields)
+
+    def reset(self, net):
+        net.ResetCursor([self.cursor], [])
+
+    def computeoffset(self, net):
+        """Append ops computing the record offsets (needed by ``read``)."""
+        self.reset(net)
+        self.offsets = net.ComputeOffset(
+            [self.cursor] + self.dataset.content().field_blobs(), "offsets")
+
+    def sort_and_shuffle(self, net, sort_by_field=None, shuffle_size=1,
+                         batch_size=1):
+        """Append ops computing the reading order (``indices``)."""
+        content = self.dataset.content()
+        sort_by_field_idx = -1
+        if sort_by_field:
+            if sort_by_field not in content.field_names():
+                raise GraphError("sort_by_field %r is not a field of the dataset"
+                                 % sort_by_field)
+            sort_by_field_idx = content.field_names().index(sort_by_field)
+        self.reset(net)
+        self.indices = net.SortAndShuffle(
+            [self.cursor] + content.field_blobs(), "indices",
+            sort_by_field_idx=sort_by_field_idx, shuffle_size=shuffle_size,
+            batch_size=batch_size)
+
+    def read(self, read_net):
+        if self.cursor is None:
+            raise GraphError("Dataset random reader: setup_ex not called")
+        if self.indices is None:
+            raise GraphError("Dataset random reader: sort_and_shuffle not called")
+        if self.offsets is None:
+            raise GraphError("Dataset random reader: computeoffset not called")
+        content = self.dataset.content()
+        with core.NameScope(read_net.NextName(self.name)):
+            fields = read_net.ReadRandomBatch(
+                [self.cursor, self.indices, self.offsets] + content.field_blobs(),
+                content.field_names(), batch_size=self.batch_size,
+                enforce_batch_size=self.enforce_batch_size,
+                loop_over=self.loop_over)
+            fields = core.output_to_list(fields)
+            return read_net.IsEmpty([fields[0]]), fields
+
+
+class _DatasetWriter(Writer):
+    def __init__(self, content):
+        """Use ``dataset.writer()``."""
+        self._content = content
+        self.mutex = None
+
+    def setup_ex(self, init_net, exit_net):
+        if self.mutex is None:
+            self.mutex = init_net.CreateMutex([])
+
+    def write(self, writer_net, fields):
+        """Append ops that check ``fields`` against the schema and append
+        them to the dataset (atomically, under the writer's mutex)."""
+        if self.mutex is None:
+            raise GraphError("Dataset writer: setup_ex not called.")
+        field_blobs = self._content.field_blobs()
+        if len(fields) != len(field_blobs):
+            raise GraphError("Expected %s fields, got %s." % (len(field_blobs),
+                                                              len(fields)))
+        writer_net.CheckDatasetConsistency(
+            fields, [], fields=self._content.field_names())
+        writer_net.AtomicAppend([self.mutex] + field_blobs + list(fields),
+                                field_blobs)
+
+    def commit(self, finish_net):
+        """No-op for an in-memory dataset."""
+
+
+def Const(net, value, dtype=None, name=None):
+    """Feed ``value`` into a new uniquely named blob of the current
+    workspace now, and declare it an external input of ``net``."""
+    from . import workspace
+    if not isinstance(net, core.Net):
+        raise GraphError("net must be a core.Net instance.")
+    value = np.array(value, dtype=dtype)
+    blob = net.AddExternalInput(net.NextName(prefix=name))
+    workspace.FeedBlob(str(blob), value)
+    return blob
+
+
+def execution_step_with_progress(name, init_net, substeps, rows_read):
+    report_net = core.Net("report_net")
+    report_net.Print([rows_read], [])
+    return core.execution_step(name, substeps, report_net=report_net,
+                               concurrent_substeps=True, report_interval=5)
+
+
+class _CallableList(list):
+    """A list that returns itself when called: ``ds.field_types`` works as
+    Caffe2's attribute and ``ds.field_types()`` as its documented method."""
+
+    def __call__(self):
+        return self
+
+
+class Dataset(object):
+    """An in-memory dataset with a fixed schema.
+
+    Initialise it with ``init_empty(init_net)`` (then fill it with a
+    writer) or ``init_from_dataframe``.
+
+    Args:
+        fields: a ``schema.Struct`` or a list of field names
+            (``'a'``, ``'b:lengths'``, ``'b:values'``...).
+        name: prefix of the blobs that hold the data.
+
+    Example::
+
+        ds = Dataset(Struct(('x', Scalar(np.float32))), name='points')
+        ds.init_empty(init_net)
+        pipe(source_reader, ds.writer())
+        pipe(ds.reader(batch_size=16), processor=f, num_runtime_threads=4)
+    """
+
+    def __init__(self, fields, name=None):
+        if isinstance(fields, list):
+            fields = from_column_list(fields)
+        elif not isinstance(fields, Struct):
+            raise GraphError("fields must be either a Struct or a list of raw "
+                             "field names.")
+        self.schema = fields
+        self.fields = fields.field_names()
+        self.field_types = _CallableList(fields.field_types())
+        self.name = name or "dataset"
+        self.field_blobs = fields.field_blobs() if fields.has_blobs() else None
+
+    def trim(self, net, multiple_of):
+        raise NotImplementedError("Dataset.trim needs the TrimDataset operator, "
+                                  "which fastpipe does not provide")
+
+    def init_empty(self, init_net):
+        """Append ops to ``init_net`` that create empty blobs for every field."""
+        self.field_blobs = InitEmptyRecord(
+            init_net, self.schema.clone_schema()).field_blobs()
+
+    def init_from_dataframe(self, net, dataframe):
+        """Feed each column of a pandas DataFrame into the current workspace
+        now; ``net`` takes the blobs as external inputs."""
+        if len(self.fields) != len(dataframe.columns):
+            raise GraphError("DataFrame has %d columns for %d fields"
+                             % (len(dataframe.columns), len(self.fields)))
+        self.field_blobs = [
+            Const(net, np.asarray(dataframe.iloc[:, col]).flatten(), name=field)
+            for col, field in enumerate(self.fields)]
+
+    def get_blobs(self):
+        """The blobs holding the data, in field order."""
+        return self.field_blobs
+
+    def content(self):
+        """A record of the blobs holding the whole content."""
+        return from_blob_list(self.schema, self.field_blobs)
+
+    def field_names(self):
+        return self.fields
+
+    def get_record(self):
+        """Alias of :meth:`content` (the dataset's record of blobs)."""
+        return self.content()
+
+    def _check_initialized(self):
+        if not self.field_blobs:
+            raise GraphError("Dataset %s not initialized." % self.name)
+
+    def reader(self, init_net=None, cursor_name=None, batch_size=1,
+               enforce_batch_size=False):
+        """A reader over the dataset.  The cursor is created once: now in
+        ``init_net`` if given, else in the first task init it is set up in.
+
+        Every read takes the next ``batch_size`` records atomically; the
+        reader stops when a read returns no record.
+        """
+        self._check_initialized()
+        reader = _DatasetReader(self, cursor_name, batch_size, enforce_batch_size)
+        if init_net is not None:
+            reader.setup_ex(init_net, None)
+        return reader
+
+    def random_reader(self, init_net=None, indices=None, cursor_name=None,
+                      batch_size=1, loop_over=False, enforce_batch_size=False):
+        """A reader following the order in ``indices`` (see
+        ``sort_and_shuffle``/``computeoffset`` on the reader)."""
+        self._check_initialized()
+        reader = _DatasetRandomReader(self, cursor_name, indices, batch_size,
+                                      loop_over, enforce_batch_size)
+        if init_net is not None:
+            reader.setup_ex(init_net, None)
+        return reader
+
+    def writer(self, init_net=None):
+        """A writer appending records to the dataset (thread-safe)."""
+        self._check_initialized()
+        writer = _DatasetWriter(self.content())
+        if init_net is not None:
+            writer.setup_ex(init_net, None)
+        return writer

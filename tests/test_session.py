@@ -1,0 +1,172 @@
+"""Runtime tests of fastpipe.session (need fastpipe.workspace)."""
+
+import pytest
+
+workspace = pytest.importorskip("fastpipe.workspace")
+
+from fastpipe import core  # noqa: E402
+from fastpipe.errors import GraphError  # noqa: E402
+from fastpipe.net_builder import ops  # noqa: E402
+from fastpipe.session import CompiledRunnable, LocalSession, Session  # noqa: E402
+from fastpipe.task import (Task, TaskGroup, WorkspaceType,  # noqa: E402
+                           final_output)
+
+
+@pytest.fixture
+def ws():
+    return workspace.C.Workspace()
+
+
+def _fill_net(name, blob, value):
+    net = core.Net(name)
+    net.ConstantFill([], [blob], shape=[], value=value, dtype=core.DataType.INT64)
+    return net
+
+
+@pytest.mark.timeout(30)
+def test_run_net_step_plan_task(ws):
+    session = LocalSession(ws)
+    session.run(_fill_net("n1", "s_net", 1))
+    session.run(core.execution_step("st", _fill_net("n2", "s_step", 2)))
+    session.run(core.Plan(core.execution_step("pl", _fill_net("n3", "s_plan", 3))))
+    with TaskGroup():
+        t = Task(step=_fill_net("n4", "s_task", 4))
+    session.run(t)
+    for name, value in (("s_net", 1), ("s_step", 2), ("s_plan", 3), ("s_task", 4)):
+        assert ws.blobs[name].fetch() == value
+
+
+@pytest.mark.timeout(30)
+def test_default_workspace_is_current(ws):
+    session = LocalSession()
+    session.run(_fill_net("ndef", "s_default_ws", 5))
+    assert workspace.FetchBlob("s_default_ws") == 5
+
+
+@pytest.mark.timeout(30)
+def test_private_vs_global_workspace(ws):
+    with TaskGroup(WorkspaceType.PRIVATE) as private:
+        Task(step=_fill_net("priv", "only_in_child", 1))
+    with TaskGroup(WorkspaceType.GLOBAL) as glob:
+        Task(step=_fill_net("glob", "in_session_ws", 2))
+    session = LocalSession(ws)
+    session.run(private)
+    session.run(glob)
+    assert not ws.has_blob("only_in_child")
+    assert ws.blobs["in_session_ws"].fetch() == 2
+
+
+@pytest.mark.timeout(30)
+def test_task_output_from_private_task_survives(ws):
+    with TaskGroup() as tg:
+        with Task(name="out") as t:
+            b = ops.ConstantFill([], "priv_out", shape=[], value=7,
+                                 dtype=core.DataType.INT64)
+            out = final_output(b)
+    LocalSession(ws).run(tg)
+    assert t.workspace_type() == WorkspaceType.PRIVATE
+    assert out.fetch() == 7
+    assert str(out.get()) == "priv_out"
+
+
+@pytest.mark.timeout(30)
+def test_compile_cache_ignores_later_edits(ws):
+    net = _fill_net("cached", "cache_blob", 1)
+    session = LocalSession(ws)
+    session.run(net)
+    net.ConstantFill([], ["cache_blob"], shape=[], value=2, dtype=core.DataType.INT64)
+    session.run(net)
+    assert ws.blobs["cache_blob"].fetch() == 1
+    compiled = LocalSession.compile(net)
+    assert isinstance(compiled, CompiledRunnable)
+    assert LocalSession.compile(net) is compiled
+    assert LocalSession.compile(compiled) is compiled
+    with pytest.raises(GraphError):
+        Session.compile(compiled)
+
+
+@pytest.mark.timeout(30)
+def test_closed_session_and_context_manager(ws):
+    with LocalSession(ws) as session:
+        session.run(_fill_net("ctx", "ctx_blob", 1))
+    assert not session.is_open()
+    with pytest.raises(GraphError):
+        session.run(_fill_net("ctx2", "ctx_blob2", 1))
+    s2 = LocalSession(ws)
+    with pytest.raises(ZeroDivisionError):
+        with s2:
+            1 / 0
+    assert s2.is_open()  # closes only on a clean exit
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("num_instances", [1, 2, 8])
+def test_setup_once_per_run_and_per_instance(ws, num_instances):
+    """task_init runs once per run, instance init once per instance, and
+    both run again on every run of the same compiled group."""
+    init = core.Net("counters")
+    task_count = init.CreateCounter([], ["task_init_runs"], init_count=0)
+    inst_count = init.CreateCounter([], ["instance_init_runs"], init_count=0)
+    ws.run(init)
+    with TaskGroup() as tg:
+        with Task(name="setup_once", num_instances=num_instances):
+            with ops.task_init():
+                ops.CountUp([task_count])
+            with ops.task_instance_init():
+                ops.CountUp([inst_count])
+            ops.Const(1)
+    session = LocalSession(ws)
+    session.run(tg)
+    session.run(tg)
+    probe = core.Net("probe")
+    probe.RetrieveCount([task_count], ["task_runs_value"])
+    probe.RetrieveCount([inst_count], ["inst_runs_value"])
+    ws.run(probe)
+    assert ws.blobs["task_runs_value"].fetch() == 2
+    assert ws.blobs["inst_runs_value"].fetch() == 2 * num_instances
+
+
+@pytest.mark.timeout(60)
+def test_instances_are_isolated_but_share_task_init_blobs(ws):
+    """Each runtime instance has its own workspace for names first created
+    in it; task_init blobs are shared."""
+    n = 4
+    with TaskGroup() as tg:
+        with Task(name="iso", num_instances=n) as t:
+            with ops.task_init():
+                shared = ops.CreateCounter([], init_count=0)
+            local = ops.ConstantFill([], shape=[], value=0, dtype=core.DataType.INT64)
+            with ops.loop(10):
+                ops.Add([local, ops.Const(1)], [local])
+                ops.CountUp([shared])
+            with ops.task_exit():
+                total = ops.RetrieveCount([shared])
+            t.add_output(total)
+    LocalSession(ws).run(tg)
+    assert t.outputs()[0].fetch() == 10 * n
+
+
+@pytest.mark.timeout(30)
+def test_failure_raises_runtime_error(ws):
+    net = core.Net("bad")
+    net.Copy("does_not_exist", "y")
+    with pytest.raises(RuntimeError):
+        LocalSession(ws).run(net)
+
+
+@pytest.mark.timeout(60)
+def test_task_reporter_runs_at_least_once_per_instance(ws):
+    init = core.Net("rep_init")
+    reports = init.CreateCounter([], ["reporter_runs"], init_count=0)
+    ws.run(init)
+    with TaskGroup() as tg:
+        with Task(name="reported", num_instances=3):
+            with ops.task_reporter(interval_ms=10000):
+                ops.CountUp([reports])
+            ops.Const(1)
+    LocalSession(ws).run(tg)
+    probe = core.Net("rep_probe")
+    probe.RetrieveCount([reports], ["reporter_runs_value"])
+    ws.run(probe)
+    # the interval is long: only the guaranteed final run happens
+    assert ws.blobs["reporter_runs_value"].fetch() == 3
