@@ -425,6 +425,9 @@ def test_ctrl_c_while_blocked_in_queue_raises_keyboard_interrupt():
         if blocked.wait(20):
             sent.append(time.monotonic())
             os.kill(os.getpid(), signal.SIGINT)
+    # A process started in the background inherits SIGINT as ignored (and
+    # Python then installs no handler): make Ctrl-C raise as in a terminal.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     t = threading.Thread(target=interrupter)
     t.start()
     try:
@@ -433,4 +436,5 @@ def test_ctrl_c_while_blocked_in_queue_raises_keyboard_interrupt():
         elapsed = time.monotonic() - sent[0]
     finally:
         t.join(10)
+        signal.signal(signal.SIGINT, old)
     assert elapsed < 1.0
