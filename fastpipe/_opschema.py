@@ -163,14 +163,72 @@ def arg_value(arg, spec, where):
     raise bad("a scalar value")
 
 
+# (type, #inputs, #outputs, argument content[, inputs, outputs]) -> the
+# (schema, values) parse_args returned.  Ops built from one template (a net
+# cloned per node, N copies of a pipe) share their arguments, so most ops
+# are parsed once.  Bounded; cleared when full.
+_PARSE_CACHE = {}
+_PARSE_CACHE_MAX = 8192
+_MAX_CACHED_LIST = 256   # longer repeated arguments (tensor values) are not cached
+
+
+def _args_key(args):
+    """A hashable key of the argument protos' content, or None (net-valued
+    or very long arguments are not cached)."""
+    key = []
+    for arg in args:
+        items = []
+        for k, v in arg.__dict__.items():
+            if type(v) is list:
+                if len(v) > _MAX_CACHED_LIST:
+                    return None
+                v = tuple(v)
+            elif k == "n" or k == "nets":
+                return None
+            items.append((k, v))
+        key.append(tuple(items))
+    return tuple(key)
+
+
 def parse_args(op_def, net_name=None):
     """Validate ``op_def`` against its schema.
 
     Returns ``(schema, values)`` where ``values`` is a list in schema order,
     ``None`` marking an argument that was not given (the kernel uses the
-    default).  Raises :class:`OperatorDefError` (a ``ValueError``) naming
-    the operator, net and argument on any problem.
+    default).  ``values`` may be shared between calls: do not modify it.
+    Raises :class:`OperatorDefError` (a ``ValueError``) naming the
+    operator, net and argument on any problem.
+
+    Results are memoised by the op's content (type, arity, arguments, and
+    the input/output names when the schema's check reads them); errors are
+    not, so every bad op raises with its own name and net.
     """
+    op_type = op_def.type
+    schema = REGISTRY.get(op_type)
+    if schema is None:
+        return _parse_args(op_def, net_name)
+    args = op_def.arg
+    if args:
+        akey = _args_key(args)
+        if akey is None:
+            return _parse_args(op_def, net_name)
+    else:
+        akey = ()
+    if schema.check is None or schema.check in _ARG_ONLY_CHECKS:
+        key = (op_type, len(op_def.input), len(op_def.output), akey)
+    else:
+        key = (op_type, tuple(op_def.input), tuple(op_def.output), akey)
+    hit = _PARSE_CACHE.get(key)
+    if hit is not None and hit[0] is schema:
+        return hit
+    result = _parse_args(op_def, net_name)
+    if len(_PARSE_CACHE) >= _PARSE_CACHE_MAX:
+        _PARSE_CACHE.clear()
+    _PARSE_CACHE[key] = result
+    return result
+
+
+def _parse_args(op_def, net_name):
     where = _where(op_def, net_name)
     schema = REGISTRY.get(op_def.type)
     if schema is None:
@@ -466,3 +524,11 @@ register("CheckDatasetConsistency", (1, INF), 0, [A("fields", "strings", [])],
          lambda op, a: (None if len(a["fields"]) == len(op.input) else
                         "fields has %d names for %d inputs"
                         % (len(a["fields"]), len(op.input))))
+
+
+# Checks that read only the op's arguments and arity (not its input/output
+# names), so parse_args may share one result between ops of equal arity.
+# Any other check gets the names in its cache key.
+_ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_counter,
+                    _check_python, _check_create_queue, _check_weighted,
+                    _check_read_next, _check_read_random}

@@ -516,23 +516,36 @@ def get_output_producers(ssa):
     return producers
 
 
+class _RemapMemo(dict):
+    """name -> remap(name), computed on first use."""
+
+    __slots__ = ("_remap",)
+
+    def __init__(self, remap):
+        dict.__init__(self)
+        self._remap = remap
+
+    def __missing__(self, name):
+        value = self[name] = self._remap(name)
+        return value
+
+
 def _remap_netdef(netdef, blob_remap, name):
     """A copy of ``netdef`` with blob names remapped (no Net is created)."""
     get = blob_remap.get
     new = _proto.NetDef()
-    new.name = name
     for field, value in netdef._set.items():
         if field != "name":
-            new._set[field] = _copy.deepcopy(value)
+            setattr(new, field, _copy.deepcopy(value))
+    new.name = name
     new.external_input = [str(get(b, b)) for b in netdef.external_input]
     new.external_output = [str(get(b, b)) for b in netdef.external_output]
     new.partition_info = list(netdef.partition_info)
     new.arg = [_copy.deepcopy(a) for a in netdef.arg]
     new_ops = new.op
     for op in netdef.op:
-        op2 = _copy.deepcopy(op)
-        op2.input = [str(get(b, b)) for b in op.input]
-        op2.output = [str(get(b, b)) for b in op.output]
+        op2 = _proto.copy_op_with_io(op, [str(get(b, b)) for b in op.input],
+                                     [str(get(b, b)) for b in op.output])
         fn = _DEFAULT_REMAP_FUNCS.get(op2.type)
         if fn is not None:
             fn(op2, (name + "/") if name else "", blob_remap)
@@ -1085,6 +1098,12 @@ class Net(object):
         """A deep copy named ``name`` (uniquified), blobs renamed through
         ``blob_remap``, only ops in ``op_id_mask`` if given.  Attribute
         lists are shared with this net."""
+        with _proto.gc_paused():
+            return self._clone(name, blob_remap, op_id_mask, remap_funcs,
+                               keep_schema, update_external_list)
+
+    def _clone(self, name, blob_remap, op_id_mask, remap_funcs, keep_schema,
+               update_external_list):
         funcs = dict(_DEFAULT_REMAP_FUNCS)
         if remap_funcs:
             funcs.update(remap_funcs)
@@ -1097,20 +1116,24 @@ class Net(object):
             s = str(blob)
             return str(get(s, s))
 
+        # blob name -> new name (str), memoised
+        names = _RemapMemo(remapped)
+
         new_proto = _proto.NetDef()
         for field, value in proto._set.items():
-            new_proto._set[field] = _copy.deepcopy(value)
+            setattr(new_proto, field, _copy.deepcopy(value))
         new_proto.name = name
         new_proto.partition_info = list(proto.partition_info)
         new_proto.arg = [_copy.deepcopy(a) for a in proto.arg]
         ops = proto.op if op_id_mask is None else [proto.op[i] for i in op_id_mask]
         new_ops = new_proto.op
         prefix = (name + "/") if name else ""
+        copy_op = _proto.copy_op_with_io
+        fget = funcs.get
         for op in ops:
-            op2 = _copy.deepcopy(op)
-            op2.input = [remapped(b) for b in op.input]
-            op2.output = [remapped(b) for b in op.output]
-            fn = funcs.get(op2.type)
+            op2 = copy_op(op, [names[b] for b in op.input],
+                          [names[b] for b in op.output])
+            fn = fget(op2.type)
             if fn is not None:
                 fn(op2, prefix, blob_remap)
             new_ops.append(op2)
@@ -1272,16 +1295,43 @@ def clone_and_bind_net(net, name, prefix, blob_remap=None, inputs=None,
         for fn, fb in zip(inputs.field_names(), inputs.field_blobs()):
             if fn in original_mapping:
                 blob_remap[str(original_mapping[fn])] = str(fb)
-    ssa, versions = get_ssa(net._net)
-    undef = get_undefined_blobs(ssa)
-    for blob in versions:
-        if blob in blob_remap:
-            continue
-        blob_remap[blob] = blob if blob in undef else prefix + blob
-    cloned = net.Clone(name, blob_remap, keep_schema=keep_schema)
+    with _proto.gc_paused():
+        versions, undef = _blob_versions_and_undefined(net._net)
+        for blob in versions:
+            if blob in blob_remap:
+                continue
+            blob_remap[blob] = blob if blob in undef else prefix + blob
+        cloned = net.Clone(name, blob_remap, keep_schema=keep_schema)
     if not keep_schema and inputs:
         cloned.set_input_record(inputs)
     return cloned, blob_remap
+
+
+def _blob_versions_and_undefined(proto):
+    """``(blob_versions, get_undefined_blobs(ssa))`` of ``get_ssa(proto)``
+    in one pass, without building the per-op SSA lists.  Only the keys
+    (in get_ssa's order) of ``blob_versions`` are meaningful."""
+    names = {}
+    for name in proto.external_input:
+        name = str(name)
+        if name not in names:
+            names[name] = 0
+    no_ext = not proto.external_input
+    produced = set()
+    undef = set()
+    for op in proto.op:
+        ins = op.input
+        if no_ext:
+            for name in ins:
+                if name not in names:
+                    names[name] = 0
+        for name in ins:
+            if name not in produced:
+                undef.add(name)
+        for name in op.output:
+            names[name] = 1
+            produced.add(name)
+    return names, undef
 
 
 # ---------------------------------------------------------------------------
@@ -1448,7 +1498,7 @@ class ExecutionStep(object):
             proto = substep
         else:
             raise GraphError("AddSubstep expects an ExecutionStep, got %r" % (substep,))
-        self._step.substep.append(_copy.deepcopy(proto))
+        self._step.substep.append(proto._copy())
         return self
 
     def SetConcurrentSubsteps(self, concurrent_substeps):
@@ -1555,7 +1605,7 @@ class Plan(object):
             if _add_net_to_dict(self._net_dict, net):
                 if not isinstance(net, Net):
                     raise GraphError("Plan.AddNets expects Nets, got %r" % (net,))
-                self._plan.network.append(_copy.deepcopy(net._net))
+                self._plan.network.append(net._net._copy())
 
     def Nets(self):
         return list(self._net_dict.values())
@@ -1568,11 +1618,12 @@ class Plan(object):
         step._notify_is_used()
         if not step.HasNets() and not step.HasSubsteps():
             return
-        self._plan.execution_step.append(_copy.deepcopy(step._step))
-        self._steps.append(step)
-        names = []
-        add_nets_in_order(step, names)
-        self.AddNets([step.get_net(n) for n in names])
+        with _proto.gc_paused():
+            self._plan.execution_step.append(step._step._copy())
+            self._steps.append(step)
+            names = []
+            add_nets_in_order(step, names)
+            self.AddNets([step.get_net(n) for n in names])
 
     def Steps(self):
         return self._steps

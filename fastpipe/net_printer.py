@@ -323,17 +323,60 @@ def print_op(text, op):
                 text(arg.n)
 
 
+def _fmt_names(names):
+    """format_value(list(names)) for a list of blob names."""
+    if not names:
+        return "[]"
+    try:
+        return "['%s']" % "', '".join(names)
+    except TypeError:
+        return "['%s']" % "', '".join([str(v) for v in names])
+
+
+def _c2_op_line(net_name, op):
+    """The line print_op writes in c2 syntax, or None when the op needs the
+    general path (a device option or a net-valued argument)."""
+    d = op.__dict__
+    if "device_option" in d:
+        return None
+    head = "%s.%s(%s, %s" % (net_name, op.type, _fmt_names(op.input),
+                             _fmt_names(op.output))
+    args = d.get("arg")
+    if not args:
+        return head + ")"
+    parts = [head]
+    for a in args:
+        if "n" in a.__dict__:
+            return None
+        parts.append("%s=%s" % (a.name, _arg_val(a)))
+    return ", ".join(parts) + ")"
+
+
 @Printer.register(proto.NetDef)
 def print_net_def(text, net_def):
-    if text.c2_syntax:
-        text.add(call("core.Net", ["'%s'" % net_def.name], [net_def.name]))
-        text.c2_net_name = net_def.name
-    else:
+    if not text.c2_syntax:
         text.add("# net: %s" % net_def.name)
-    for op in net_def.op:
-        text(op)
-    if text.c2_syntax:
-        text.c2_net_name = None
+        for op in net_def.op:
+            text(op)
+        return
+    name = net_def.name
+    text.add(call("core.Net", ["'%s'" % name], [name]))
+    text.c2_net_name = name
+    # One line per op, formatted directly (the same text as print_op).
+    if type(text).visitors.get(proto.OperatorDef) is print_op:
+        pad = " " * text._indent
+        lines = text.lines
+        for op in net_def.op:
+            line = _c2_op_line(name, op)
+            if line is None:
+                text(op)
+            else:
+                text._lines_in_context[-1] += 1
+                lines.append(pad + line)
+    else:
+        for op in net_def.op:
+            text(op)
+    text.c2_net_name = None
 
 
 @Printer.register(Net)
@@ -428,8 +471,9 @@ def to_string(obj, factor_prefixes=False, c2_syntax=True):
     pseudo-Python.  ``c2_syntax=False`` prints ``out = Op(in, arg=v)``
     lines under ``# net: name`` comments."""
     printer = Printer(factor_prefixes=factor_prefixes, c2_syntax=c2_syntax)
-    printer(obj)
-    return str(printer)
+    with proto.gc_paused():
+        printer(obj)
+        return str(printer)
 
 
 def debug_net(net):

@@ -14,19 +14,33 @@ flat description.
 """
 
 import copy as _copy
+import gc as _gc
 
 __all__ = ["Argument", "DeviceOption", "OperatorDef", "NetDef",
            "ExecutionStep", "PlanDef"]
 
 
 class _RepeatedMessage(list):
-    """A list of messages with protobuf's ``add()`` and ``extend``."""
+    """A list of messages with protobuf's ``add()`` and ``extend``.
 
-    __slots__ = ("_cls",)
+    Each message class has its own subclass (``_RepeatedMessage.of(cls)``)
+    holding the item class as a class attribute, so making one is a plain
+    ``list`` construction with no Python-level ``__init__``.
+    """
 
-    def __init__(self, cls, items=()):
-        super().__init__(items)
-        self._cls = cls
+    __slots__ = ()
+    _cls = None
+    _subclasses = {}
+
+    @staticmethod
+    def of(item_cls):
+        sub = _RepeatedMessage._subclasses.get(item_cls)
+        if sub is None:
+            sub = type("Repeated" + item_cls.__name__, (_RepeatedMessage,),
+                       {"__slots__": (), "_cls": item_cls,
+                        "__new__": list.__new__, "__init__": list.__init__})
+            _RepeatedMessage._subclasses[item_cls] = sub
+        return sub
 
     def add(self, **kwargs):
         item = self._cls(**kwargs)
@@ -34,115 +48,217 @@ class _RepeatedMessage(list):
         return item
 
     def __deepcopy__(self, memo):
-        return _RepeatedMessage(self._cls, [_copy.deepcopy(x, memo) for x in self])
+        return type(self)([x._copy() for x in self])
+
+    def __copy__(self):
+        return type(self)(self)
 
     def __reduce__(self):
-        return (_RepeatedMessage, (self._cls, list(self)))
+        return (_repeated_message, (self._cls, list(self)))
 
 
-class _Message(object):
+def _repeated_message(item_cls, items):
+    return _RepeatedMessage.of(item_cls)(items)
+
+
+class _LazyRepeated(object):
+    """Class-level descriptor of a repeated field: the first read of an
+    unset field stores a fresh empty list (or message list) in the instance
+    ``__dict__``, which then shadows the descriptor, so later reads are
+    plain attribute lookups."""
+
+    __slots__ = ("name", "make")
+
+    def __init__(self, name, make):
+        self.name = name
+        self.make = make
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.make()
+        return value
+
+
+class gc_paused(object):
+    """``with gc_paused():`` runs a bulk graph operation (cloning a net,
+    compiling or printing a plan, lowering it) with the cyclic garbage
+    collector off.  Such an operation allocates tens of thousands of
+    long-lived containers and no garbage cycles; with the collector on, the
+    allocations trigger repeated full collections of the whole heap, which
+    cost more than the operation itself.  Reference counting still frees
+    everything as usual; collection resumes on exit.  Nested and concurrent
+    uses are safe: only the outermost one that found the collector enabled
+    re-enables it."""
+
+    __slots__ = ("_was_enabled",)
+
+    def __enter__(self):
+        self._was_enabled = _gc.isenabled()
+        if self._was_enabled:
+            _gc.disable()
+        return self
+
+    def __exit__(self, *exc):
+        if self._was_enabled:
+            _gc.enable()
+        return False
+
+
+_object_new = object.__new__
+_object_setattr = object.__setattr__
+
+# field kinds in _Message._kinds
+_SCALAR, _SINGULAR, _REPEATED, _MESSAGES = 0, 1, 2, 3
+
+
+class _MessageMeta(type):
+    """Installs the per-class field tables: scalar defaults become class
+    attributes (a set scalar lives in the instance ``__dict__``, so reading
+    any scalar is a normal attribute lookup), repeated fields become
+    :class:`_LazyRepeated` descriptors."""
+
+    def __init__(cls, name, bases, ns):
+        type.__init__(cls, name, bases, ns)
+        cls._install_fields()
+
+
+class _Message(object, metaclass=_MessageMeta):
     """Minimal protobuf-like message.
 
     Subclasses declare ``_scalars`` (name -> default), ``_repeated`` (names
-    of repeated scalar fields) and ``_messages`` (name -> class for repeated
-    message fields).  A scalar field is "set" once assigned; reading an unset
-    field gives its default, as protobuf does.
+    of repeated scalar fields), ``_messages`` (name -> class for repeated
+    message fields) and ``_singular`` (name -> class of a singular message
+    field).  A scalar field is "set" once assigned; reading an unset field
+    gives its default, as protobuf does.  Reading an unset singular message
+    field creates (and sets) an empty message.
+
+    Set scalar and message fields, and repeated fields that were read or
+    written, live in the instance ``__dict__``; defaults live on the class.
     """
 
     _scalars = {}
     _repeated = ()
     _messages = {}
     _singular = {}
+    _kinds = {}
+    _order = ()
+
+    @classmethod
+    def _install_fields(cls):
+        if cls.__dict__.get("_installed_for") == (
+                id(cls._scalars), id(cls._repeated), id(cls._messages), id(cls._singular)):
+            return
+        kinds = {}
+        for name, default in cls._scalars.items():
+            kinds[name] = _SCALAR
+            setattr(cls, name, default)
+        for name in cls._singular:
+            kinds[name] = _SINGULAR
+        for name in cls._repeated:
+            kinds[name] = _REPEATED
+            setattr(cls, name, _LazyRepeated(name, list))
+        for name, item_cls in cls._messages.items():
+            kinds[name] = _MESSAGES
+            setattr(cls, name, _LazyRepeated(name, _RepeatedMessage.of(item_cls)))
+        cls._kinds = kinds
+        # ListFields / text order: scalars, singular messages, repeated
+        # scalars, repeated messages (each in declaration order)
+        cls._order = tuple(list(cls._scalars) + list(cls._singular) +
+                           list(cls._repeated) + list(cls._messages))
+        cls._installed_for = (id(cls._scalars), id(cls._repeated),
+                              id(cls._messages), id(cls._singular))
 
     def __init__(self, **kwargs):
-        object.__setattr__(self, "_set", {})
-        for name in self._repeated:
-            object.__setattr__(self, name, [])
-        for name, cls in self._messages.items():
-            object.__setattr__(self, name, _RepeatedMessage(cls))
         for key, value in kwargs.items():
-            if key in self._repeated:
-                getattr(self, key).extend(value)
-            elif key in self._messages:
+            kind = self._kinds.get(key)
+            if kind == _REPEATED or kind == _MESSAGES:
                 getattr(self, key).extend(value)
             else:
                 setattr(self, key, value)
 
     def __getattr__(self, name):
-        # Only called when normal lookup fails: unset scalar fields.
+        # Only called when normal lookup fails: unset singular messages.
         cls = type(self)
-        if name in cls._scalars:
-            return cls._scalars[name]
         if name in cls._singular:
             value = cls._singular[name]()
-            self._set[name] = value
+            self.__dict__[name] = value
             return value
         raise AttributeError("%s has no field %r" % (cls.__name__, name))
 
     def __setattr__(self, name, value):
-        cls = type(self)
-        if name in cls._scalars or name in cls._singular:
-            self._set[name] = value
-        elif name in cls._repeated:
-            object.__setattr__(self, name, list(value))
-        elif name in cls._messages:
-            object.__setattr__(self, name, _RepeatedMessage(cls._messages[name], value))
+        kind = self._kinds.get(name)
+        if kind == _SCALAR or kind == _SINGULAR:
+            self.__dict__[name] = value
+        elif kind == _REPEATED:
+            self.__dict__[name] = list(value)
+        elif kind == _MESSAGES:
+            self.__dict__[name] = _RepeatedMessage.of(self._messages[name])(value)
         else:
-            raise AttributeError("%s has no field %r" % (cls.__name__, name))
+            raise AttributeError("%s has no field %r" % (type(self).__name__, name))
 
-    def __getattribute__(self, name):
-        if not name.startswith("_"):
-            d = object.__getattribute__(self, "_set")
-            if name in d:
-                return d[name]
-        return object.__getattribute__(self, name)
+    @property
+    def _set(self):
+        """Set scalar and singular fields: name -> value (a new dict)."""
+        kinds = self._kinds
+        return {k: v for k, v in self.__dict__.items() if kinds.get(k, 9) <= _SINGULAR}
 
     def HasField(self, name):
-        cls = type(self)
-        if name not in cls._scalars and name not in cls._singular:
+        kind = self._kinds.get(name)
+        if kind is None or kind > _SINGULAR:
             raise ValueError('Protocol message %s has no singular "%s" field.'
-                             % (cls.__name__, name))
-        return name in self._set
+                             % (type(self).__name__, name))
+        return name in self.__dict__
 
     def ClearField(self, name):
-        cls = type(self)
-        if name in cls._scalars or name in cls._singular:
-            self._set.pop(name, None)
-        elif name in cls._repeated:
-            object.__setattr__(self, name, [])
-        elif name in cls._messages:
-            object.__setattr__(self, name, _RepeatedMessage(cls._messages[name]))
-        else:
-            raise ValueError("%s has no field %r" % (cls.__name__, name))
+        if name not in self._kinds:
+            raise ValueError("%s has no field %r" % (type(self).__name__, name))
+        self.__dict__.pop(name, None)
 
     def ListFields(self):
+        d = self.__dict__
+        kinds = self._kinds
         out = []
-        for name in list(self._scalars) + list(self._singular):
-            if name in self._set:
-                out.append((name, self._set[name]))
-        for name in list(self._repeated) + list(self._messages):
-            value = object.__getattribute__(self, name)
-            if value:
-                out.append((name, value))
+        for name in self._order:
+            if name in d:
+                value = d[name]
+                if kinds[name] <= _SINGULAR or value:
+                    out.append((name, value))
         return out
+
+    def _copy(self):
+        """A deep copy (messages form trees: no memo is needed)."""
+        new = object.__new__(type(self))
+        d = self.__dict__.copy()
+        for k, v in d.items():
+            t = type(v)
+            if t is list:
+                d[k] = v[:]
+            elif isinstance(v, list):  # a _RepeatedMessage subclass
+                d[k] = t([x._copy() for x in v])
+            elif isinstance(v, _Message):
+                d[k] = v._copy()
+        object.__setattr__(new, "__dict__", d)
+        return new
 
     def CopyFrom(self, other):
         if other is self:
             return
-        fresh = _copy.deepcopy(other)
-        object.__setattr__(self, "_set", fresh._set)
-        for name in self._repeated:
-            object.__setattr__(self, name, object.__getattribute__(fresh, name))
-        for name in self._messages:
-            object.__setattr__(self, name, object.__getattribute__(fresh, name))
+        if type(other) is not type(self):
+            raise TypeError("CopyFrom expects a %s, got %s"
+                            % (type(self).__name__, type(other).__name__))
+        object.__setattr__(self, "__dict__", other._copy().__dict__)
 
     def MergeFrom(self, other):
-        fresh = _copy.deepcopy(other)
-        self._set.update(fresh._set)
-        for name in self._repeated:
-            getattr(self, name).extend(object.__getattribute__(fresh, name))
-        for name in self._messages:
-            getattr(self, name).extend(object.__getattribute__(fresh, name))
+        fresh = other._copy()
+        d = self.__dict__
+        kinds = self._kinds
+        for name, value in fresh.__dict__.items():
+            kind = kinds[name]
+            if kind <= _SINGULAR:
+                d[name] = value
+            elif value:
+                getattr(self, name).extend(value)
 
     def __eq__(self, other):
         if type(other) is not type(self):
@@ -156,27 +272,30 @@ class _Message(object):
     __hash__ = None
 
     def __deepcopy__(self, memo):
-        new = type(self)()
-        object.__setattr__(new, "_set", _copy.deepcopy(self._set, memo))
-        for name in self._repeated:
-            object.__setattr__(new, name, list(object.__getattribute__(self, name)))
-        for name in self._messages:
-            object.__setattr__(new, name,
-                               _copy.deepcopy(object.__getattribute__(self, name), memo))
+        return self._copy()
+
+    def __copy__(self):
+        new = object.__new__(type(self))
+        d = self.__dict__.copy()
+        for k, v in d.items():
+            if isinstance(v, list):
+                d[k] = type(v)(v)
+        object.__setattr__(new, "__dict__", d)
         return new
 
     def __getstate__(self):
-        state = {"_set": self._set}
-        for name in list(self._repeated) + list(self._messages):
-            state[name] = list(object.__getattribute__(self, name))
+        state = {}
+        for k, v in self.__dict__.items():
+            state[k] = list(v) if isinstance(v, list) else v
         return state
 
     def __setstate__(self, state):
-        object.__setattr__(self, "_set", state["_set"])
-        for name in self._repeated:
-            object.__setattr__(self, name, state.get(name, []))
-        for name, cls in self._messages.items():
-            object.__setattr__(self, name, _RepeatedMessage(cls, state.get(name, [])))
+        if "_set" in state:  # the layout before fields moved to __dict__
+            state = dict(state)
+            state.update(state.pop("_set"))
+        for name, value in state.items():
+            if name in self._kinds:
+                setattr(self, name, value)
 
     def _text(self, indent):
         pad = "  " * indent
@@ -255,8 +374,53 @@ class ExecutionStep(_Message):
 ExecutionStep._messages = {"substep": ExecutionStep}
 Argument._messages = {"nets": NetDef}
 Argument._singular = {"n": NetDef}
+ExecutionStep._install_fields()
+Argument._install_fields()
 
 
 class PlanDef(_Message):
     _scalars = {"name": ""}
     _messages = {"network": NetDef, "execution_step": ExecutionStep}
+
+
+def copy_op_with_io(op, inputs, outputs):
+    """A deep copy of OperatorDef ``op`` whose ``input``/``output`` are the
+    given (new) lists: Clone's inner loop, without copying the old lists."""
+    d = op.__dict__.copy()
+    d["input"] = inputs
+    d["output"] = outputs
+    if "arg" in d or "device_option" in d or "control_input" in d:
+        _copy_op_extras(d)
+    new = _object_new(OperatorDef)
+    _object_setattr(new, "__dict__", d)
+    return new
+
+
+def _copy_op(op):
+    d = op.__dict__.copy()
+    v = d.get("input")
+    if v is not None:
+        d["input"] = v[:]
+    v = d.get("output")
+    if v is not None:
+        d["output"] = v[:]
+    if "arg" in d or "device_option" in d or "control_input" in d:
+        _copy_op_extras(d)
+    new = _object_new(OperatorDef)
+    _object_setattr(new, "__dict__", d)
+    return new
+
+
+def _copy_op_extras(d):
+    v = d.get("control_input")
+    if v is not None:
+        d["control_input"] = v[:]
+    v = d.get("arg")
+    if v is not None:
+        d["arg"] = type(v)([a._copy() for a in v])
+    v = d.get("device_option")
+    if v is not None:
+        d["device_option"] = v._copy()
+
+
+OperatorDef._copy = _copy_op

@@ -13,6 +13,7 @@ workspace on native threads.
 import threading
 
 from . import core
+from . import proto as _proto
 from .errors import GraphError
 from .task import Cluster, Task, TaskGroup, WorkspaceType
 
@@ -97,8 +98,9 @@ class Session(object):
                 tg.add(Task(step=steps[0] if len(steps) == 1 else list(steps)))
             else:
                 tg.add(Task(step=core.execution_step("runnable", runnable)))
-        compiled = CompiledRunnable(cls._compile_task_group(tg, setup_net_list),
-                                    session_class=cls)
+        with _proto.gc_paused():
+            compiled = CompiledRunnable(cls._compile_task_group(tg, setup_net_list),
+                                        session_class=cls)
         with Session._compiled_cache_lock:
             Session._compiled_cache[key] = (runnable, compiled)
         return compiled

@@ -139,3 +139,28 @@ def test_random_reader_requires_indices_and_offsets():
     reader = ds.random_reader(init_net=core.Net("rr_i2"))
     with pytest.raises(GraphError):
         reader.read(core.Net("rr_read"))
+
+
+class _FakeFrame(object):
+    """The two DataFrame features init_from_dataframe uses."""
+
+    def __init__(self, columns):
+        self._cols = columns
+        self.columns = list(range(len(columns)))
+        self.iloc = self
+
+    def __getitem__(self, key):
+        return np.asarray(self._cols[key[1]])
+
+
+@pytest.mark.timeout(60)
+def test_init_from_dataframe(ws):
+    from fastpipe import workspace
+    ds = Dataset(["a", "b"], name="df")
+    net = core.Net("df_net")
+    ds.init_from_dataframe(net, _FakeFrame([[1, 2, 3], [4, 5, 6]]))
+    blobs = ds.get_blobs()
+    assert [str(b) for b in blobs] == list(net.Proto().external_input)
+    assert workspace.FetchBlob(str(blobs[1])).tolist() == [4, 5, 6]
+    with pytest.raises(GraphError):
+        ds.init_from_dataframe(net, _FakeFrame([[1]]))

@@ -262,6 +262,18 @@ def test_counter_errors():
         workspace.RunNetOnce(net)
 
 
+def test_atomic_append_into_empty_tensor_of_another_dtype_copies():
+    # Caffe2's dataset writer appends into float32[0] blobs from InitEmptyRecord
+    net = core.Net("aa")
+    net.CreateMutex([], ["m"])
+    net.ConstantFill([], ["a"], shape=[0])
+    net.GivenTensorInt64Fill([], ["b"], shape=[2], values=[4, 5])
+    net.AtomicAppend(["m", "a", "b"], ["a"])
+    workspace.RunNetOnce(net)
+    out = workspace.FetchBlob("a")
+    assert out.dtype == np.int64 and out.tolist() == [4, 5]
+
+
 def test_atomic_append():
     workspace.FeedBlob("a", np.array([[1, 2]], np.int32))
     workspace.FeedBlob("b", np.array([[3, 4], [5, 6]], np.int32))

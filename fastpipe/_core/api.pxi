@@ -570,6 +570,7 @@ cdef class Workspace:
                 rs_free(rs)
         rs_free(rs)
         n.run_id = 0
+        n.shared = True     # RunNet may be called from several Python threads
         fp_lock(&self.ws.lock)
         it = self.ws.nets.find(s)
         if it != self.ws.nets.end():

@@ -869,7 +869,7 @@ cdef int k_atomic_append(OpInst* op, RunCtx* ctx) noexcept nogil:
             rc = op_fails(op, ctx, E_RUNTIME, cstr(b"input '") + op.ins[1 + k + i].name +
                           cstr(b"' must have at least 1 dim to append"))
             break
-        if a.dtype != DT_UNDEFINED:
+        if a.dtype != DT_UNDEFINED and not (a.size == 0 and a.ndim > 0 and a.shape[0] == 0):
             if a.dtype != b.dtype or a.ndim != b.ndim:
                 rc = op_fails(op, ctx, E_RUNTIME, cstr(b"cannot append ") + tensor_describe(b) + cstr(b" to ") +
                               tensor_describe(a) + cstr(b" ('") + op.ins[1 + i].name + cstr(b"')"))
@@ -885,7 +885,8 @@ cdef int k_atomic_append(OpInst* op, RunCtx* ctx) noexcept nogil:
         for i in range(k):
             a = &op.ins[1 + i].t
             b = &op.ins[1 + k + i].t
-            if a.dtype == DT_UNDEFINED:
+            if a.dtype == DT_UNDEFINED or (a.size == 0 and a.ndim > 0 and a.shape[0] == 0):
+                # Caffe2: appending to an empty tensor copies B (any dtype)
                 if tensor_copy(a, b) != 0:
                     rc = op_oom(op, ctx)
                     break

@@ -15,6 +15,8 @@
 DEF SPIN_ROUNDS = 64
 DEF YIELD_ROUNDS = 16
 DEF STATS_FLUSH = 256
+cdef int64_t CLOSED_BIT = (<int64_t>1) << 62
+cdef int64_t POS_MASK = CLOSED_BIT - 1
 
 
 ctypedef struct QStats:
@@ -43,8 +45,7 @@ cdef cppclass Queue:
     Slot* slots             # capacity slots
     char pad0[64]
     # -- writer side (atomics)
-    int64_t tail            # next write position (monotonic)
-    int64_t inflight        # writers between their closed-check and publish
+    int64_t tail            # next write position (monotonic) | CLOSED_BIT once closed
     int64_t st_writes       # write attempts (for queue_balance)
     int64_t st_write_ns
     int64_t st_write_n
@@ -107,7 +108,7 @@ cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept no
     q.capacity = capacity
     q.nblobs = nblobs
     q.strict = strict
-    q.tail = q.head = q.inflight = 0
+    q.tail = q.head = 0
     q.closed = q.wait_readers = q.wait_writers = 0
     q.st_writes = q.st_write_ns = q.st_write_n = 0
     q.st_reads = q.st_records = q.st_bytes = q.st_read_ns = q.st_read_n = 0
@@ -116,8 +117,11 @@ cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept no
 
 
 cdef void queue_close(Queue* q) noexcept nogil:
+    # The closed bit lives in `tail`, so "closed" and "claim a position" are
+    # ordered by the same atomic: a writer's CAS from an unclosed tail fails
+    # once close happened, and readers know exactly which writes were let in.
+    fp_fetch_or(&q.tail, CLOSED_BIT)
     fp_store(&q.closed, 1)
-    fp_fence()
     fp_lock(&q.mu)
     fp_broadcast(&q.not_empty)
     fp_broadcast(&q.not_full)
@@ -130,11 +134,11 @@ cdef void queue_close_obj(ObjHeader* h) noexcept nogil:
 
 
 cdef inline void wake(Queue* q, int64_t* waiters, fp_cond* cv) noexcept nogil:
-    """After publishing a change: wake parked threads of the other side.
-    The fence pairs with the sleeper's seq_cst increment of *waiters
-    (Dekker): either we see the sleeper, or it sees our change."""
-    fp_fence()
-    if fp_load_relaxed(waiters) > 0:
+    """After publishing a change (a seq_cst exchange of the slot sequence):
+    wake parked threads of the other side.  The sleeper increments *waiters
+    with a seq_cst RMW before re-checking (Dekker): either we see it, or it
+    sees our change."""
+    if fp_load_seq(waiters) > 0:
         fp_lock(&q.mu)
         fp_broadcast(cv)
         fp_unlock(&q.mu)
@@ -149,27 +153,31 @@ cdef enum:
 
 
 cdef int try_write(Queue* q, Tensor** ts) noexcept nogil:
-    """Lock-free (Vyukov) write of one record.  Q_AGAIN when full."""
-    cdef int64_t pos = fp_load_relaxed(&q.tail)
-    cdef int64_t seq, dif, j
+    """Lock-free (Vyukov) write of one record.  Q_AGAIN when full, Q_CLOSED
+    when closed and the queue is strict."""
+    cdef int64_t raw = fp_load_relaxed(&q.tail)
+    cdef int64_t pos, seq, dif, j
     cdef Slot* s
     while True:
+        if (raw & CLOSED_BIT) and q.strict:
+            return Q_CLOSED
+        pos = raw & POS_MASK
         if q.ring != q.capacity and pos - fp_load(&q.head) >= q.capacity:
             return Q_AGAIN              # capacity 1 on a 2-slot ring
         s = &q.slots[pos % q.ring]
         seq = fp_load(&s.seq)
         dif = seq - pos
         if dif == 0:
-            if fp_cas(&q.tail, pos, pos + 1):
+            if fp_cas(&q.tail, raw, raw + 1):
                 break
-            pos = fp_load_relaxed(&q.tail)
+            raw = fp_load_relaxed(&q.tail)
         elif dif < 0:
             return Q_AGAIN
         else:
-            pos = fp_load_relaxed(&q.tail)
+            raw = fp_load_relaxed(&q.tail)
     for j in range(q.nblobs):
         tensor_swap(&s.t[j], ts[j])
-    fp_store(&s.seq, pos + 1)
+    fp_exchange(&s.seq, pos + 1)        # publish (seq_cst: pairs with wake())
     return Q_OK
 
 
@@ -195,16 +203,18 @@ cdef int try_read(Queue* q, Tensor** outs, QStats* st) noexcept nogil:
         st.bytes += nb
         st.field_bytes[j] += nb
         tensor_swap(&s.t[j], outs[j])
-    fp_store(&s.seq, pos + q.ring)
+    fp_exchange(&s.seq, pos + q.ring)   # release the slot (seq_cst: pairs with wake())
     return Q_OK
 
 
 cdef inline bint looks_full(Queue* q) noexcept nogil:
-    return fp_load(&q.tail) - fp_load(&q.head) >= q.capacity
+    return (fp_load_seq(&q.tail) & POS_MASK) - fp_load_seq(&q.head) >= q.capacity
 
 
 cdef inline bint looks_empty(Queue* q) noexcept nogil:
-    return fp_load(&q.tail) == fp_load(&q.head)
+    """No position claimed beyond what readers claimed (a claimed but not
+    yet published record counts as present: its writer is finishing)."""
+    return (fp_load_seq(&q.tail) & POS_MASK) == fp_load_seq(&q.head)
 
 
 cdef void qstats_flush(QStats* st) noexcept nogil:
@@ -266,13 +276,9 @@ cdef int queue_write(Queue* q, Tensor** ts, int64_t timeout_ns, QStats* st) noex
     cdef int64_t deadline = 0
     qstats_use(st, q)
     st.writes += 1
-    fp_fetch_add(&q.inflight, 1)
     while True:
-        if q.strict and fp_load(&q.closed):
-            r = Q_CLOSED
-            break
         r = try_write(q, ts)
-        if r == Q_OK:
+        if r != Q_AGAIN:
             break
         if fp_load(&q.closed):      # closed and full
             r = Q_CLOSED
@@ -286,7 +292,7 @@ cdef int queue_write(Queue* q, Tensor** ts, int64_t timeout_ns, QStats* st) noex
         # park until a reader makes room, the queue closes, or the deadline
         fp_lock(&q.mu)
         fp_fetch_add(&q.wait_writers, 1)
-        if looks_full(q) and not fp_load(&q.closed):
+        if looks_full(q) and not fp_load_seq(&q.closed):
             if deadline:
                 if fp_wait_until(&q.not_full, &q.mu, deadline) and looks_full(q) \
                         and not fp_load(&q.closed):
@@ -299,21 +305,20 @@ cdef int queue_write(Queue* q, Tensor** ts, int64_t timeout_ns, QStats* st) noex
         fp_fetch_add(&q.wait_writers, -1)
         fp_unlock(&q.mu)
         rounds = 0
-    fp_fetch_add(&q.inflight, -1)
     if r == Q_OK:
         st.write_n += 1
         if t0:
             st.write_ns += fp_now_ns() - t0
+        wake(q, &q.wait_readers, &q.not_empty)
     qstats_tick(st)
-    # readers may wait for this record -- or, after close, for inflight == 0
-    wake(q, &q.wait_readers, &q.not_empty)
     return r
 
 
 cdef inline bint reader_done(Queue* q) noexcept nogil:
-    """Closed, empty and no writer in flight: nothing more can arrive that
-    a reader is owed."""
-    return fp_load(&q.closed) and fp_load(&q.inflight) == 0 and looks_empty(q)
+    """Closed and every claimed position read: nothing more can arrive that
+    a reader is owed (the closed bit and the positions are one word)."""
+    cdef int64_t raw = fp_load_seq(&q.tail)
+    return (raw & CLOSED_BIT) != 0 and (raw & POS_MASK) == fp_load_seq(&q.head)
 
 
 cdef int queue_read(Queue* q, Tensor** outs, int64_t timeout_ns, QStats* st) noexcept nogil:

@@ -279,7 +279,8 @@ cdef cppclass NetInst:
     NetDesc* d
     vector[OpInst*] ops
     int64_t refcnt      # atomic: the workspace map and each CStep hold one
-    int64_t running     # atomic: 1 while a thread runs this net
+    int64_t running     # atomic: 1 while a thread runs this net (checked when shared)
+    bint shared         # more than one step holds this net: it could run concurrently
     int64_t run_id      # the run that created it (0: CreateNet)
     WS* ws
 
@@ -314,6 +315,7 @@ cdef NetInst* net_compile(NetDesc* nd, WS* ws, RunCtx* ctx) noexcept nogil:
     n.d = nd
     n.refcnt = 1
     n.running = 0
+    n.shared = False
     n.run_id = ctx.rs.run_id if ctx.rs != NULL else 0
     n.ws = ws
     for i in range(nd.ops.size()):
@@ -353,6 +355,14 @@ cdef int net_run(NetInst* n, RunCtx* ctx) noexcept nogil:
     cdef OpInst* op
     cdef int rc = 0
     cdef string msg
+    if not n.shared:
+        # Only this net's one step runs it, on one thread at a time.
+        for i in range(n.ops.size()):
+            op = n.ops[i]
+            rc = op.d.run(op, ctx)
+            if rc != 0:
+                return rc
+        return 0
     if fp_exchange(&n.running, 1) != 0:
         msg = cstr(b"net '")
         msg.append(n.d.name)
@@ -381,6 +391,7 @@ cdef NetInst* ws_get_net(WS* ws, NetDesc* nd, RunCtx* ctx) noexcept nogil:
     if it != ws.nets.end() and deref(it).second.run_id == rid and deref(it).second.d == nd:
         n = deref(it).second
         fp_fetch_add(&n.refcnt, 1)
+        n.shared = True         # a second step uses it (set before any thread starts)
     fp_unlock(&ws.lock)
     if n != NULL:
         return n
@@ -391,6 +402,7 @@ cdef NetInst* ws_get_net(WS* ws, NetDesc* nd, RunCtx* ctx) noexcept nogil:
     it = ws.nets.find(nd.name)
     if it != ws.nets.end() and deref(it).second.run_id == rid and deref(it).second.d == nd:
         n = deref(it).second      # another thread won the race
+        n.shared = True
     else:
         if it != ws.nets.end():
             old = deref(it).second

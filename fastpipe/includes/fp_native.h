@@ -24,6 +24,8 @@ static inline int64_t fp_exchange(int64_t* p, int64_t v) { return __atomic_excha
 static inline int fp_cas(int64_t* p, int64_t expected, int64_t desired) {
     return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
+static inline int64_t fp_fetch_or(int64_t* p, int64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+static inline int64_t fp_load_seq(const int64_t* p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void fp_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline void fp_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

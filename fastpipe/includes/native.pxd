@@ -12,6 +12,8 @@ cdef extern from "fp_native.h" nogil:
     int64_t fp_exchange(int64_t* p, int64_t v)
     bint fp_cas(int64_t* p, int64_t expected, int64_t desired)
     void fp_fence()
+    int64_t fp_fetch_or(int64_t* p, int64_t v)
+    int64_t fp_load_seq(const int64_t* p)
     void fp_cpu_relax()
     void fp_yield()
     int64_t fp_now_ns()
