@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from fastpipe import _core, core, dataset, pipeline, schema, session, task, workspace
+from fastpipe import core, dataset, pipeline, schema, session, stats, task, workspace
 from fastpipe.net_builder import ops
 
 FEATURES = 16
@@ -109,11 +109,11 @@ def main(argv=None):
     compiled = sess.compile(tg)
     build_s = time.perf_counter() - t0
 
-    _core.stats_export(reset=True)
+    stats.reset()
     t1 = time.perf_counter()
     sess.run(compiled)
     run_s = time.perf_counter() - t1
-    stats = _core.stats_export()
+    counters = stats.export()
 
     out_ids = ws.blobs[str(sink.get_blobs()[0])].fetch()
     loss = ws.blobs[str(sink.get_blobs()[1])].fetch()
@@ -130,12 +130,12 @@ def main(argv=None):
           % (run_s, args.records / run_s / 1e6))
     for q in queues:
         name = str(q.queue())
-        moved = stats.get(name + "/queue_dequeued_records", 0)
+        moved = counters.get(name + "/queue_dequeued_records", 0)
         print("  queue %-28s %9d batches dequeued" % (name, moved))
-    for key in sorted(k for k in stats if k.endswith("/time_ns/sum") and "/pipe/" in k):
+    for key in sorted(k for k in counters if k.endswith("/time_ns/sum") and "/pipe/" in k):
         base = key[: -len("/time_ns/sum")]
-        busy = stats[key] / 1e9 / args.instances
-        batches = stats.get(base + "/time_ns/count", 0)
+        busy = counters[key] / 1e9 / args.instances
+        batches = counters.get(base + "/time_ns/count", 0)
         pipe_name = base.split("/pipe/")[1].split("/")[0]
         records = half if "clicks" in pipe_name else args.records - half
         rate = records / busy if busy > 0 else float("nan")
