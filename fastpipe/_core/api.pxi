@@ -6,6 +6,7 @@
 
 import numpy as _np
 from fastpipe import _opschema
+from fastpipe.proto import gc_paused as _gc_paused
 from fastpipe import _pyop
 from fastpipe.errors import PlanError, RunError, QueueClosedError, BlobError, OperatorDefError
 
@@ -163,15 +164,38 @@ cdef void fill_arg(ArgVal* a, spec, value):
             a.s = v.encode("utf-8")
 
 
+from libcpp.string cimport to_string
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+
+cdef inline string _utf8(object s) except *:
+    """A str's UTF-8 bytes as a std::string, without a bytes object (the
+    UTF-8 form of an ASCII str is its own buffer)."""
+    cdef Py_ssize_t n
+    cdef const char* p
+    if type(s) is not str:
+        s = str(s)
+    p = PyUnicode_AsUTF8AndSize(s, &n)
+    return string(p, n)
+
+
 cdef class Program:
     """A plan (or a set of nets) lowered to native descriptions, once.
 
     Compile cost grows with the size of the description, never with
     instance counts: a step with num_concurrent_instances=N is one
-    StepDesc holding the integer N."""
+    StepDesc holding the integer N.
+
+    Ops with equal content (type, arity and arguments; the same for every
+    clone of a net) share one parsed template: lowering such an op is a
+    copy of the template plus its names."""
     cdef vector[NetDesc*] nets
     cdef vector[StepDesc*] steps        # top-level steps, in order
     cdef vector[StepDesc*] all_steps    # every StepDesc, for freeing
+    cdef vector[OpDesc*] templates      # one per distinct parsed op, for freeing
+    cdef dict template_index            # id(parse_args result) -> (result, index)
     cdef list keep                      # Python objects OpDescs point to
     cdef dict net_index
     cdef readonly str name
@@ -180,6 +204,7 @@ cdef class Program:
     def __cinit__(self):
         self.keep = []
         self.net_index = {}
+        self.template_index = {}
         self.name = ""
 
     def __dealloc__(self):
@@ -190,17 +215,21 @@ cdef class Program:
             del self.nets[i]
         for i in range(self.all_steps.size()):
             del self.all_steps[i]
+        for i in range(self.templates.size()):
+            del self.templates[i]
 
     @staticmethod
     def from_plan(plan_def):
         cdef Program p = Program()
         p.name = plan_def.name
-        for nd in plan_def.network:
-            if nd.name in p.net_index:
-                raise PlanError("plan %r: two nets are named %r" % (plan_def.name, nd.name))
-            p._add_net(nd)
-        for sd in plan_def.execution_step:
-            p.steps.push_back(p._lower_step(sd, plan_def.name))
+        # no garbage cycles are made here; see fastpipe.proto.gc_paused
+        with _gc_paused():
+            for nd in plan_def.network:
+                if nd.name in p.net_index:
+                    raise PlanError("plan %r: two nets are named %r" % (plan_def.name, nd.name))
+                p._add_net(nd)
+            for sd in plan_def.execution_step:
+                p.steps.push_back(p._lower_step(sd, plan_def.name))
         return p
 
     @staticmethod
@@ -217,50 +246,68 @@ cdef class Program:
 
     cdef NetDesc* _add_net(self, nd) except NULL:
         cdef NetDesc* d = new NetDesc()
+        cdef int k = 0
         self.net_index[nd.name] = self.nets.size()
         self.nets.push_back(d)
-        d.name = nd.name.encode("utf-8")
-        for k, od in enumerate(nd.op):
-            d.ops.push_back(self._lower_op(od, nd.name, k))
+        net_name = nd.name
+        d.name = _utf8(net_name)
+        for od in nd.op:
+            d.ops.push_back(self._lower_op(od, net_name, d.name, k))
+            k += 1
         return d
 
-    cdef OpDesc* _lower_op(self, od, str net_name, int index) except NULL:
-        schema, values = _opschema.parse_args(od, net_name)
+    cdef OpDesc* _template(self, od, parsed, str net_name) except NULL:
+        """The shared description of ops whose parse_args result is
+        ``parsed``: kernel, type, parsed arguments."""
+        entry = self.template_index.get(id(parsed))
+        if entry is not None:
+            return self.templates[<size_t>entry[1]]
+        schema, values = parsed
         kidx = _KERNEL_INDEX.get(od.type)
         if kidx is None:
             raise OperatorDefError("%s in net %r: operator type has no native kernel"
                                    % (od.type, net_name))
-        cdef OpDesc* d = new OpDesc()
         cdef KernelEntry e = g_kernels[kidx]
-        d.run = e.run
-        d.init = e.init
-        d.fini = e.fini
-        d.blocking = e.blocking
-        if e.blocking:
-            self.has_blocking = True
-        d.pyobj = NULL
-        d.type = od.type.encode()
-        label = "%s %r" % (od.type, od.name) if od.name else "%s #%d" % (od.type, index)
-        d.label = label.encode("utf-8")
-        d.net = net_name.encode("utf-8")
-        for x in od.input:
-            d.inputs.push_back(str(x).encode("utf-8"))
-        for x in od.output:
-            d.outputs.push_back(str(x).encode("utf-8"))
-        d.args.resize(len(schema.args))
-        for k, (spec, value) in enumerate(zip(schema.args, values)):
-            fill_arg(&d.args[k], spec, value)
+        pyobj = None
         if od.type == "Python":
             token = values[schema.arg_index["token"]]
             try:
                 func, pass_ws = _pyop.lookup(token)
             except KeyError:
-                del d
                 raise OperatorDefError("Python op in net %r: no function is registered "
                                        "under token %r" % (net_name, token))
-            entry = (func, pass_ws)
-            self.keep.append(entry)
-            d.pyobj = <PyObject*>entry
+            pyobj = (func, pass_ws)
+            self.keep.append(pyobj)
+        cdef OpDesc* d = new OpDesc()
+        d.run = e.run
+        d.init = e.init
+        d.fini = e.fini
+        d.blocking = e.blocking
+        d.pyobj = <PyObject*>pyobj if pyobj is not None else NULL
+        d.type = _utf8(od.type)
+        d.args.resize(len(schema.args))
+        for k, (spec, value) in enumerate(zip(schema.args, values)):
+            fill_arg(&d.args[k], spec, value)
+        self.template_index[id(parsed)] = (parsed, self.templates.size())
+        self.templates.push_back(d)
+        return d
+
+    cdef OpDesc* _lower_op(self, od, str net_name, const string& net_b, int index) except NULL:
+        parsed = _opschema.parse_args(od, net_name)
+        cdef OpDesc* t = self._template(od, parsed, net_name)
+        cdef OpDesc* d = new OpDesc()
+        d[0] = t[0]
+        if d.blocking:
+            self.has_blocking = True
+        if od.name:
+            d.label = _utf8("%s %r" % (od.type, od.name))
+        else:
+            d.label = d.type + string(b" #") + to_string(<long long>index)
+        d.net = net_b
+        for x in od.input:
+            d.inputs.push_back(_utf8(x))
+        for x in od.output:
+            d.outputs.push_back(_utf8(x))
         return d
 
     cdef NetDesc* _net(self, str name, str step_name) except NULL:
@@ -347,6 +394,7 @@ cdef void plan_body(PlanRun* pr) noexcept nogil:
     cdef int64_t k
     ctx.rs = pr.rs
     ctx.step = NULL
+    ctx.instance = -1
     if pr.net != NULL:
         for k in range(pr.num_iter):
             if rs_cancelled(&ctx) or net_run(pr.net, &ctx) != 0:
@@ -561,6 +609,7 @@ cdef class Workspace:
         rs = rs_new()
         ctx.rs = rs
         ctx.step = NULL
+        ctx.instance = -1
         with nogil:
             n = net_compile(p.nets[0], self.ws, &ctx)
         if n == NULL:

@@ -29,12 +29,6 @@ cdef inline Tensor* in_t(OpInst* op, RunCtx* ctx, size_t i) noexcept nogil:
     return &b.t
 
 
-cdef inline string to_str(int64_t v) noexcept nogil:
-    cdef char tmp[32]
-    snprintf(tmp, 32, b"%lld", <long long>v)
-    return string(<const char*>tmp)
-
-
 cdef int fail_dtype(OpInst* op, RunCtx* ctx, size_t i, Tensor* t, const char* want) noexcept nogil:
     cdef string msg = cstr(b"input ")
     msg.append(to_str(i))

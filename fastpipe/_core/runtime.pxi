@@ -91,6 +91,7 @@ cdef cppclass RunState:
 ctypedef struct RunCtx:
     RunState* rs
     const string* step      # innermost step being executed (for messages)
+    int64_t instance        # runtime instance index (-1 outside instances)
 
 
 cdef RunState* rs_new() noexcept nogil:
@@ -167,7 +168,11 @@ cdef string op_where(OpInst* op, RunCtx* ctx) noexcept nogil:
     if ctx.step != NULL and ctx.step.size():
         s.append(b" (step '")
         s.append(ctx.step[0])
-        s.append(b"')")
+        s.append(b"'")
+        if ctx.instance >= 0:
+            s.append(b", instance ")
+            s.append(to_str(ctx.instance))
+        s.append(b")")
     return s
 
 
@@ -654,6 +659,8 @@ cdef int run_concurrent(CStep* cs, RunCtx* ctx) noexcept nogil:
         ws[k].step = cs.subs[k % S]
         ws[k].ctx = ctx[0]
         ws[k].ctx.step = &ws[k].step.d.name
+        if cs.d.num_instances > 1:
+            ws[k].ctx.instance = <int64_t>(k // S)
         ws[k].rc = 0
         if fp_thread_start(&ws[k].th, worker_main, &ws[k]) != 0:
             rc = rs_fail(ctx.rs, E_RUNTIME, b"could not start a step thread")
