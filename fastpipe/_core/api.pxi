@@ -196,6 +196,7 @@ cdef class Program:
     cdef vector[StepDesc*] all_steps    # every StepDesc, for freeing
     cdef vector[OpDesc*] templates      # one per distinct parsed op, for freeing
     cdef dict template_index            # id(parse_args result) -> (result, index)
+    cdef dict arity_index               # (type, #in, #out) of arg-less ops -> index
     cdef list keep                      # Python objects OpDescs point to
     cdef dict net_index
     cdef readonly str name
@@ -205,6 +206,7 @@ cdef class Program:
         self.keep = []
         self.net_index = {}
         self.template_index = {}
+        self.arity_index = {}
         self.name = ""
 
     def __dealloc__(self):
@@ -256,12 +258,12 @@ cdef class Program:
             k += 1
         return d
 
-    cdef OpDesc* _template(self, od, parsed, str net_name) except NULL:
-        """The shared description of ops whose parse_args result is
-        ``parsed``: kernel, type, parsed arguments."""
+    cdef Py_ssize_t _template(self, od, parsed, str net_name) except -1:
+        """The index of the shared description of ops whose parse_args
+        result is ``parsed``: kernel, type, parsed arguments."""
         entry = self.template_index.get(id(parsed))
         if entry is not None:
-            return self.templates[<size_t>entry[1]]
+            return entry[1]
         schema, values = parsed
         kidx = _KERNEL_INDEX.get(od.type)
         if kidx is None:
@@ -290,11 +292,24 @@ cdef class Program:
             fill_arg(&d.args[k], spec, value)
         self.template_index[id(parsed)] = (parsed, self.templates.size())
         self.templates.push_back(d)
-        return d
+        return self.templates.size() - 1
 
     cdef OpDesc* _lower_op(self, od, str net_name, const string& net_b, int index) except NULL:
-        parsed = _opschema.parse_args(od, net_name)
-        cdef OpDesc* t = self._template(od, parsed, net_name)
+        cdef Py_ssize_t ti
+        fields = getattr(od, "__dict__", None)
+        if fields is not None and not fields.get("arg"):
+            # no arguments: the template depends on type and arity only
+            key = (od.type, len(od.input), len(od.output))
+            idx = self.arity_index.get(key)
+            if idx is not None:
+                ti = idx
+            else:
+                ti = self._template(od, _opschema.parse_args(od, net_name), net_name)
+                if _opschema.arity_only(key[0]):
+                    self.arity_index[key] = ti
+        else:
+            ti = self._template(od, _opschema.parse_args(od, net_name), net_name)
+        cdef OpDesc* t = self.templates[ti]
         cdef OpDesc* d = new OpDesc()
         d[0] = t[0]
         if d.blocking:

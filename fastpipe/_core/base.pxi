@@ -159,7 +159,15 @@ cdef int tensor_reshape_hold(Tensor* t, int dtype, int ndim, const int64_t* shap
     -2 for too many dims, -3 for a negative dim."""
     cdef int64_t size = 1
     cdef int i
+    cdef Buffer* cur = t.buf
     old[0] = NULL
+    # Fast path: same dtype and dims, private buffer -> nothing to do.
+    if cur != NULL and t.dtype == dtype and t.ndim == ndim and cur.refcnt == 1:
+        i = 0
+        while i < ndim and t.shape[i] == shape[i]:
+            i += 1
+        if i == ndim:
+            return 0
     if ndim > MAX_DIMS or ndim < 0:
         return -2
     for i in range(ndim):
@@ -223,10 +231,9 @@ cdef int tensor_copy(Tensor* dst, Tensor* src) noexcept nogil:
 
 
 cdef inline void tensor_swap(Tensor* a, Tensor* b) noexcept nogil:
-    cdef Tensor tmp
-    memcpy(&tmp, a, sizeof(Tensor))
-    memcpy(a, b, sizeof(Tensor))
-    memcpy(b, &tmp, sizeof(Tensor))
+    cdef Tensor tmp = a[0]
+    a[0] = b[0]
+    b[0] = tmp
 
 
 cdef string tensor_describe(Tensor* t) noexcept nogil:

@@ -9,23 +9,29 @@ ctypedef fused num_t:
     double
 
 
-cdef inline Tensor* in_t(OpInst* op, RunCtx* ctx, size_t i) noexcept nogil:
-    """Input i as an initialized tensor, or NULL after recording an error."""
+cdef Tensor* in_t_fail(OpInst* op, RunCtx* ctx, size_t i) noexcept nogil:
+    """Slow path of in_t: record why input i is not a usable tensor."""
     cdef Blob* b = op.ins[i]
-    cdef string msg
+    cdef string msg = cstr(b"input ")
+    msg.append(to_str(i))
+    msg.append(b" ('")
+    msg.append(b.name)
+    if b.obj != NULL:
+        msg.append(b"') holds a ")
+        msg.append(OBJ_NAMES[b.obj.kind])
+        msg.append(b", expected a tensor")
+    else:
+        msg.append(b"') has no value yet (it is read before it is written)")
+    op_fails(op, ctx, E_RUNTIME, msg)
+    return NULL
+
+
+cdef inline Tensor* in_t(OpInst* op, RunCtx* ctx, size_t i) noexcept nogil:
+    """Input i as an initialized tensor, or NULL after recording an error.
+    (No std::string on this path: error text is built in in_t_fail.)"""
+    cdef Blob* b = op.ins[i]
     if b.obj != NULL or b.t.dtype == DT_UNDEFINED:
-        msg = cstr(b"input ")
-        msg.append(to_str(i))
-        msg.append(b" ('")
-        msg.append(b.name)
-        if b.obj != NULL:
-            msg.append(b"') holds a ")
-            msg.append(OBJ_NAMES[b.obj.kind])
-            msg.append(b", expected a tensor")
-        else:
-            msg.append(b"') has no value yet (it is read before it is written)")
-        op_fails(op, ctx, E_RUNTIME, msg)
-        return NULL
+        return in_t_fail(op, ctx, i)
     return &b.t
 
 
@@ -422,72 +428,77 @@ cdef bint has_zero(void* p, int dtype, int64_t n) noexcept nogil:
 cdef int binary_op(OpInst* op, RunCtx* ctx, int code) noexcept nogil:
     cdef Tensor* pa = in_t(op, ctx, 0)
     cdef Tensor* pb
-    cdef Tensor A, B
     cdef int64_t pre, n, post
-    cdef int odt
+    cdef int odt, adt
     cdef int rc = 0
+    cdef void* ad
+    cdef void* bd
+    cdef void* od
+    cdef Buffer* old = NULL
     if pa == NULL:
         return -1
     pb = in_t(op, ctx, 1)
     if pb == NULL:
         return -1
-    if pa.dtype != pb.dtype:
+    adt = pa.dtype
+    if adt != pb.dtype:
         return op_fails(op, ctx, E_RUNTIME, cstr(b"inputs have different dtypes: ") +
                         tensor_describe(pa) + cstr(b" and ") + tensor_describe(pb))
     if code >= BIN_AND:
-        if pa.dtype != DT_BOOL:
+        if adt != DT_BOOL:
             return fail_dtype(op, ctx, 0, pa, b"bool")
     elif code >= BIN_LT:
-        if not (pa.dtype == DT_INT32 or pa.dtype == DT_INT64 or pa.dtype == DT_FLOAT or
-                pa.dtype == DT_DOUBLE or (pa.dtype == DT_BOOL and (code == BIN_EQ or code == BIN_NE))):
+        if not (adt == DT_INT32 or adt == DT_INT64 or adt == DT_FLOAT or
+                adt == DT_DOUBLE or (adt == DT_BOOL and (code == BIN_EQ or code == BIN_NE))):
             return fail_dtype(op, ctx, 0, pa, b"int32, int64, float32 or float64")
     else:
-        if not (pa.dtype == DT_INT32 or pa.dtype == DT_INT64 or pa.dtype == DT_FLOAT or
-                pa.dtype == DT_DOUBLE):
+        if not (adt == DT_INT32 or adt == DT_INT64 or adt == DT_FLOAT or adt == DT_DOUBLE):
             return fail_dtype(op, ctx, 0, pa, b"int32, int64, float32 or float64")
     if bcast_plan(op, ctx, pa, pb, &pre, &n, &post) != 0:
         return -1
     if code == BIN_DIV and has_zero(tdata(pb), pb.dtype, pb.size):
         return op_fail(op, ctx, E_RUNTIME, b"integer division by zero")
-    # Snapshots of the inputs: the output may be one of them.  Elementwise
-    # kernels read index i before writing it, so a reused buffer is safe;
-    # a reallocated one keeps the old buffer alive in `old`.
-    A = pa[0]
-    B = pb[0]
-    cdef Buffer* old = NULL
-    odt = A.dtype if code < BIN_LT else DT_BOOL
+    # Capture the inputs' data before shaping the output, which may be one
+    # of them.  Elementwise loops read index i before writing it, so a
+    # reused buffer is safe; a reallocated one stays alive in `old`.
+    ad = pa.buf.data
+    bd = pb.buf.data
+    odt = adt if code < BIN_LT else DT_BOOL
     cdef Tensor* out = blob_out(op.outs[0])
-    if (op.outs[0] == op.ins[1] and (B.size != A.size or code >= BIN_LT)):
-        # B broadcast or a dtype change into B itself: never write B in place
-        buf_incref(B.buf)
-        rc = out_like(op, ctx, out, odt, &A)
-        old = B.buf
-    elif out_like_hold(op, ctx, out, odt, &A, &old) != 0:
+    if out == pb and out != pa and (pb.size != pa.size or code >= BIN_LT):
+        # writing B in place while broadcasting it (or changing dtype): keep
+        # B's buffer and give the output a new one
+        old = pb.buf
+        buf_incref(old)
+        rc = out_like(op, ctx, out, odt, pa)
+    elif out_like_hold(op, ctx, out, odt, pa, &old) != 0:
         rc = -1
     if rc != 0:
-        pass
-    elif code < BIN_LT:
-        if A.dtype == DT_INT32:
-            arith_loop(<int32_t*>A.buf.data, <int32_t*>B.buf.data, <int32_t*>tdata(out), pre, n, post, code)
-        elif A.dtype == DT_INT64:
-            arith_loop(<int64_t*>A.buf.data, <int64_t*>B.buf.data, <int64_t*>tdata(out), pre, n, post, code)
-        elif A.dtype == DT_FLOAT:
-            arith_loop(<float*>A.buf.data, <float*>B.buf.data, <float*>tdata(out), pre, n, post, code)
+        buf_decref(old)
+        return rc
+    od = tdata(out)
+    if code < BIN_LT:
+        if adt == DT_INT32:
+            arith_loop(<int32_t*>ad, <int32_t*>bd, <int32_t*>od, pre, n, post, code)
+        elif adt == DT_INT64:
+            arith_loop(<int64_t*>ad, <int64_t*>bd, <int64_t*>od, pre, n, post, code)
+        elif adt == DT_FLOAT:
+            arith_loop(<float*>ad, <float*>bd, <float*>od, pre, n, post, code)
         else:
-            arith_loop(<double*>A.buf.data, <double*>B.buf.data, <double*>tdata(out), pre, n, post, code)
-    elif code < BIN_AND and A.dtype != DT_BOOL:
-        if A.dtype == DT_INT32:
-            cmp_loop(<int32_t*>A.buf.data, <int32_t*>B.buf.data, <uint8_t*>tdata(out), pre, n, post, code)
-        elif A.dtype == DT_INT64:
-            cmp_loop(<int64_t*>A.buf.data, <int64_t*>B.buf.data, <uint8_t*>tdata(out), pre, n, post, code)
-        elif A.dtype == DT_FLOAT:
-            cmp_loop(<float*>A.buf.data, <float*>B.buf.data, <uint8_t*>tdata(out), pre, n, post, code)
+            arith_loop(<double*>ad, <double*>bd, <double*>od, pre, n, post, code)
+    elif code < BIN_AND and adt != DT_BOOL:
+        if adt == DT_INT32:
+            cmp_loop(<int32_t*>ad, <int32_t*>bd, <uint8_t*>od, pre, n, post, code)
+        elif adt == DT_INT64:
+            cmp_loop(<int64_t*>ad, <int64_t*>bd, <uint8_t*>od, pre, n, post, code)
+        elif adt == DT_FLOAT:
+            cmp_loop(<float*>ad, <float*>bd, <uint8_t*>od, pre, n, post, code)
         else:
-            cmp_loop(<double*>A.buf.data, <double*>B.buf.data, <uint8_t*>tdata(out), pre, n, post, code)
+            cmp_loop(<double*>ad, <double*>bd, <uint8_t*>od, pre, n, post, code)
     else:
-        logic_loop(<uint8_t*>A.buf.data, <uint8_t*>B.buf.data, <uint8_t*>tdata(out), pre, n, post, code)
+        logic_loop(<uint8_t*>ad, <uint8_t*>bd, <uint8_t*>od, pre, n, post, code)
     buf_decref(old)
-    return rc
+    return 0
 
 
 cdef int k_add(OpInst* op, RunCtx* ctx) noexcept nogil: return binary_op(op, ctx, BIN_ADD)
@@ -679,15 +690,10 @@ cdef void counter_destroy(void* p) noexcept nogil:
     free(p)
 
 
-cdef ObjHeader* op_obj(OpInst* op, RunCtx* ctx, size_t i, int kind) noexcept nogil:
-    """The native object held by input i, cached in the op (one reference)
-    while the blob keeps holding the same object.  NULL after an error."""
+cdef ObjHeader* op_obj_slow(OpInst* op, RunCtx* ctx, size_t i, int kind) noexcept nogil:
     cdef Blob* b = op.ins[i]
-    cdef ObjHeader* h = b.obj
+    cdef ObjHeader* h = blob_get_obj(b)
     cdef string msg
-    if h != NULL and h == op.objs[i]:
-        return h
-    h = blob_get_obj(b)
     if h == NULL or h.kind != kind:
         msg = cstr(b"input ")
         msg.append(to_str(i))
@@ -711,6 +717,15 @@ cdef ObjHeader* op_obj(OpInst* op, RunCtx* ctx, size_t i, int kind) noexcept nog
     obj_decref(op.objs[i])
     op.objs[i] = h
     return h
+
+
+cdef inline ObjHeader* op_obj(OpInst* op, RunCtx* ctx, size_t i, int kind) noexcept nogil:
+    """The native object held by input i, cached in the op (one reference)
+    while the blob keeps holding the same object.  NULL after an error."""
+    cdef ObjHeader* h = op.ins[i].obj
+    if h != NULL and h == op.objs[i]:
+        return h
+    return op_obj_slow(op, ctx, i, kind)
 
 
 cdef int k_create_counter(OpInst* op, RunCtx* ctx) noexcept nogil:

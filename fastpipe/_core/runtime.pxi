@@ -355,27 +355,31 @@ cdef NetInst* net_compile(NetDesc* nd, WS* ws, RunCtx* ctx) noexcept nogil:
     return n
 
 
+cdef int net_busy(NetInst* n, RunCtx* ctx) noexcept nogil:
+    cdef string msg = cstr(b"net '")
+    msg.append(n.d.name)
+    msg.append(b"' is already running in another thread of the same workspace "
+               b"(two concurrent steps use one net; give each its own net or "
+               b"create_workspace)")
+    return rs_fail(ctx.rs, E_PLAN, msg)
+
+
 cdef int net_run(NetInst* n, RunCtx* ctx) noexcept nogil:
     cdef size_t i
+    cdef size_t nops = n.ops.size()
     cdef OpInst* op
     cdef int rc = 0
-    cdef string msg
     if not n.shared:
         # Only this net's one step runs it, on one thread at a time.
-        for i in range(n.ops.size()):
+        for i in range(nops):
             op = n.ops[i]
             rc = op.d.run(op, ctx)
             if rc != 0:
                 return rc
         return 0
     if fp_exchange(&n.running, 1) != 0:
-        msg = cstr(b"net '")
-        msg.append(n.d.name)
-        msg.append(b"' is already running in another thread of the same workspace "
-                   b"(two concurrent steps use one net; give each its own net or "
-                   b"create_workspace)")
-        return rs_fail(ctx.rs, E_PLAN, msg)
-    for i in range(n.ops.size()):
+        return net_busy(n, ctx)
+    for i in range(nops):
         op = n.ops[i]
         rc = op.d.run(op, ctx)
         if rc != 0:
@@ -499,27 +503,31 @@ cdef CStep* step_compile(StepDesc* d, WS* ws, RunCtx* ctx, bint here) noexcept n
     return cs
 
 
-cdef int read_stop(CStep* cs, RunCtx* ctx, bint* out) noexcept nogil:
+cdef int read_stop_fail(CStep* cs, RunCtx* ctx) noexcept nogil:
+    cdef Blob* b = cs.stop
+    cdef string msg = cstr(b"step '")
+    msg.append(cs.d.name)
+    msg.append(b"': should_stop_blob '")
+    msg.append(cs.d.stop_name)
+    msg.append(b"' expects a scalar boolean, got ")
+    if b.obj != NULL:
+        msg.append(OBJ_NAMES[b.obj.kind])
+    else:
+        msg.append(tensor_describe(&b.t))
+    return rs_fail(ctx.rs, E_RUNTIME, msg)
+
+
+cdef inline int read_stop(CStep* cs, RunCtx* ctx, bint* out) noexcept nogil:
     """out = value of the step's stop blob (missing/unset reads as false)."""
     cdef Blob* b = cs.stop
-    cdef string msg
     out[0] = False
     if b == NULL:
         return 0
-    if b.obj != NULL or (b.t.dtype != DT_UNDEFINED and
-                         (b.t.dtype != DT_BOOL or b.t.size != 1)):
-        msg = cstr(b"step '")
-        msg.append(cs.d.name)
-        msg.append(b"': should_stop_blob '")
-        msg.append(cs.d.stop_name)
-        msg.append(b"' expects a scalar boolean, got ")
-        if b.obj != NULL:
-            msg.append(OBJ_NAMES[b.obj.kind])
-        else:
-            msg.append(tensor_describe(&b.t))
-        return rs_fail(ctx.rs, E_RUNTIME, msg)
-    if b.t.dtype == DT_BOOL:
-        out[0] = (<uint8_t*>tdata(&b.t))[0] != 0
+    if b.t.dtype == DT_BOOL and b.t.size == 1 and b.obj == NULL:
+        out[0] = (<uint8_t*>b.t.buf.data)[0] != 0
+        return 0
+    if b.obj != NULL or b.t.dtype != DT_UNDEFINED:
+        return read_stop_fail(cs, ctx)
     return 0
 
 
