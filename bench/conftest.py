@@ -4,7 +4,13 @@ run; `caffe2_seconds` times the same workload on the Caffe2 oracle when it
 is installed (../shared/tools/caffe2-oracle/setup.sh), so its numbers sit in
 the same report."""
 import os
-import subprocess
+
+# numpy's OpenBLAS starts a worker thread per core that spins after init;
+# nothing here calls BLAS, and on 2 cores that thread steals time from the
+# threads being measured.  (Set before numpy is imported.)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import subprocess  # noqa: E402
 import sys
 import textwrap
 

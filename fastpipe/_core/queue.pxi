@@ -30,8 +30,10 @@ ctypedef struct QStats:
 
 
 ctypedef struct Slot:
+    # Slots live inline in one cache-aligned block (stride: a multiple of
+    # 64 bytes) so a record's sequence word and tensors share cache lines.
     int64_t seq             # Vyukov sequence: pos = free for the writer at pos, pos+1 = full
-    Tensor* t               # nblobs tensors
+    int64_t pad_            # the slot's nblobs tensors follow at byte 16 (slot_t)
 
 
 cdef cppclass Queue:
@@ -42,7 +44,8 @@ cdef cppclass Queue:
     bint strict             # reject every write after close
     string name
     vector[string] fields
-    Slot* slots             # capacity slots
+    char* slot_mem          # ring slots of `stride` bytes each
+    int64_t stride
     char pad0[64]
     # -- writer side (atomics)
     int64_t tail            # next write position (monotonic) | CLOSED_BIT once closed
@@ -74,9 +77,8 @@ cdef void queue_destroy(void* p) noexcept nogil:
     live_queue_remove(q)
     for i in range(q.ring):
         for j in range(q.nblobs):
-            tensor_clear(&q.slots[i].t[j])
-        free(q.slots[i].t)
-    free(q.slots)
+            tensor_clear(&slot_t(slot_at(q, i))[j])
+    free(q.slot_mem)
     fp_mutex_destroy(&q.mu)
     fp_cond_destroy(&q.not_empty)
     fp_cond_destroy(&q.not_full)
@@ -87,21 +89,16 @@ cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept no
     cdef Queue* q = new Queue()
     cdef int64_t i
     cdef int64_t ring = capacity if capacity >= 2 else 2
-    q.slots = <Slot*>calloc(ring, sizeof(Slot))
-    if q.slots == NULL:
+    cdef int64_t stride = (16 + nblobs * <int64_t>sizeof(Tensor) + 63) // 64 * 64
+    q.slot_mem = <char*>fp_aligned_alloc(64, ring * stride)
+    if q.slot_mem == NULL:
         del q
         return NULL
+    memset(q.slot_mem, 0, ring * stride)
+    q.stride = stride
     q.ring = ring
     for i in range(ring):
-        q.slots[i].seq = i
-        q.slots[i].t = <Tensor*>calloc(nblobs, sizeof(Tensor))
-        if q.slots[i].t == NULL:
-            while i > 0:
-                i -= 1
-                free(q.slots[i].t)
-            free(q.slots)
-            del q
-            return NULL
+        slot_at(q, i).seq = i
     fp_mutex_init(&q.mu)
     fp_cond_init(&q.not_empty)
     fp_cond_init(&q.not_full)
@@ -114,6 +111,14 @@ cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept no
     q.st_reads = q.st_records = q.st_bytes = q.st_read_ns = q.st_read_n = 0
     q.st_field_bytes.resize(nblobs, 0)
     return q
+
+
+cdef inline Slot* slot_at(Queue* q, int64_t i) noexcept nogil:
+    return <Slot*>(q.slot_mem + i * q.stride)
+
+
+cdef inline Tensor* slot_t(Slot* s) noexcept nogil:
+    return <Tensor*>((<char*>s) + 16)
 
 
 cdef void queue_close(Queue* q) noexcept nogil:
@@ -164,7 +169,7 @@ cdef int try_write(Queue* q, Tensor** ts) noexcept nogil:
         pos = raw & POS_MASK
         if q.ring != q.capacity and pos - fp_load(&q.head) >= q.capacity:
             return Q_AGAIN              # capacity 1 on a 2-slot ring
-        s = &q.slots[pos % q.ring]
+        s = slot_at(q, pos % q.ring)
         seq = fp_load(&s.seq)
         dif = seq - pos
         if dif == 0:
@@ -176,7 +181,7 @@ cdef int try_write(Queue* q, Tensor** ts) noexcept nogil:
         else:
             raw = fp_load_relaxed(&q.tail)
     for j in range(q.nblobs):
-        tensor_swap(&s.t[j], ts[j])
+        tensor_swap(&slot_t(s)[j], ts[j])
     fp_exchange(&s.seq, pos + 1)        # publish (seq_cst: pairs with wake())
     return Q_OK
 
@@ -187,7 +192,7 @@ cdef int try_read(Queue* q, Tensor** outs, QStats* st) noexcept nogil:
     cdef int64_t seq, dif, j, nb
     cdef Slot* s
     while True:
-        s = &q.slots[pos % q.ring]
+        s = slot_at(q, pos % q.ring)
         seq = fp_load(&s.seq)
         dif = seq - (pos + 1)
         if dif == 0:
@@ -199,10 +204,10 @@ cdef int try_read(Queue* q, Tensor** outs, QStats* st) noexcept nogil:
         else:
             pos = fp_load_relaxed(&q.head)
     for j in range(q.nblobs):
-        nb = string_bytes(&s.t[j]) if s.t[j].dtype == DT_STRING else tensor_nbytes(&s.t[j])
+        nb = string_bytes(&slot_t(s)[j]) if slot_t(s)[j].dtype == DT_STRING else tensor_nbytes(&slot_t(s)[j])
         st.bytes += nb
         st.field_bytes[j] += nb
-        tensor_swap(&s.t[j], outs[j])
+        tensor_swap(&slot_t(s)[j], outs[j])
     fp_exchange(&s.seq, pos + q.ring)   # release the slot (seq_cst: pairs with wake())
     return Q_OK
 

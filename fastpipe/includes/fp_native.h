@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
 #include <string>
 #include <new>
 
@@ -85,6 +86,11 @@ static inline int fp_thread_start(fp_thread* th, fp_thread_fn fn, void* arg) {
     return rc;
 }
 static inline void fp_thread_join(fp_thread* th) { pthread_join(th->t, NULL); }
+
+static inline void* fp_aligned_alloc(size_t align, size_t n) {
+    void* p = NULL;
+    return posix_memalign(&p, align, n ? n : align) == 0 ? p : NULL;
+}
 
 /* ---- string arrays (string tensors) --------------------------------------- */
 static inline std::string* fp_str_array_new(int64_t n) {

@@ -39,5 +39,6 @@ cdef extern from "fp_native.h" nogil:
     int fp_thread_start(fp_thread* th, fp_thread_fn fn, void* arg)
     void fp_thread_join(fp_thread* th)
 
+    void* fp_aligned_alloc(size_t align, size_t n)
     string* fp_str_array_new(int64_t n)
     void fp_str_array_delete(string* p)
