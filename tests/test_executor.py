@@ -346,19 +346,23 @@ def test_rerun_after_failure_works():
 
 @pytest.mark.timeout(60)
 def test_concurrent_runs_on_one_workspace():
+    # Runs share the workspace and the counter object; each writes its own
+    # output blobs (two runs writing one tensor blob race, as in Caffe2).
     init_counter()
-    step = core.execution_step("s", counter_net("c"), num_iter=1000)
-    plan = core.Plan("shared")
-    plan.AddStep(step)
+    plans = []
+    for k in range(4):
+        plan = core.Plan("shared_%d" % k)
+        plan.AddStep(core.execution_step("s", counter_net("c%d" % k), num_iter=1000))
+        plans.append(plan)
     errors = []
 
-    def go():
+    def go(plan):
         try:
             for _ in range(5):
                 workspace.RunPlan(plan)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
-    ts = [threading.Thread(target=go) for _ in range(4)]
+    ts = [threading.Thread(target=go, args=(p,)) for p in plans]
     for t in ts:
         t.start()
     for t in ts:

@@ -5,6 +5,7 @@
 # (_raise_status).
 
 import numpy as _np
+np_integer = _np.integer
 from fastpipe import _opschema
 from fastpipe.proto import gc_paused as _gc_paused
 from fastpipe import _pyop
@@ -83,7 +84,10 @@ cdef void feed_tensor(Blob* b, value) except *:
     for i in range(arr.ndim):
         dims[i] = arr.shape[i]
     t = blob_out(b)
-    if tensor_reshape(t, dt, arr.ndim, dims) != 0:
+    rc = tensor_reshape(t, dt, arr.ndim, dims)
+    if rc == -4:
+        raise ValueError("blob %r: shape %r is too large" % (name, tuple(_np.shape(value))))
+    if rc != 0:
         raise MemoryError("feeding blob %r" % name)
     if dt == DT_STRING:
         ds = <string*>t.buf.data
@@ -361,6 +365,14 @@ cdef class Program:
                         "create_workspace on the substep"
                         % (name, sd.num_concurrent_instances, sub.name or "step",
                            sd.num_concurrent_instances))
+        for field in ("num_iter", "num_concurrent_instances", "run_every_ms",
+                      "report_interval"):
+            value = getattr(sd, field)
+            if not isinstance(value, (int, np_integer)) or isinstance(value, bool):
+                raise PlanError("step %r: %s must be an int, got %r" % (name, field, value))
+        if sd.HasField("num_concurrent_instances") and sd.num_concurrent_instances < 1:
+            raise PlanError("step %r: num_concurrent_instances=%d must be >= 1"
+                            % (name, sd.num_concurrent_instances))
         cdef StepDesc* d = new StepDesc()
         self.all_steps.push_back(d)
         d.name = name.encode("utf-8")
@@ -616,7 +628,7 @@ cdef class Workspace:
         cdef RunCtx ctx
         cdef NetInst* n
         cdef NetInst* old = NULL
-        cdef string s = net_def.name.encode("utf-8")
+        cdef string s = net_key(net_def.name.encode("utf-8"), 0)
         if not overwrite and net_def.name in self.programs:
             raise RuntimeError("I respectfully refuse to overwrite an existing net of the "
                                "same name %r, unless you explicitly specify overwrite=True."
@@ -652,7 +664,7 @@ cdef class Workspace:
         return sorted(self.programs)
 
     def run_net(self, name, num_iter=1):
-        cdef string s = str(name).encode("utf-8")
+        cdef string s = net_key(str(name).encode("utf-8"), 0)
         cdef NetInst* n = NULL
         cdef PlanRun* pr
         cdef bint inline_ok = True

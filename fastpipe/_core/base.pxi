@@ -13,6 +13,9 @@
 # replaces the object (CreateBlobsQueue re-run).
 
 DEF MAX_DIMS = 8
+# At most 2^40 elements (and so < 2^44 bytes): beyond that a shape is a bug,
+# and products of dims cannot overflow int64.
+cdef int64_t MAX_ELEMENTS = (<int64_t>1) << 40
 
 # DataType codes (Caffe2's TensorProto.DataType).
 cdef enum:
@@ -162,7 +165,7 @@ cdef int tensor_reshape_hold(Tensor* t, int dtype, int ndim, const int64_t* shap
     cdef Buffer* cur = t.buf
     old[0] = NULL
     # Fast path: same dtype and dims, private buffer -> nothing to do.
-    if cur != NULL and t.dtype == dtype and t.ndim == ndim and cur.refcnt == 1:
+    if cur != NULL and t.dtype == dtype and t.ndim == ndim and fp_load(&cur.refcnt) == 1:
         i = 0
         while i < ndim and t.shape[i] == shape[i]:
             i += 1
@@ -173,7 +176,8 @@ cdef int tensor_reshape_hold(Tensor* t, int dtype, int ndim, const int64_t* shap
     for i in range(ndim):
         if shape[i] < 0:
             return -3
-        size *= shape[i]
+        if fp_mul_overflow(size, shape[i], &size) or size > MAX_ELEMENTS:
+            return -4
     cdef bint is_str = dtype == DT_STRING
     cdef int64_t need = size if is_str else size * dtype_itemsize(dtype)
     cdef Buffer* b = t.buf

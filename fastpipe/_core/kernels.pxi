@@ -47,10 +47,31 @@ cdef int fail_dtype(OpInst* op, RunCtx* ctx, size_t i, Tensor* t, const char* wa
     return op_fails(op, ctx, E_RUNTIME, msg)
 
 
+cdef int reshape_fail(OpInst* op, RunCtx* ctx, int rc, int ndim, const int64_t* shape) noexcept nogil:
+    """Turn a tensor_reshape status into an op error naming the shape."""
+    cdef string msg
+    cdef int i
+    if rc == -1:
+        return op_oom(op, ctx)
+    if rc == -2:
+        return op_fail(op, ctx, E_RUNTIME, b"too many dimensions (at most 8)")
+    msg = cstr(b"shape [")
+    for i in range(ndim if ndim <= MAX_DIMS else MAX_DIMS):
+        if i:
+            msg.append(b", ")
+        msg.append(to_str(shape[i]))
+    msg.append(b"] ")
+    if rc == -3:
+        msg.append(b"has a negative dimension")
+    else:
+        msg.append(b"is too large (more than 2^40 elements)")
+    return op_fails(op, ctx, E_RUNTIME, msg)
+
+
 cdef inline int out_like(OpInst* op, RunCtx* ctx, Tensor* out, int dtype, Tensor* like) noexcept nogil:
     cdef int rc = tensor_reshape(out, dtype, like.ndim, like.shape)
     if rc != 0:
-        return op_oom(op, ctx)
+        return reshape_fail(op, ctx, rc, like.ndim, like.shape)
     return 0
 
 
@@ -61,19 +82,15 @@ cdef inline int out_like_hold(OpInst* op, RunCtx* ctx, Tensor* out, int dtype, T
     (possibly that input's) stays alive in *old until the caller releases it."""
     cdef int rc = tensor_reshape_hold(out, dtype, like.ndim, like.shape, old)
     if rc != 0:
-        return op_oom(op, ctx)
+        return reshape_fail(op, ctx, rc, like.ndim, like.shape)
     return 0
 
 
 cdef inline int out_shape(OpInst* op, RunCtx* ctx, Tensor* out, int dtype, int ndim,
                           const int64_t* shape) noexcept nogil:
     cdef int rc = tensor_reshape(out, dtype, ndim, shape)
-    if rc == -1:
-        return op_oom(op, ctx)
-    if rc == -2:
-        return op_fail(op, ctx, E_RUNTIME, b"too many dimensions (at most 8)")
-    if rc == -3:
-        return op_fail(op, ctx, E_RUNTIME, b"negative dimension")
+    if rc != 0:
+        return reshape_fail(op, ctx, rc, ndim, shape)
     return 0
 
 

@@ -67,7 +67,10 @@ cdef class TensorRef:
         for i, d in enumerate(shape):
             dims[i] = d
         dt = self.blob.t.dtype if self.blob.t.dtype != DT_UNDEFINED else DT_FLOAT
-        if tensor_reshape(blob_out(self.blob), dt, len(shape), dims) != 0:
+        rc = tensor_reshape(blob_out(self.blob), dt, len(shape), dims)
+        if rc == -4:
+            raise ValueError("blob %r: shape %r is too large" % (self.blob.name.decode(), shape))
+        if rc != 0:
             raise MemoryError("reshape of blob %r" % self.blob.name.decode())
 
     def feed(self, value):

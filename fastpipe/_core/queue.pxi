@@ -63,6 +63,7 @@ cdef cppclass Queue:
     char pad2[64]
     # -- shared, rarely written
     int64_t closed          # atomic flag, sticky
+    int64_t cancelled_by    # atomic: id of the failed run whose cancel closed it (0: none)
     int64_t wait_readers    # atomic: parked readers
     int64_t wait_writers    # atomic: parked writers
     fp_mutex mu             # only for parking: protects nothing but the condvars' waits
@@ -107,6 +108,7 @@ cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept no
     q.strict = strict
     q.tail = q.head = 0
     q.closed = q.wait_readers = q.wait_writers = 0
+    q.cancelled_by = 0
     q.st_writes = q.st_write_ns = q.st_write_n = 0
     q.st_reads = q.st_records = q.st_bytes = q.st_read_ns = q.st_read_n = 0
     q.st_field_bytes.resize(nblobs, 0)
@@ -133,9 +135,17 @@ cdef void queue_close(Queue* q) noexcept nogil:
     fp_unlock(&q.mu)
 
 
-cdef void queue_close_obj(ObjHeader* h) noexcept nogil:
+cdef void queue_cancel_obj(ObjHeader* h, int64_t run_id) noexcept nogil:
+    """Close a queue because run `run_id` failed.  The queue remembers it, so
+    a later run that uses it gets a clear error instead of a closed queue
+    that silently ends its readers (records would look lost)."""
+    cdef Queue* q
     if h != NULL and h.kind == OBJ_QUEUE:
-        queue_close(<Queue*>h.impl)
+        q = <Queue*>h.impl
+        if fp_load(&q.closed):
+            return              # closed on purpose before the failure: nothing changes
+        fp_cas(&q.cancelled_by, 0, run_id)
+        queue_close(q)
 
 
 cdef inline void wake(Queue* q, int64_t* waiters, fp_cond* cv) noexcept nogil:
@@ -402,9 +412,16 @@ cdef Queue* op_queue(OpInst* op, RunCtx* ctx, size_t i) noexcept nogil:
     """Input i as a queue, registered with this run so that a failure
     anywhere closes it (waking every waiter)."""
     cdef ObjHeader* h = op_obj(op, ctx, i, OBJ_QUEUE)
+    cdef int64_t by
     if h == NULL:
         return NULL
     if op.obj_run[i] != ctx.rs.run_id:
+        by = fp_load(&(<Queue*>h.impl).cancelled_by)
+        if by != 0 and by != ctx.rs.run_id:
+            op_fails(op, ctx, E_RUNTIME, cstr(b"queue '") + (<Queue*>h.impl).name +
+                     cstr(b"' was closed when an earlier run failed; create it again "
+                          b"(CreateBlobsQueue) before using it in a new run"))
+            return NULL
         rs_register_queue(ctx.rs, h)
         op.obj_run[i] = ctx.rs.run_id
     return <Queue*>h.impl

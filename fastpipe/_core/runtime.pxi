@@ -131,7 +131,7 @@ cdef void rs_cancel(RunState* rs) noexcept nogil:
     qs = rs.queues
     fp_unlock(&rs.lock)
     for i in range(qs.size()):
-        queue_close_obj(qs[i])
+        queue_cancel_obj(qs[i], rs.run_id)
 
 
 cdef void rs_register_queue(RunState* rs, ObjHeader* q) noexcept nogil:
@@ -142,7 +142,7 @@ cdef void rs_register_queue(RunState* rs, ObjHeader* q) noexcept nogil:
     fp_unlock(&rs.lock)
     # A run cancelled before this queue was registered must still close it.
     if fp_load(&rs.cancelled):
-        queue_close_obj(q)
+        queue_cancel_obj(q, rs.run_id)
 
 
 cdef int rs_fail(RunState* rs, int code, const string& msg) noexcept nogil:
@@ -388,16 +388,24 @@ cdef int net_run(NetInst* n, RunCtx* ctx) noexcept nogil:
     return rc
 
 
+cdef string net_key(const string& name, int64_t run_id) noexcept nogil:
+    """Workspace net-map key: a run's nets never replace another run's (their
+    descriptions belong to different Programs); CreateNet'd nets use run 0."""
+    cdef string k = name
+    k.push_back(0)
+    k.append(to_str(run_id))
+    return k
+
+
 cdef NetInst* ws_get_net(WS* ws, NetDesc* nd, RunCtx* ctx) noexcept nogil:
-    """The instance of nd in ws for this run (created on first use in the run,
-    replacing one from an earlier run).  Returns a new reference."""
+    """The instance of nd in ws for this run, created on first use in the run
+    and shared by every step of the run that names it.  New reference."""
     cdef NetInst* n = NULL
-    cdef NetInst* old = NULL
     cdef NetInst* fresh
-    cdef int64_t rid = ctx.rs.run_id
+    cdef string key = net_key(nd.name, ctx.rs.run_id)
     fp_lock(&ws.lock)
-    it = ws.nets.find(nd.name)
-    if it != ws.nets.end() and deref(it).second.run_id == rid and deref(it).second.d == nd:
+    it = ws.nets.find(key)
+    if it != ws.nets.end():
         n = deref(it).second
         fp_fetch_add(&n.refcnt, 1)
         n.shared = True         # a second step uses it (set before any thread starts)
@@ -408,19 +416,16 @@ cdef NetInst* ws_get_net(WS* ws, NetDesc* nd, RunCtx* ctx) noexcept nogil:
     if fresh == NULL:
         return NULL
     fp_lock(&ws.lock)
-    it = ws.nets.find(nd.name)
-    if it != ws.nets.end() and deref(it).second.run_id == rid and deref(it).second.d == nd:
-        n = deref(it).second      # another thread won the race
+    it = ws.nets.find(key)
+    if it != ws.nets.end():
+        n = deref(it).second      # another thread of this run won the race
         n.shared = True
     else:
-        if it != ws.nets.end():
-            old = deref(it).second
-        ws.nets[nd.name] = fresh
+        ws.nets[key] = fresh
         n = fresh
         fresh = NULL
     fp_fetch_add(&n.refcnt, 1)
     fp_unlock(&ws.lock)
-    net_decref(old)
     if fresh != NULL:
         net_decref(fresh)
     return n

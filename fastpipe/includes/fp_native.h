@@ -27,6 +27,7 @@ static inline int fp_cas(int64_t* p, int64_t expected, int64_t desired) {
 }
 static inline int64_t fp_fetch_or(int64_t* p, int64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
 static inline int64_t fp_load_seq(const int64_t* p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline int fp_mul_overflow(int64_t a, int64_t b, int64_t* out) { return __builtin_mul_overflow(a, b, out); }
 static inline void fp_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline void fp_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -12,6 +12,7 @@ cdef extern from "fp_native.h" nogil:
     int64_t fp_exchange(int64_t* p, int64_t v)
     bint fp_cas(int64_t* p, int64_t expected, int64_t desired)
     void fp_fence()
+    bint fp_mul_overflow(int64_t a, int64_t b, int64_t* out)
     int64_t fp_fetch_or(int64_t* p, int64_t v)
     int64_t fp_load_seq(const int64_t* p)
     void fp_cpu_relax()
