@@ -20,6 +20,7 @@ from fastpipe import workspace
 
 _MEDIANS = {}     # (group, name) -> (median seconds, extra_info)
 _CAFFE2 = {}      # label -> seconds (or an error string)
+_CAFFE2_RECORDS = {}  # label -> records moved in the timed region
 
 CAFFE2_PY = os.environ.get("FASTPIPE_CAFFE2_PYTHON", "/tmp/caffe2-venv/bin/python")
 
@@ -41,9 +42,12 @@ def record(benchmark, request):
     return _record
 
 
-def caffe2_seconds(label, script, timeout=600):
+def caffe2_seconds(label, script, timeout=600, records=None):
     """Run `script` (which must print one float: seconds of the measured
-    region) on the Caffe2 oracle.  Returns seconds or None."""
+    region) on the Caffe2 oracle.  Returns seconds or None.  With `records`
+    the summary also prints the rate."""
+    if records:
+        _CAFFE2_RECORDS[label] = records
     if label in _CAFFE2:
         v = _CAFFE2[label]
         return v if isinstance(v, float) else None
@@ -82,4 +86,9 @@ def pytest_terminal_summary(terminalreporter):
     if _CAFFE2:
         tr.write_line("[caffe2 oracle]")
         for label, v in sorted(_CAFFE2.items()):
-            tr.write_line("  %-40s %s" % (label, ("%.6f s" % v) if isinstance(v, float) else v))
+            if isinstance(v, float):
+                n = _CAFFE2_RECORDS.get(label)
+                rate = "  %.3g rec/s" % (n / v) if n else ""
+                tr.write_line("  %-40s %12.6f s%s" % (label, v, rate))
+            else:
+                tr.write_line("  %-40s %s" % (label, v))

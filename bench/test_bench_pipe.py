@@ -132,7 +132,7 @@ t = time.perf_counter(); sess.run(tg); dt = time.perf_counter() - t
 y = ws.blobs[str(dst.get_blobs()[0])].fetch()
 assert y.shape[0] == %d, y.shape
 print(dt)
-''' % (n, batch, n))
+''' % (n, batch, n), records=n)
     if secs is None:
         pytest.skip("Caffe2 oracle not installed")
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

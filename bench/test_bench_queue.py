@@ -45,7 +45,7 @@ def build(core, n, producers, consumers, capacity):
         acc.Add(["acc_%d" % c, "cid_%d" % c], "acc_%d" % c)
         acc.Add(["cnt_%d" % c, "one_%d" % c], "cnt_%d" % c)
         conss.append(core.execution_step("cons_%d" % c, [deq, acc],
-                                         should_stop_blob="cst_%d" % c))
+                                         should_stop_blob=core.BlobReference("cst_%d" % c)))
     producers_then_close = core.execution_step(
         "producers", [core.execution_step("prods", prods, concurrent_substeps=True),
                       core.execution_step("close", close)])
@@ -130,7 +130,7 @@ t = time.perf_counter(); workspace.RunPlan(plan); dt = time.perf_counter() - t
 tot = sum(int(workspace.FetchBlob("cnt_%%d" %% c)) for c in range(%d))
 assert tot == %d, tot
 print(dt)
-''' % (N, pc[0], pc[1], CAPACITY, pc[1], N))
+''' % (N, pc[0], pc[1], CAPACITY, pc[1], N), records=N)
     if secs is None:
         pytest.skip("Caffe2 oracle not installed")
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
