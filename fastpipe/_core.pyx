@@ -15,6 +15,8 @@ from libcpp.unordered_map cimport unordered_map
 from cython.operator cimport dereference as deref, preincrement as inc
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pystate cimport PyThreadState_SetAsyncExc
+from cpython.pythread cimport PyThread_get_thread_ident
 cimport numpy as cnp
 
 from fastpipe.includes.native cimport *

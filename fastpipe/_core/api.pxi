@@ -37,8 +37,18 @@ _NP_TO_DT = {
 }
 
 
-cdef object tensor_to_numpy(Tensor* t):
-    """A copy of t as a numpy array (strings: an object array of bytes)."""
+cdef object tensor_to_numpy(Tensor* src):
+    """A copy of src as a numpy array (strings: an object array of bytes),
+    from a consistent, pinned snapshot (a run may be rewriting the blob)."""
+    cdef Tensor snap
+    tensor_snapshot(src, &snap)
+    try:
+        return _snapshot_to_numpy(&snap)
+    finally:
+        buf_decref(snap.buf)
+
+
+cdef object _snapshot_to_numpy(Tensor* t):
     cdef int i
     cdef string* ss
     cdef bytes bo
@@ -300,16 +310,24 @@ cdef class Program:
 
     cdef OpDesc* _lower_op(self, od, str net_name, const string& net_b, int index) except NULL:
         cdef Py_ssize_t ti
-        fields = getattr(od, "__dict__", None)
+        cdef dict fields = getattr(od, "__dict__", None)
+        if fields is not None:
+            ins = fields.get("input", ())
+            outs = fields.get("output", ())
+            op_type = fields.get("type", "")
+        else:
+            ins = od.input
+            outs = od.output
+            op_type = od.type
         if fields is not None and not fields.get("arg"):
             # no arguments: the template depends on type and arity only
-            key = (od.type, len(od.input), len(od.output))
+            key = (op_type, len(ins), len(outs))
             idx = self.arity_index.get(key)
             if idx is not None:
                 ti = idx
             else:
                 ti = self._template(od, _opschema.parse_args(od, net_name), net_name)
-                if _opschema.arity_only(key[0]):
+                if _opschema.arity_only(op_type):
                     self.arity_index[key] = ti
         else:
             ti = self._template(od, _opschema.parse_args(od, net_name), net_name)
@@ -318,14 +336,19 @@ cdef class Program:
         d[0] = t[0]
         if d.blocking:
             self.has_blocking = True
-        if od.name:
-            d.label = _utf8("%s %r" % (od.type, od.name))
+        op_name = fields.get("name") if fields is not None else od.name
+        if op_name:
+            d.label = _utf8("%s %r" % (op_type, op_name))
         else:
-            d.label = d.type + string(b" #") + to_string(<long long>index)
+            d.label = d.type
+            d.label.append(b" #")
+            d.label.append(to_string(<long long>index))
         d.net = net_b
-        for x in od.input:
+        d.inputs.reserve(len(ins))
+        for x in ins:
             d.inputs.push_back(_utf8(x))
-        for x in od.output:
+        d.outputs.reserve(len(outs))
+        for x in outs:
             d.outputs.push_back(_utf8(x))
         return d
 
@@ -481,6 +504,18 @@ cdef object _raise_status(RunState* rs):
     raise RunError(msg)
 
 
+cdef void _interrupt_python_ops(RunState* rs):
+    """Raise KeyboardInterrupt in every thread running a Python op of rs
+    (with the GIL held; they pick it up at their next bytecode)."""
+    cdef vector[long] tids
+    cdef size_t i
+    fp_lock(&rs.lock)
+    tids = rs.py_threads
+    fp_unlock(&rs.lock)
+    for i in range(tids.size()):
+        PyThreadState_SetAsyncExc(tids[i], <PyObject*>KeyboardInterrupt)
+
+
 cdef object drive(PlanRun* pr, bint inline_ok):
     """Run pr to completion.  Inline (on this thread, GIL released) when
     nothing can block; otherwise on a native driver thread while this thread
@@ -512,6 +547,8 @@ cdef object drive(PlanRun* pr, bint inline_ok):
             interrupted = True
             with nogil:
                 rs_fail(rs, E_INTERRUPT, b"interrupted")
+        if interrupted:
+            _interrupt_python_ops(rs)
     with nogil:
         fp_thread_join(&pr.th)
     if interrupted:

@@ -131,6 +131,21 @@ ctypedef struct Tensor:
     int64_t shape[MAX_DIMS]
     int64_t size
     Buffer* buf
+    # Owner's spinlock (a blob's), or NULL.  Writers that change the header or
+    # the buffer hold it, and so does a fetch while it snapshots the header
+    # and pins the buffer.  It stays with its place: swaps and clears keep it.
+    int64_t* lockp
+
+
+cdef inline void tensor_lock(Tensor* t) noexcept nogil:
+    if t.lockp != NULL:
+        while not fp_cas(t.lockp, 0, 1):
+            fp_cpu_relax()
+
+
+cdef inline void tensor_unlock(Tensor* t) noexcept nogil:
+    if t.lockp != NULL:
+        fp_store(t.lockp, 0)
 
 
 cdef inline void tensor_init(Tensor* t) noexcept nogil:
@@ -138,8 +153,24 @@ cdef inline void tensor_init(Tensor* t) noexcept nogil:
 
 
 cdef inline void tensor_clear(Tensor* t) noexcept nogil:
-    buf_decref(t.buf)
+    cdef int64_t* lp = t.lockp
+    cdef Buffer* b
+    tensor_lock(t)
+    b = t.buf
     memset(t, 0, sizeof(Tensor))
+    t.lockp = lp
+    tensor_unlock(t)
+    buf_decref(b)
+
+
+cdef inline void tensor_snapshot(Tensor* t, Tensor* out) noexcept nogil:
+    """A consistent copy of t's header whose buffer is pinned (one reference
+    the caller releases), safe while another thread reshapes t."""
+    tensor_lock(t)
+    out[0] = t[0]
+    buf_incref(out.buf)
+    tensor_unlock(t)
+    out.lockp = NULL
 
 
 cdef inline void* tdata(Tensor* t) noexcept nogil:
@@ -185,6 +216,12 @@ cdef int tensor_reshape_hold(Tensor* t, int dtype, int ndim, const int64_t* shap
         b = buf_new(need, is_str)
         if b == NULL:
             return -1
+    else:
+        b = NULL
+    # the header (and buffer) change under the owner's lock: a concurrent
+    # fetch sees the old or the new tensor, never a mix
+    tensor_lock(t)
+    if b != NULL:
         old[0] = t.buf
         t.buf = b
     t.dtype = dtype
@@ -192,6 +229,7 @@ cdef int tensor_reshape_hold(Tensor* t, int dtype, int ndim, const int64_t* shap
     for i in range(ndim):
         t.shape[i] = shape[i]
     t.size = size
+    tensor_unlock(t)
     return 0
 
 
@@ -235,9 +273,16 @@ cdef int tensor_copy(Tensor* dst, Tensor* src) noexcept nogil:
 
 
 cdef inline void tensor_swap(Tensor* a, Tensor* b) noexcept nogil:
+    """Exchange two tensors' contents (the places keep their locks).  Not
+    locked: a queue op swapping a blob while Python fetches that very blob
+    is a race, as in Caffe2 -- see the threading contract in README."""
     cdef Tensor tmp = a[0]
+    cdef int64_t* la = a.lockp
+    cdef int64_t* lb = b.lockp
     a[0] = b[0]
     b[0] = tmp
+    a.lockp = la
+    b.lockp = lb
 
 
 cdef string tensor_describe(Tensor* t) noexcept nogil:
@@ -293,7 +338,8 @@ cdef inline void obj_decref(ObjHeader* h) noexcept nogil:
 cdef cppclass Blob:
     Tensor t
     ObjHeader* obj      # guarded by objlock; NULL when the blob holds a tensor
-    int64_t objlock     # spinlock (0 free, 1 held)
+    int64_t objlock     # spinlock (0 free, 1 held) guarding obj
+    int64_t tlock       # spinlock guarding t's header/buffer changes (t.lockp)
     string name
 
 
@@ -311,6 +357,8 @@ cdef Blob* blob_new(const string& name) noexcept nogil:
     tensor_init(&b.t)
     b.obj = NULL
     b.objlock = 0
+    b.t.lockp = &b.tlock
+    b.tlock = 0
     b.name = name
     return b
 

@@ -262,6 +262,7 @@ cdef int snapshot_fields(OpInst* op, RunCtx* ctx, DsState* st, FieldTree* t,
     ndim >= 1 everywhere and int32 1-D lengths.  The caller releases st."""
     cdef size_t i, nf = t.names.size()
     cdef Tensor* x
+    cdef Tensor snap
     cdef int d
     cdef int64_t rows
     ds_release(st)
@@ -271,8 +272,8 @@ cdef int snapshot_fields(OpInst* op, RunCtx* ctx, DsState* st, FieldTree* t,
         x = in_t(op, ctx, first + i)
         if x == NULL:
             return -1
-        st.ins.push_back(x[0])
-        buf_incref(x.buf)
+        tensor_snapshot(x, &snap)
+        st.ins.push_back(snap)
     for i in range(nf):
         x = &st.ins[i]
         if x.ndim < 1:

@@ -543,6 +543,7 @@ cdef int k_sum(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef size_t k, m = op.ins.size()
     cdef Tensor* x0 = in_t(op, ctx, 0)
     cdef Tensor* x
+    cdef Tensor snap
     cdef vector[Tensor] held
     cdef int rc = 0
     cdef int j
@@ -567,8 +568,8 @@ cdef int k_sum(OpInst* op, RunCtx* ctx) noexcept nogil:
                 break
         if rc:
             break
-        held.push_back(x[0])
-        buf_incref(x.buf)
+        tensor_snapshot(x, &snap)
+        held.push_back(snap)
     if rc == 0:
         out = blob_out(op.outs[0])
         # first input into a fresh accumulation: copy input 0, then add the rest
@@ -851,6 +852,7 @@ cdef int tensor_append(Tensor* a, Tensor* b) noexcept nogil:
     cdef Buffer* nb
     cdef bint is_str = a.dtype == DT_STRING
     cdef int64_t need_units = need if is_str else need * isz
+    cdef Buffer* prev = NULL
     if a.buf == NULL or a.buf.capacity < need_units or fp_load(&a.buf.refcnt) != 1:
         cap = need_units + need_units * 2 // 5 + (1 if is_str else isz)
         nb = buf_new(cap, is_str)
@@ -861,15 +863,20 @@ cdef int tensor_append(Tensor* a, Tensor* b) noexcept nogil:
                 (<string*>nb.data)[i] = (<string*>a.buf.data)[i]
         elif old:
             memcpy(nb.data, a.buf.data, old * isz)
-        buf_decref(a.buf)
+        tensor_lock(a)
+        prev = a.buf
         a.buf = nb
+        tensor_unlock(a)
+        buf_decref(prev)
     if is_str:
         for i in range(b.size):
             (<string*>a.buf.data)[old + i] = (<string*>b.buf.data)[i]
     elif b.size:
         memcpy(<char*>a.buf.data + old * isz, b.buf.data, b.size * isz)
+    tensor_lock(a)
     a.shape[0] += b.shape[0]
     a.size = need
+    tensor_unlock(a)
     return 0
 
 

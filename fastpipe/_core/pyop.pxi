@@ -21,16 +21,17 @@ cdef object tensor_view(Tensor* t):
     cdef int i
     cdef _BufRef ref
     cdef cnp.ndarray arr
+    cdef Tensor snap
     if t.dtype == DT_UNDEFINED:
         raise RunError("tensor has no value yet (call reshape() or feed() first)")
     if t.dtype == DT_STRING:
         return tensor_to_numpy(t)
-    for i in range(t.ndim):
-        dims[i] = t.shape[i]
-    arr = cnp.PyArray_SimpleNewFromData(t.ndim, dims, npy_type(t.dtype), t.buf.data)
     ref = _BufRef.__new__(_BufRef)
-    ref.buf = t.buf
-    buf_incref(t.buf)
+    tensor_snapshot(t, &snap)
+    ref.buf = snap.buf          # the view owns the pinned reference
+    for i in range(snap.ndim):
+        dims[i] = snap.shape[i]
+    arr = cnp.PyArray_SimpleNewFromData(snap.ndim, dims, npy_type(snap.dtype), snap.buf.data)
     Py_INCREF(ref)
     cnp.PyArray_SetBaseObject(arr, ref)
     return arr
@@ -133,14 +134,32 @@ cdef void pyop_fini(OpInst* op) noexcept nogil:
     op.state = NULL
 
 
-cdef void python_fail(OpInst* op, RunCtx* ctx, object exc, str what):
-    """Record exc as the run's first error (called with the GIL)."""
-    cdef string msg = op_where(op, ctx)
-    text = "%s: %s raised %s: %s" % (msg.decode("utf-8", "replace"), what,
-                                     type(exc).__name__, exc)
-    msg = text.encode("utf-8", "replace")
+cdef str _describe_exc(object exc):
+    """'Type: message', even for exceptions whose __str__ raises."""
+    try:
+        text = str(exc)
+    except BaseException:
+        try:
+            text = repr(exc)
+        except BaseException:
+            text = "<unprintable %s object>" % type(exc).__name__
+    return "%s: %s" % (type(exc).__name__, text)
+
+
+cdef void python_fail(OpInst* op, RunCtx* ctx, object exc, str what) noexcept:
+    """Record exc as the run's first error (called with the GIL).  Never
+    raises: a failure while describing exc still fails the run."""
+    cdef string where = op_where(op, ctx)
+    cdef string msg
     cdef RunState* rs = ctx.rs
     cdef bint first = False
+    try:
+        text = "%s: %s raised %s" % (where.decode("utf-8", "replace"), what,
+                                     _describe_exc(exc))
+        msg = text.encode("utf-8", "replace")
+    except BaseException:
+        msg = where
+        msg.append(b": a Python exception was raised")
     with nogil:
         fp_lock(&rs.lock)
         if rs.err_code == E_OK:
@@ -156,17 +175,26 @@ cdef void python_fail(OpInst* op, RunCtx* ctx, object exc, str what):
 
 
 cdef int k_python(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef int rc = 0
     with gil:
         st = <_PyOpState>op.state
+        # While user code runs, Ctrl-C can reach it: the run's driver raises
+        # KeyboardInterrupt asynchronously in every thread listed here.
+        tid = PyThread_get_thread_ident()
+        rs_py_enter(ctx.rs, tid)
         try:
-            if st.pass_ws:
+            if rs_cancelled(ctx):
+                rc = -1
+            elif st.pass_ws:
                 st.func(st.inputs, st.outputs, None)
             else:
                 st.func(st.inputs, st.outputs)
-            return 0
         except BaseException as e:
             python_fail(op, ctx, e, "the Python function")
-            return -1
+            rc = -1
+        finally:
+            rs_py_exit(ctx.rs, tid)
+    return rc
 
 
 cdef int k_print(OpInst* op, RunCtx* ctx) noexcept nogil:

@@ -86,6 +86,7 @@ cdef cppclass RunState:
     string err_msg
     PyObject* err_exc       # owned; set with the GIL by the Python kernel
     vector[ObjHeader*] queues   # queues touched by this run (owned refs)
+    vector[long] py_threads  # threads inside a Python op right now
 
 
 ctypedef struct RunCtx:
@@ -143,6 +144,23 @@ cdef void rs_register_queue(RunState* rs, ObjHeader* q) noexcept nogil:
     # A run cancelled before this queue was registered must still close it.
     if fp_load(&rs.cancelled):
         queue_cancel_obj(q, rs.run_id)
+
+
+cdef void rs_py_enter(RunState* rs, long tid) noexcept nogil:
+    fp_lock(&rs.lock)
+    rs.py_threads.push_back(tid)
+    fp_unlock(&rs.lock)
+
+
+cdef void rs_py_exit(RunState* rs, long tid) noexcept nogil:
+    cdef size_t i
+    fp_lock(&rs.lock)
+    for i in range(rs.py_threads.size()):
+        if rs.py_threads[i] == tid:
+            rs.py_threads[i] = rs.py_threads.back()
+            rs.py_threads.pop_back()
+            break
+    fp_unlock(&rs.lock)
 
 
 cdef int rs_fail(RunState* rs, int code, const string& msg) noexcept nogil:
