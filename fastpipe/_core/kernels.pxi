@@ -411,6 +411,21 @@ cdef void logic_loop(uint8_t* a, uint8_t* b, uint8_t* o, int64_t pre, int64_t n,
                      int64_t post, int code) noexcept nogil:
     cdef int64_t i, j, k, idx = 0
     cdef uint8_t x, y
+    if o == a and (code == BIN_OR or code == BIN_AND):
+        # In place (e.g. Or(flag, stop) -> flag, run by every instance on one
+        # shared flag): only write what changes, so an instance that has
+        # nothing to add never overwrites another instance's true with false.
+        for i in range(pre):
+            for j in range(n):
+                y = b[j] != 0
+                for k in range(post):
+                    if code == BIN_OR:
+                        if y and not o[idx]:
+                            o[idx] = 1
+                    elif not y and o[idx]:
+                        o[idx] = 0
+                    idx += 1
+        return
     for i in range(pre):
         for j in range(n):
             y = b[j] != 0
