@@ -477,8 +477,9 @@ class Task(context.Managed):
         self._workspace_type = workspace_type
         self._report_net = None
         if num_instances is not None and (
-                not isinstance(num_instances, int) or num_instances < 0):
-            raise GraphError("Task %s: num_instances=%r must be an int >= 0"
+                not isinstance(num_instances, int) or isinstance(num_instances, bool)
+                or num_instances < 1):
+            raise GraphError("Task %s: num_instances=%r must be an int >= 1"
                              % (self.name, num_instances))
         self._num_instances = num_instances
 
