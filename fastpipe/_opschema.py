@@ -207,7 +207,9 @@ def parse_args(op_def, net_name=None):
     schema = REGISTRY.get(op_type)
     if schema is None:
         return _parse_args(op_def, net_name)
-    args = op_def.arg
+    fields = getattr(op_def, "__dict__", None)
+    # (reading op_def.arg would store an empty list in an op that has none)
+    args = fields.get("arg") if fields is not None else op_def.arg
     if args:
         akey = _args_key(args)
         if akey is None:
@@ -228,6 +230,14 @@ def parse_args(op_def, net_name=None):
     return result
 
 
+def arity_only(op_type):
+    """True when parse_args of an argument-less op of this type depends on
+    nothing but its type and arity (so its result can be shared)."""
+    schema = REGISTRY.get(op_type)
+    return schema is not None and (schema.check is None or
+                                   schema.check in _ARG_ONLY_CHECKS)
+
+
 def _parse_args(op_def, net_name):
     where = _where(op_def, net_name)
     schema = REGISTRY.get(op_def.type)
@@ -244,7 +254,8 @@ def _parse_args(op_def, net_name):
                                (where, _range(lo, hi), nout))
     values = [None] * len(schema.args)
     seen = set()
-    for arg in op_def.arg:
+    fields = getattr(op_def, "__dict__", None)
+    for arg in (fields.get("arg") or () if fields is not None else op_def.arg):
         idx = schema.arg_index.get(arg.name)
         if idx is None:
             raise OperatorDefError(
@@ -279,8 +290,16 @@ def _bcast_args():
             A("axis", "int", -1, "anchor B's dims at this axis of A")]
 
 
+def _arg_names(op):
+    """Names of the arguments given to ``op`` (without storing an empty
+    ``arg`` list in an op that has none, as reading ``op.arg`` would)."""
+    fields = getattr(op, "__dict__", None)
+    args = fields.get("arg") if fields is not None else op.arg
+    return {x.name for x in args} if args else set()
+
+
 def _check_bcast(op, a):
-    if "axis" in {x.name for x in op.arg} and not a["broadcast"]:
+    if not a["broadcast"] and "axis" in _arg_names(op):
         return "argument 'axis' requires broadcast=1"
     return None
 
@@ -289,7 +308,7 @@ def _check_bcast(op, a):
 
 
 def _check_constant_fill(op, a):
-    given = {x.name for x in op.arg}
+    given = _arg_names(op)
     if op.input:
         if "shape" in given:
             return "cannot set argument 'shape' when an input is given"

@@ -516,20 +516,6 @@ def get_output_producers(ssa):
     return producers
 
 
-class _RemapMemo(dict):
-    """name -> remap(name), computed on first use."""
-
-    __slots__ = ("_remap",)
-
-    def __init__(self, remap):
-        dict.__init__(self)
-        self._remap = remap
-
-    def __missing__(self, name):
-        value = self[name] = self._remap(name)
-        return value
-
-
 def _remap_netdef(netdef, blob_remap, name):
     """A copy of ``netdef`` with blob names remapped (no Net is created)."""
     get = blob_remap.get
@@ -612,6 +598,9 @@ def _unique_name(basename, used, next_idx):
         next_idx[basename] = idx + 1
     used.add(name)
     return name
+
+
+_object_setattr = object.__setattr__
 
 
 class Net(object):
@@ -828,11 +817,10 @@ class Net(object):
         if (_SPECIAL_OP_KWARGS.isdisjoint(kwargs) and
                 getattr(_scope_local, "devicescope", None) is None):
             # Fast path (the common case): no name/engine/device/... options.
-            op = _proto.OperatorDef()
-            op.type = op_type
-            op.name = ""
-            op.input = ins
-            op.output = outs
+            # The fields go straight into the message (ins/outs are new lists).
+            op = _proto.OperatorDef.__new__(_proto.OperatorDef)
+            _object_setattr(op, "__dict__", {"type": op_type, "name": "",
+                                             "input": ins, "output": outs})
             if kwargs:
                 args = op.arg
                 for key, value in kwargs.items():
@@ -1103,7 +1091,14 @@ class Net(object):
                                keep_schema, update_external_list)
 
     def _clone(self, name, blob_remap, op_id_mask, remap_funcs, keep_schema,
-               update_external_list):
+               update_external_list, bind_prefix=None):
+        """Clone's body.  With ``bind_prefix`` (clone_and_bind_net), the
+        blobs missing from ``blob_remap`` are mapped while cloning, in one
+        pass, with clone_and_bind_net's rule: a blob read before any op
+        writes it keeps its name, the others get the prefix; ``blob_remap``
+        gets an entry for every blob get_ssa versions.  Raises
+        _NeedsSsaPass if an op has a remap function (If/While), which would
+        need the complete map before the loop ends."""
         funcs = dict(_DEFAULT_REMAP_FUNCS)
         if remap_funcs:
             funcs.update(remap_funcs)
@@ -1116,8 +1111,36 @@ class Net(object):
             s = str(blob)
             return str(get(s, s))
 
-        # blob name -> new name (str), memoised
-        names = _RemapMemo(remapped)
+        # blob name -> new name (str), seeded with the str entries of
+        # blob_remap (clone_and_bind_net maps every blob); a plain dict (the
+        # interpreter's fast path), other names are added on a miss
+        names = {}
+        for k, v in blob_remap.items():
+            if type(k) is str:
+                names[k] = v if type(v) is str else str(v)
+
+        # miss_input(b): the new name of an input not in `names` yet (or
+        # mapped to ""), stored there
+        if bind_prefix is None:
+            def miss_input(b):
+                if b not in names:
+                    names[b] = remapped(b)
+                return names[b]
+        else:
+            ext = proto.external_input
+            versioned_input = set(ext).__contains__ if ext else (lambda b: True)
+
+            def miss_input(b):
+                # first seen as an input: read before written -> kept
+                if b not in names:
+                    if b in blob_remap:
+                        names[b] = remapped(b)
+                    else:
+                        names[b] = b if type(b) is str else str(b)
+                        if versioned_input(b):
+                            blob_remap[b] = b
+                return names[b]
+
 
         new_proto = _proto.NetDef()
         for field, value in proto._set.items():
@@ -1128,18 +1151,58 @@ class Net(object):
         ops = proto.op if op_id_mask is None else [proto.op[i] for i in op_id_mask]
         new_ops = new_proto.op
         prefix = (name + "/") if name else ""
-        copy_op = _proto.copy_op_with_io
         fget = funcs.get
+        lookup = names.get
+        outs = set()
+        add_outs = outs.update
+        append = new_ops.append
+        remapped_in_place = False
+        # The loop body is _proto.copy_op_with_io, inlined (40k ops in a
+        # 20-node job): copy the field dict, replace input/output.
+        new_op = object.__new__
+        set_dict = object.__setattr__
+        op_cls = _proto.OperatorDef
+        copy_extras = _proto._copy_op_extras
         for op in ops:
-            op2 = copy_op(op, [names[b] for b in op.input],
-                          [names[b] for b in op.output])
-            fn = fget(op2.type)
+            d = op.__dict__.copy()
+            d["input"] = [lookup(b) or miss_input(b) for b in op.input]
+            # outputs are usually new names: the miss is inlined
+            d["output"] = out = []
+            for b in op.output:
+                v = lookup(b)
+                if v is None:
+                    if bind_prefix is None or b in blob_remap:
+                        v = remapped(b)
+                    else:   # first seen as an output -> prefixed
+                        v = blob_remap[b] = bind_prefix + b
+                        if type(v) is not str:
+                            v = str(v)
+                    names[b] = v
+                out.append(v)
+            if "arg" in d or "control_input" in d or "device_option" in d:
+                copy_extras(d)
+            op2 = new_op(op_cls)
+            set_dict(op2, "__dict__", d)
+            add_outs(out)
+            fn = fget(d.get("type", ""))
             if fn is not None:
+                if bind_prefix is not None:
+                    raise _NeedsSsaPass()
                 fn(op2, prefix, blob_remap)
-            new_ops.append(op2)
+                remapped_in_place = True
+            append(op2)
+        if bind_prefix is not None:
+            # external inputs no op reads first: written, or unused -> prefixed
+            for b in proto.external_input:
+                b = str(b)
+                if b not in blob_remap:
+                    blob_remap[b] = b if names.get(b) == b else bind_prefix + b
         new_proto.external_input = [remapped(b) for b in proto.external_input]
         new_proto.external_output = [remapped(b) for b in proto.external_output]
-        new_net = Net._from_owned_proto(new_proto)
+        if remapped_in_place:   # a remap function may have edited the op
+            new_net = Net._from_owned_proto(new_proto)
+        else:                   # every op input/output name is in `names`
+            new_net = Net._from_owned_proto(new_proto, outs, names.values())
 
         if keep_schema:
             from fastpipe import schema
@@ -1179,8 +1242,10 @@ class Net(object):
         return new_net
 
     @classmethod
-    def _from_owned_proto(cls, netdef):
-        """Net(netdef) without copying ``netdef`` (the caller gives it up)."""
+    def _from_owned_proto(cls, netdef, op_outputs=None, blob_names=None):
+        """Net(netdef) without copying ``netdef`` (the caller gives it up).
+        ``op_outputs`` (a set) and ``blob_names`` (every op input and output
+        name), when the caller has them, save a pass over the ops."""
         net = cls.__new__(cls)
         net._input_record = None
         net._output_record = None
@@ -1190,15 +1255,21 @@ class Net(object):
         net._next_blob_name_ids = {}
         net._next_blob_auto_ids = {}
         net._net = netdef
-        outs = set()
-        names = set()
-        for op in netdef.op:
-            outs.update(op.output)
-            names.update(op.input)
-        names.update(outs)
+        auto = netdef.name + "_blob_"
+        if op_outputs is not None and auto in "\n".join(blob_names):
+            op_outputs = None   # blob_names may hold more than the ops' names
+        if op_outputs is None:
+            outs = set()
+            names = set()
+            for op in netdef.op:
+                outs.update(op.output)
+                names.update(op.input)
+            names.update(outs)
+        else:
+            outs = op_outputs
+            names = ()
         net._op_outputs = outs
         net._external_input_map = set(netdef.external_input)
-        auto = netdef.name + "_blob_"
         indices = [int(s[len(auto):]) for s in names
                    if s.startswith(auto) and s[len(auto):].isdigit()]
         net._next_name_index = max(indices) + 1 if indices else 0
@@ -1296,15 +1367,28 @@ def clone_and_bind_net(net, name, prefix, blob_remap=None, inputs=None,
             if fn in original_mapping:
                 blob_remap[str(original_mapping[fn])] = str(fb)
     with _proto.gc_paused():
-        versions, undef = _blob_versions_and_undefined(net._net)
-        for blob in versions:
-            if blob in blob_remap:
-                continue
-            blob_remap[blob] = blob if blob in undef else prefix + blob
-        cloned = net.Clone(name, blob_remap, keep_schema=keep_schema)
+        saved = dict(blob_remap)
+        try:
+            # one pass: blobs are mapped as the clone meets them
+            cloned = net._clone(name, blob_remap, None, None, keep_schema, False,
+                                bind_prefix=prefix)
+        except _NeedsSsaPass:
+            blob_remap.clear()
+            blob_remap.update(saved)
+            versions, undef = _blob_versions_and_undefined(net._net)
+            for blob in versions:
+                if blob in blob_remap:
+                    continue
+                blob_remap[blob] = blob if blob in undef else prefix + blob
+            cloned = net.Clone(name, blob_remap, keep_schema=keep_schema)
     if not keep_schema and inputs:
         cloned.set_input_record(inputs)
     return cloned, blob_remap
+
+
+class _NeedsSsaPass(Exception):
+    """Net._clone(bind_prefix=...) met an op whose remap function needs the
+    complete blob map up front."""
 
 
 def _blob_versions_and_undefined(proto):
@@ -1559,16 +1643,20 @@ class ExecutionStep(object):
             run_every_ms=step_proto.run_every_ms if has("run_every_ms") else None)
 
 
-def add_nets_in_order(step, net_list):
+def add_nets_in_order(step, net_list, _seen=None):
     """Append to ``net_list`` the names of nets used by ``step``, in order of
     first use (substeps first, then own nets, then the report net)."""
+    if _seen is None:
+        _seen = set(net_list)   # membership in O(1): plans hold 10^4 nets
     proto = step.Proto()
     for sub in step.Substeps():
-        add_nets_in_order(sub, net_list)
+        add_nets_in_order(sub, net_list, _seen)
     for name in proto.network:
-        if name not in net_list:
+        if name not in _seen:
+            _seen.add(name)
             net_list.append(name)
-    if proto.report_net and proto.report_net not in net_list:
+    if proto.report_net and proto.report_net not in _seen:
+        _seen.add(proto.report_net)
         net_list.append(proto.report_net)
 
 

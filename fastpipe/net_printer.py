@@ -334,13 +334,13 @@ def _fmt_names(names):
 
 
 def _c2_op_line(net_name, op):
-    """The line print_op writes in c2 syntax, or None when the op needs the
-    general path (a device option or a net-valued argument)."""
+    """The line print_op writes in c2 syntax, after ``<net_name>.``, or
+    None when the op needs the general path (a device option or a
+    net-valued argument)."""
     d = op.__dict__
     if "device_option" in d:
         return None
-    head = "%s.%s(%s, %s" % (net_name, op.type, _fmt_names(op.input),
-                             _fmt_names(op.output))
+    head = "%s(%s, %s" % (op.type, _fmt_names(op.input), _fmt_names(op.output))
     args = d.get("arg")
     if not args:
         return head + ")"
@@ -364,15 +364,34 @@ def print_net_def(text, net_def):
     text.c2_net_name = name
     # One line per op, formatted directly (the same text as print_op).
     if type(text).visitors.get(proto.OperatorDef) is print_op:
-        pad = " " * text._indent
+        head = " " * text._indent + name + "."
         lines = text.lines
+        append = lines.append
+        join = "', '".join
+        fast = 0
         for op in net_def.op:
+            d = op.__dict__
+            if len(d) <= 4 and "arg" not in d and "device_option" not in d:
+                # the common case, inlined: no arguments, no device option
+                ins = d.get("input")
+                outs = d.get("output")
+                if ins and outs:
+                    try:
+                        append("%s%s(['%s'], ['%s'])" % (head, d.get("type", ""),
+                                                          join(ins), join(outs)))
+                        fast += 1
+                        continue
+                    except TypeError:   # a name that is not a str
+                        pass
             line = _c2_op_line(name, op)
             if line is None:
+                text._lines_in_context[-1] += fast
+                fast = 0
                 text(op)
             else:
-                text._lines_in_context[-1] += 1
-                lines.append(pad + line)
+                fast += 1
+                append(head + line)
+        text._lines_in_context[-1] += fast
     else:
         for op in net_def.op:
             text(op)

@@ -20,6 +20,7 @@ from . import core, queue_util
 from .dataio import Reader, Writer
 from .errors import GraphError
 from .net_builder import NetBuilder, ops
+from .proto import gc_paused
 from .schema import Field, as_record
 from .task import Node, Task, TaskGroup
 
@@ -314,11 +315,14 @@ def _pipe_step(input, output=None, num_threads=1, processor=None, name=None,
     if name is None:
         name = "pipe_from:%s" % processor_name(input)
 
-    if num_threads > 1:
-        return _static_threads_task(name, group, final_outputs, reader,
-                                    num_threads, input, output, capacity)
-    return _runtime_threads_task(name, group, final_outputs, reader,
-                                 num_runtime_threads, input, output, capacity)
+    # building a pipe allocates many long-lived graph objects (N copies of
+    # it with num_threads=N): see fastpipe.proto.gc_paused
+    with gc_paused():
+        if num_threads > 1:
+            return _static_threads_task(name, group, final_outputs, reader,
+                                        num_threads, input, output, capacity)
+        return _runtime_threads_task(name, group, final_outputs, reader,
+                                     num_runtime_threads, input, output, capacity)
 
 
 class ProcessingReader(Reader):

@@ -389,7 +389,7 @@ def copy_op_with_io(op, inputs, outputs):
     d = op.__dict__.copy()
     d["input"] = inputs
     d["output"] = outputs
-    if "arg" in d or "device_option" in d or "control_input" in d:
+    if "arg" in d or "control_input" in d or "device_option" in d:
         _copy_op_extras(d)
     new = _object_new(OperatorDef)
     _object_setattr(new, "__dict__", d)
@@ -404,7 +404,7 @@ def _copy_op(op):
     v = d.get("output")
     if v is not None:
         d["output"] = v[:]
-    if "arg" in d or "device_option" in d or "control_input" in d:
+    if "arg" in d or "control_input" in d or "device_option" in d:
         _copy_op_extras(d)
     new = _object_new(OperatorDef)
     _object_setattr(new, "__dict__", d)
@@ -412,15 +412,60 @@ def _copy_op(op):
 
 
 def _copy_op_extras(d):
-    v = d.get("control_input")
-    if v is not None:
-        d["control_input"] = v[:]
+    # An empty repeated field is dropped from the copy rather than copied:
+    # it reads back as a fresh empty list, exactly like an unset one.
     v = d.get("arg")
     if v is not None:
-        d["arg"] = type(v)([a._copy() for a in v])
+        if v:
+            d["arg"] = type(v)([a._copy() for a in v])
+        else:
+            del d["arg"]
+    v = d.get("control_input")
+    if v is not None:
+        if v:
+            d["control_input"] = v[:]
+        else:
+            del d["control_input"]
     v = d.get("device_option")
     if v is not None:
         d["device_option"] = v._copy()
 
 
 OperatorDef._copy = _copy_op
+
+
+def _copy_net(net):
+    """NetDef._copy: the generic copy with the op loop inlined (a plan
+    copies every op of every net it runs)."""
+    d = net.__dict__.copy()
+    for k, v in d.items():
+        t = type(v)
+        if t is list:
+            d[k] = v[:]
+        elif k == "op":
+            ops = []
+            append = ops.append
+            for op in v:
+                od = op.__dict__.copy()
+                x = od.get("input")
+                if x is not None:
+                    od["input"] = x[:]
+                x = od.get("output")
+                if x is not None:
+                    od["output"] = x[:]
+                if "arg" in od or "control_input" in od or "device_option" in od:
+                    _copy_op_extras(od)
+                new_op = _object_new(OperatorDef)
+                _object_setattr(new_op, "__dict__", od)
+                append(new_op)
+            d[k] = t(ops)
+        elif isinstance(v, list):
+            d[k] = t([x._copy() for x in v])
+        elif isinstance(v, _Message):
+            d[k] = v._copy()
+    new = _object_new(NetDef)
+    _object_setattr(new, "__dict__", d)
+    return new
+
+
+NetDef._copy = _copy_net
