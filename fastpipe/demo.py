@@ -128,10 +128,12 @@ def main(argv=None):
     print("  build + compile the job: %.4f s" % build_s)
     print("  run:                     %.3f s  (%.2f M records/s end to end)"
           % (run_s, args.records / run_s / 1e6))
+    row_bytes = 8 + 4 * FEATURES            # an id and a float32 row per record
     for q in queues:
         name = str(q.queue())
-        moved = counters.get(name + "/queue_dequeued_records", 0)
-        print("  queue %-28s %9d batches dequeued" % (name, moved))
+        batches = counters.get(name + "/queue_dequeued_records", 0)
+        moved = counters.get(name + "/queue_dequeued_bytes", 0) // row_bytes
+        print("  queue %-34s %9d records in %d batches" % (name, moved, batches))
     for key in sorted(k for k in counters if k.endswith("/time_ns/sum") and "/pipe/" in k):
         base = key[: -len("/time_ns/sum")]
         busy = counters[key] / 1e9 / args.instances
