@@ -9,6 +9,19 @@ import pytest
 from fastpipe import workspace
 
 
+def join_thread(t, timeout=10.0):
+    """Join ``t`` and wait (a bounded poll, not a sleep) until its OS thread
+    has really exited: ``join`` returns slightly before the kernel thread is
+    gone."""
+    t.join(timeout)
+    assert not t.is_alive()
+    tid = t.native_id
+    deadline = time.monotonic() + timeout
+    while os.path.exists("/proc/self/task/%d" % tid):
+        assert time.monotonic() < deadline, "thread %d did not exit" % tid
+        os.sched_yield()
+
+
 def _native_tids():
     try:
         return set(int(t) for t in os.listdir("/proc/self/task"))

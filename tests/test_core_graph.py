@@ -12,19 +12,10 @@ import numpy as np
 import pytest
 
 from fastpipe import _pyop, core, proto, schema
+from conftest import join_thread
 from fastpipe.errors import GraphError, OperatorDefError
 
 
-def join_thread(t, timeout=10.0):
-    """Join ``t`` and wait until its OS thread has really exited (``join``
-    returns slightly before the kernel thread is gone)."""
-    t.join(timeout)
-    assert not t.is_alive()
-    tid = t.native_id
-    deadline = time.monotonic() + timeout
-    while os.path.exists("/proc/self/task/%d" % tid):
-        assert time.monotonic() < deadline, "thread %d did not exit" % tid
-        time.sleep(0.001)
 
 _ids = itertools.count()
 
