@@ -92,8 +92,19 @@ ctypedef struct Buffer:
 
 
 cdef Buffer* buf_new(int64_t n, bint is_str) noexcept nogil:
-    """n = bytes, or strings for a string buffer.  NULL when out of memory."""
-    cdef Buffer* b = <Buffer*>malloc(sizeof(Buffer))
+    """n = bytes, or strings for a string buffer.  NULL when out of memory.
+
+    Header and bytes are one cache-aligned allocation rounded up to whole
+    lines: the header sits in its own line and no two buffers share one.
+    Records in flight through a queue are many small buffers written on one
+    core and read on another; packed back to back by malloc they would
+    false-share lines, and whether they did depended on allocation order."""
+    cdef int64_t body = (n + 63) // 64 * 64 if n > 0 else 64
+    cdef Buffer* b
+    if is_str:
+        b = <Buffer*>fp_aligned_alloc(64, 64)
+    else:
+        b = <Buffer*>fp_aligned_alloc(64, 64 + body)
     if b == NULL:
         return NULL
     b.refcnt = 1
@@ -101,11 +112,12 @@ cdef Buffer* buf_new(int64_t n, bint is_str) noexcept nogil:
     b.capacity = n
     if is_str:
         b.data = <void*>fp_str_array_new(n)
+        if b.data == NULL:
+            free(b)
+            return NULL
     else:
-        b.data = malloc(n if n > 0 else 1)
-    if b.data == NULL:
-        free(b)
-        return NULL
+        b.data = <void*>((<char*>b) + 64)
+        b.capacity = body
     return b
 
 
@@ -118,8 +130,6 @@ cdef inline void buf_decref(Buffer* b) noexcept nogil:
     if b != NULL and fp_fetch_add(&b.refcnt, -1) == 1:
         if b.is_str:
             fp_str_array_delete(<string*>b.data)
-        else:
-            free(b.data)
         free(b)
 
 
