@@ -746,8 +746,8 @@ cdef int exec_body(CStep* cs, RunCtx* ctx) noexcept nogil:
                         if stop:
                             return 0
             i += 1
-    elif cs.stop != NULL and not d.only_once and cs.reporters.size() == 0:
-        pass  # an empty body with a stop blob would spin forever: run once
+    # A step with neither nets nor recurring substeps does nothing (Caffe2
+    # busy-spun forever on such a step when it had a stop blob).
     return 0
 
 
