@@ -33,6 +33,12 @@ def _python_tids():
     return {t.native_id for t in threading.enumerate()}
 
 
+@pytest.fixture
+def ws():
+    """A fresh workspace of its own (object API)."""
+    return workspace.C.Workspace()
+
+
 @pytest.fixture(autouse=True)
 def fresh_workspace():
     """Each test starts on an empty 'default' workspace."""

@@ -41,3 +41,8 @@ def double_processor(rec):
     x = rec.field_blobs()[0]
     y = ops.Add([x, x])
     return schema.Struct(("x", schema.Scalar(np.int64, y)))
+
+
+def local_session(ws):
+    from fastpipe.session import LocalSession
+    return LocalSession(ws)

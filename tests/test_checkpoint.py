@@ -12,6 +12,7 @@ from fastpipe.dataio import ReaderWithLimit
 from fastpipe.task import Task, TaskGroup, TaskOutput, WorkspaceType
 
 from pipeline_helpers import make_dataset, make_empty_dataset, sorted_column
+from pipeline_helpers import local_session as _session
 
 
 # --- graph only ---------------------------------------------------------------
@@ -62,15 +63,6 @@ def test_checkpoint_manager_not_supported():
 # --- runtime ------------------------------------------------------------------
 
 
-@pytest.fixture
-def ws():
-    workspace = pytest.importorskip("fastpipe.workspace")
-    return workspace.C.Workspace()
-
-
-def _session(ws):
-    from fastpipe.session import LocalSession
-    return LocalSession(ws)
 
 
 def _epoch_counting_job(num_epochs):

@@ -14,6 +14,7 @@ from fastpipe.task import TaskGroup, WorkspaceType
 
 from pipeline_helpers import (make_dataset, make_empty_dataset, fetch_column,
                               sorted_column)
+from pipeline_helpers import local_session as _session
 
 
 # --- graph only ---------------------------------------------------------------
@@ -106,15 +107,6 @@ def test_pipe_base_counts_and_registers():
 # --- runtime ------------------------------------------------------------------
 
 
-@pytest.fixture
-def ws():
-    workspace = pytest.importorskip("fastpipe.workspace")
-    return workspace.C.Workspace()
-
-
-def _session(ws):
-    from fastpipe.session import LocalSession
-    return LocalSession(ws)
 
 
 def _to_rows(rec):

@@ -11,6 +11,7 @@ from fastpipe.task import TaskGroup
 
 from pipeline_helpers import (fetch_column, make_dataset, make_empty_dataset,
                               sorted_column)
+from pipeline_helpers import local_session as _session
 
 
 # --- graph only ---------------------------------------------------------------
@@ -79,15 +80,6 @@ def test_writer_ops():
 # --- runtime ------------------------------------------------------------------
 
 
-@pytest.fixture
-def ws():
-    workspace = pytest.importorskip("fastpipe.workspace")
-    return workspace.C.Workspace()
-
-
-def _session(ws):
-    from fastpipe.session import LocalSession
-    return LocalSession(ws)
 
 
 @pytest.mark.timeout(120)

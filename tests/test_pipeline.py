@@ -16,6 +16,7 @@ from fastpipe.task import TaskGroup
 
 from pipeline_helpers import (double_processor, make_dataset,
                               make_empty_dataset, sorted_column)
+from pipeline_helpers import local_session as _session
 
 
 # --- graph only ---------------------------------------------------------------
@@ -153,15 +154,6 @@ def test_net_processor_frozen_after_setup():
 # --- runtime ------------------------------------------------------------------
 
 
-@pytest.fixture
-def ws():
-    workspace = pytest.importorskip("fastpipe.workspace")
-    return workspace.C.Workspace()
-
-
-def _session(ws):
-    from fastpipe.session import LocalSession
-    return LocalSession(ws)
 
 
 N_RECORDS = 200
