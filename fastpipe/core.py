@@ -25,9 +25,11 @@ thread-local.
 import contextlib
 import copy as _copy
 import importlib
+import operator as _operator
 import sys
 import threading
 from collections import OrderedDict, defaultdict
+from itertools import chain as _chain
 
 import numpy as np
 
@@ -1153,19 +1155,23 @@ class Net(object):
         prefix = (name + "/") if name else ""
         fget = funcs.get
         lookup = names.get
-        outs = set()
-        add_outs = outs.update
         append = new_ops.append
         remapped_in_place = False
         # The loop body is _proto.copy_op_with_io, inlined (40k ops in a
-        # 20-node job): copy the field dict, replace input/output.
+        # 20-node job): copy the field dict, replace input/output.  The
+        # new ops' output sets are collected after the loop (in C).
         new_op = object.__new__
-        set_dict = object.__setattr__
         op_cls = _proto.OperatorDef
         copy_extras = _proto._copy_op_extras
         for op in ops:
-            d = op.__dict__.copy()
-            d["input"] = [lookup(b) or miss_input(b) for b in op.input]
+            # fill the new op's own __dict__ (faster than installing a copy)
+            op2 = new_op(op_cls)
+            d = op2.__dict__
+            d.update(op.__dict__)
+            # map() runs dict.get in C; a None marks an input not seen yet
+            ins = [*map(lookup, op.input)]
+            d["input"] = ins if None not in ins else [
+                lookup(b) or miss_input(b) for b in op.input]
             # outputs are usually new names: the miss is inlined
             d["output"] = out = []
             for b in op.output:
@@ -1181,9 +1187,6 @@ class Net(object):
                 out.append(v)
             if "arg" in d or "control_input" in d or "device_option" in d:
                 copy_extras(d)
-            op2 = new_op(op_cls)
-            set_dict(op2, "__dict__", d)
-            add_outs(out)
             fn = fget(d.get("type", ""))
             if fn is not None:
                 if bind_prefix is not None:
@@ -1202,6 +1205,7 @@ class Net(object):
         if remapped_in_place:   # a remap function may have edited the op
             new_net = Net._from_owned_proto(new_proto)
         else:                   # every op input/output name is in `names`
+            outs = set(_chain_from_iterable(map(_get_output, new_ops)))
             new_net = Net._from_owned_proto(new_proto, outs, names.values())
 
         if keep_schema:
@@ -1384,6 +1388,10 @@ def clone_and_bind_net(net, name, prefix, blob_remap=None, inputs=None,
     if not keep_schema and inputs:
         cloned.set_input_record(inputs)
     return cloned, blob_remap
+
+
+_chain_from_iterable = _chain.from_iterable
+_get_output = _operator.attrgetter("output")
 
 
 class _NeedsSsaPass(Exception):

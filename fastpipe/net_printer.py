@@ -366,7 +366,11 @@ def print_net_def(text, net_def):
     if type(text).visitors.get(proto.OperatorDef) is print_op:
         head = " " * text._indent + name + "."
         lines = text.lines
-        append = lines.append
+        # The lines of a run of ops are joined into one item of text.lines
+        # (str(text) joins with "\n" too): one string per net instead of
+        # one per op to keep alive until the end.
+        chunk = []
+        append = chunk.append
         join = "', '".join
         fast = 0
         for op in net_def.op:
@@ -377,20 +381,26 @@ def print_net_def(text, net_def):
                 outs = d.get("output")
                 if ins and outs:
                     try:
-                        append("%s%s(['%s'], ['%s'])" % (head, d.get("type", ""),
-                                                          join(ins), join(outs)))
+                        # an f-string: no argument tuple, no format parsing
+                        append(f"{head}{d.get('type', '')}"
+                               f"(['{join(ins)}'], ['{join(outs)}'])")
                         fast += 1
                         continue
                     except TypeError:   # a name that is not a str
                         pass
             line = _c2_op_line(name, op)
             if line is None:
+                if chunk:
+                    lines.append("\n".join(chunk))
+                    chunk.clear()
                 text._lines_in_context[-1] += fast
                 fast = 0
                 text(op)
             else:
                 fast += 1
                 append(head + line)
+        if chunk:
+            lines.append("\n".join(chunk))
         text._lines_in_context[-1] += fast
     else:
         for op in net_def.op:

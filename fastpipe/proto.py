@@ -446,18 +446,21 @@ def _copy_net(net):
             ops = []
             append = ops.append
             for op in v:
-                od = op.__dict__.copy()
-                x = od.get("input")
-                if x is not None:
-                    od["input"] = x[:]
-                x = od.get("output")
-                if x is not None:
-                    od["output"] = x[:]
+                # filling the new op's own (empty) __dict__ is a little
+                # faster than copying a dict and installing it
+                new_op = _object_new(OperatorDef)
+                append(new_op)
+                od = new_op.__dict__
+                od.update(op.__dict__)
+                try:    # almost every op has both (try is free in 3.11+)
+                    od["input"] = od["input"][:]
+                    od["output"] = od["output"][:]
+                except KeyError:
+                    x = od.get("output")
+                    if x is not None:
+                        od["output"] = x[:]
                 if "arg" in od or "control_input" in od or "device_option" in od:
                     _copy_op_extras(od)
-                new_op = _object_new(OperatorDef)
-                _object_setattr(new_op, "__dict__", od)
-                append(new_op)
             d[k] = t(ops)
         elif isinstance(v, list):
             d[k] = t([x._copy() for x in v])

@@ -330,3 +330,57 @@ def test_bind_with_blob_reference_names_in_the_op_lists():
     assert cloned.Proto().op[0].input == ["a", "a"]
     assert cloned.Proto().op[0].output == ["p/o"] and cloned.Proto().op[1].input == ["p/o"]
     assert all(type(b) is str for op in cloned.Proto().op for b in op.input + op.output)
+
+
+def test_plan_copy_of_ops_missing_input_or_output_lists():
+    net = core.Net("fp_partial_ops")
+    net.Proto().op.add(type="ConstantFill", output=["c"])
+    net.Proto().op.add(type="Print", input=["c"])
+    net.Proto().op.add(type="NoOp")
+    copied = net.Proto()._copy()
+    assert copied == net.Proto()
+    assert [("input" in op.__dict__, "output" in op.__dict__) for op in copied.op] == [
+        (False, True), (True, False), (False, False)]
+    copied.op[0].output.append("d")
+    copied.op[1].input.append("e")
+    assert net.Proto().op[0].output == ["c"] and net.Proto().op[1].input == ["c"]
+
+
+def test_bind_with_inputs_mapped_to_empty_names_and_first_seen_inputs():
+    net = core.Net("fp_empty_map")
+    net.AddExternalInput("a", "b")
+    net.Add(["a", "b"], "s")
+    net.Add(["s", "late"], "t")        # 'late' is not an external input
+    pre = {"a": ""}
+    expected = _reference_bind(net, "p/", dict(pre))
+    cloned, remap = core.clone_and_bind_net(net, "fp_empty_map_c", "p/", dict(pre))
+    assert remap == expected
+    for op, op2 in zip(net.Proto().op, cloned.Proto().op):
+        assert op2.input == [expected.get(b, b) for b in op.input]
+        assert op2.output == [expected.get(b, b) for b in op.output]
+
+
+def test_direct_op_lines_in_order_around_ops_printed_one_by_one():
+    # runs of directly formatted lines are joined per run; an op printed by
+    # print_op in between must keep its place
+    net = core.Net("fp_print_order")
+    net.Add(["a", "b"], "c")
+    net.Mul(["c", "b"], "d")
+    with core.DeviceScope(core.DeviceOption(0, 0, node_name="nd")):
+        net.Copy("d", "e")
+    net.Sub(["e", "a"], "f")
+    net.Add(["f", "a"], "g")
+    text = net_printer.Printer()
+    text.add("fp_print_order = core.Net('fp_print_order')")
+    text.c2_net_name = str(net)
+    for op in net.Proto().op:
+        net_printer.print_op(text, op)
+    expected = str(text)
+    assert net_printer.to_string(net) == expected
+    # nested: every line indented under its step, the runs in place
+    outer = core.execution_step("outer", [core.execution_step("s", net),
+                                          core.execution_step("t", net)],
+                                concurrent_substeps=True)
+    body = ["        " + line for line in expected.split("\n")]
+    assert net_printer.to_string(outer).split("\n") == (
+        ["with parallel():", "    with step(s):"] + body + ["    with step(t):"] + body)
