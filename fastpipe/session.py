@@ -174,10 +174,12 @@ class LocalSession(Session):
             task = task_group.to_task()
         plan = core.Plan("task_group_plan")
         plan.AddStep(task.get_step())
-        return (plan, task.output_list(), task.workspace_type())
+        # The native program is lowered from the plan once, at the first run,
+        # and reused by every later run (every epoch of a JobRunner).
+        return (plan, task.output_list(), task.workspace_type(), [None])
 
     def _run_compiled(self, compiled):
-        plan, output_list, _workspace_type = compiled
+        plan, output_list, _workspace_type, program = compiled
         # The plan runs on the session workspace whatever the group's type
         # (as in Caffe2, where the PRIVATE check never matched): isolation
         # comes from per-task create_workspace.  Outputs must exist here so
@@ -187,7 +189,11 @@ class LocalSession(Session):
             self._ws.create_blob(str(name))
             outputs.append(core.BlobReference(str(name)))
         output_list.set_values(outputs, _fetch_func=self._fetch_output)
-        self._ws.run(plan)
+        if program[0] is None:
+            from . import _core
+            with _proto.gc_paused():
+                program[0] = _core.Program.from_plan(plan.Proto())
+        self._ws._native.run_program(program[0])
 
     def _fetch_output(self, output):
         return self._ws.blobs[str(output)].fetch()
