@@ -129,3 +129,29 @@ def test_fetch_object_blob():
     workspace.RunNetOnce(net)
     h = workspace.FetchBlob("c")
     assert h.kind == "counter"
+
+
+def test_parent_cannot_be_reset_under_a_live_child():
+    parent = workspace.C.Workspace()
+    parent.create_blob("x").feed(np.ones(2, np.float32))
+    child = workspace.C.Workspace(parent)
+    net = core.Net("reads_parent")
+    net.Copy("x", "y")
+    child.create_net(net)
+    with pytest.raises(RuntimeError, match="child workspace"):
+        parent.reset()
+    with pytest.raises(RuntimeError, match="child workspace"):
+        parent._native.remove_blob("x")
+    del child, net
+    parent.reset()
+    assert not parent.has_blob("x")
+
+
+def test_blob_used_by_a_created_net_cannot_be_removed():
+    workspace.FeedBlob("x", np.ones(2, np.float32))
+    net = core.Net("uses_x")
+    net.Copy("x", "y")
+    workspace.CreateNet(net)
+    with pytest.raises(RuntimeError, match="net .* uses it"):
+        workspace.RemoveBlob("x")
+    workspace.RunNet(net.Proto().name)

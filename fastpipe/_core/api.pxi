@@ -4,6 +4,7 @@
 # code runs in `with nogil:`; its status becomes an exception in one place
 # (_raise_status).
 
+import weakref as _weakref
 import numpy as _np
 np_integer = _np.integer
 from fastpipe import _opschema
@@ -563,12 +564,26 @@ cdef class Workspace:
     cdef readonly Workspace parent
     cdef dict programs          # CreateNet'd net name -> Program owning its description
     cdef int64_t active         # runs in progress (guarded by the GIL)
+    cdef object children        # live child workspaces (weak): they hold Blob* into this one
+    cdef object __weakref__
 
     def __cinit__(self, Workspace parent=None):
         self.ws = ws_new(parent.ws if parent is not None else NULL)
         self.parent = parent
         self.programs = {}
         self.active = 0
+        self.children = _weakref.WeakSet()
+        if parent is not None:
+            parent.children.add(self)
+
+    cdef _check_can_free(self, str what):
+        """Freeing blobs under a live child or a run would leave their
+        compiled ops pointing at freed memory: refuse instead."""
+        if self.active:
+            raise RuntimeError("cannot %s while a run uses the workspace" % what)
+        if len(self.children):
+            raise RuntimeError("cannot %s while %d child workspace(s) of it exist "
+                               "(they may hold its blobs)" % (what, len(self.children)))
 
     def __dealloc__(self):
         if self.ws != NULL:
@@ -638,9 +653,25 @@ cdef class Workspace:
     def remove_blob(self, name):
         cdef string s = _bname(name)
         cdef Blob* b = NULL
-        if self.active:
-            raise RuntimeError("cannot remove blob %r while a run uses the workspace" % str(name))
+        cdef size_t i, j
+        self._check_can_free("remove blob %r" % str(name))
         fp_lock(&self.ws.lock)
+        it = self.ws.blobs.find(s)
+        if it != self.ws.blobs.end():
+            b = deref(it).second
+        for kv in self.ws.nets:
+            for i in range(kv.second.ops.size()):
+                for j in range(kv.second.ops[i].ins.size()):
+                    if kv.second.ops[i].ins[j] == b and b != NULL:
+                        fp_unlock(&self.ws.lock)
+                        raise RuntimeError("cannot remove blob %r: net %r uses it"
+                                           % (str(name), kv.second.d.name.decode()))
+                for j in range(kv.second.ops[i].outs.size()):
+                    if kv.second.ops[i].outs[j] == b and b != NULL:
+                        fp_unlock(&self.ws.lock)
+                        raise RuntimeError("cannot remove blob %r: net %r uses it"
+                                           % (str(name), kv.second.d.name.decode()))
+        b = NULL
         it = self.ws.blobs.find(s)
         if it != self.ws.blobs.end():
             b = deref(it).second
@@ -652,8 +683,7 @@ cdef class Workspace:
         return True
 
     def reset(self):
-        if self.active:
-            raise RuntimeError("cannot reset a workspace while a run uses it")
+        self._check_can_free("reset the workspace")
         with nogil:
             ws_clear(self.ws)
         self.programs.clear()
