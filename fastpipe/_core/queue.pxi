@@ -557,6 +557,8 @@ cdef int k_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int r
     if q == NULL or check_outputs(op, ctx, q, n) != 0:
         return -1
+    if tmo > 1e9:
+        tmo = 0.0           # beyond ~31 years: wait forever (and no int64 overflow)
     r = read_into_outputs(op, q, n, <int64_t>(tmo * 1e9))
     if r == Q_OK:
         return 0
