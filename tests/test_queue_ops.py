@@ -275,3 +275,42 @@ def test_every_record_delivered_exactly_once(producers, consumers, capacity, num
     assert len(ids) == total
     assert sorted(ids.tolist()) == list(range(total))            # each id exactly once
     np.testing.assert_array_equal(sqs.reshape(-1), ids.astype(np.float64) ** 2)
+
+
+@pytest.mark.timeout(60)
+def test_buffer_viewed_from_python_is_never_recycled_under_the_view():
+    # A consumer keeps numpy views of the records it dequeues (Python op
+    # .data, zero-copy).  Those buffers go back into queue slots at the next
+    # dequeue and on to the producer, which writes new records: it must
+    # write into fresh memory, never under a live view.
+    make_queue("vq", capacity=2)
+    workspace.FeedBlob("vcount", np.array(0, np.int64))
+    views = []
+
+    def keep(inputs, outputs):
+        views.append(inputs[0].data)
+
+    init = core.Net("v_init")
+    init.CreateCounter([], "vctr", init_count=0)
+    workspace.RunNetOnce(init)
+    prod = core.Net("v_prod")
+    prod.CountUp("vctr", "vid")
+    prod.ConstantFill(["vid"], "vrow", extra_shape=[8], value=0, dtype=DT.INT64)
+    prod.Add(["vrow", "vid"], "vrow", broadcast=1)
+    prod.SafeEnqueueBlobs(["vq", "vrow"], ["vrow", "vpst"])
+    close_net = core.Net("v_close")
+    close_net.CloseBlobsQueue(["vq"], [])
+    deq = core.Net("v_deq")
+    deq.SafeDequeueBlobs(["vq"], ["vout", "vst"])
+    use = core.Net("v_use")
+    use.Python(keep)(["vout"], [])
+    plan = core.Plan("views")
+    plan.AddStep(core.execution_step("run", [
+        core.execution_step("cons", [deq, use], should_stop_blob="vst"),
+        core.execution_step("prod", [core.execution_step("p", prod, num_iter=200),
+                                     core.execution_step("c", close_net)])],
+        concurrent_substeps=True))
+    workspace.RunPlan(plan)
+    assert len(views) == 200
+    for i, v in enumerate(views):
+        assert v.tolist() == [i] * 8, (i, v.tolist())
