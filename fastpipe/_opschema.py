@@ -495,11 +495,16 @@ register("TimerBegin", 0, 1, [A("counter_name", "str", "")],
 register("TimerEnd", 1, 0, doc="Stop the timer and add its time to the stats.")
 register("TimerGetAndEnd", 1, 1, doc="Elapsed ns (int64 [1]), then stop.")
 register("TimerGet", 1, 1, doc="Elapsed ns (int64 0-d).")
-register("StatRegistryCreate", 0, 1, doc="A new stat registry handle.")
-register("StatRegistryExport", (0, 1), 3, [A("reset", "bool", True)],
-         "Export keys, values and a timestamp from a registry (default: global).")
-register("StatRegistryUpdate", (2, 3), 0,
-         doc="Add values to keys in a registry (default: global).")
+# fastpipe has one process-wide stat registry: a separate registry handle
+# would be silently ignored, so the forms that pass one are rejected.
+_ONE_REGISTRY = ("separate stat registries are not supported; omit the registry "
+                 "handle to use the process-wide registry (fastpipe.stats)")
+register("StatRegistryCreate", 0, 1, doc="Not supported (one process-wide registry).",
+         check=lambda op, a: _ONE_REGISTRY)
+register("StatRegistryExport", 0, 3, [A("reset", "bool", True)],
+         "Export keys, values and a timestamp from the process-wide registry.")
+register("StatRegistryUpdate", 2, 0,
+         doc="Add values to keys in the process-wide registry.")
 
 # --- dataset ----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ later base classes)::
         ...
 
     with Node('trainer'):
-        assert Node.current().name == 'trainer'
+        Node.current().name      # -> 'trainer'
 
 An instance can also decorate a function: the function then runs with the
 instance active.

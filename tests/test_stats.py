@@ -50,3 +50,11 @@ def test_stat_registry_ops():
     got = dict(zip([k.decode() for k in workspace.FetchBlob("k")], workspace.FetchBlob("v")))
     assert got["a/b"] == 6 and got["a/c"] == 8
     assert stats.export()["a/b"] == 6
+
+
+def test_separate_registries_are_rejected_not_ignored():
+    import pytest
+    with pytest.raises(ValueError, match="StatRegistryCreate.*process-wide"):
+        core.Net("reg").StatRegistryCreate([], "handle")
+    with pytest.raises(ValueError, match="StatRegistryExport.*inputs"):
+        core.Net("reg2").StatRegistryExport(["handle"], ["k", "v", "t"])

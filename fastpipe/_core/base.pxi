@@ -416,7 +416,3 @@ cdef inline string to_str(int64_t v) noexcept nogil:
     cdef char tmp[32]
     snprintf(tmp, 32, b"%lld", <long long>v)
     return string(<const char*>tmp)
-
-
-cdef inline bint blob_is_set(Blob* b) noexcept nogil:
-    return b.obj != NULL or b.t.dtype != DT_UNDEFINED

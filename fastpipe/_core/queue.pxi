@@ -849,18 +849,6 @@ cdef int k_stat_update(OpInst* op, RunCtx* ctx) noexcept nogil:
     return 0
 
 
-cdef int k_stat_create(OpInst* op, RunCtx* ctx) noexcept nogil:
-    # One process-global registry: the handle is a counter-less marker.
-    cdef Counter* c = <Counter*>calloc(1, sizeof(Counter))
-    if c == NULL:
-        return op_oom(op, ctx)
-    cdef ObjHeader* h = obj_new(OBJ_STATS, c, counter_destroy)
-    if h == NULL:
-        return op_oom(op, ctx)
-    blob_set_obj(op.outs[0], h)
-    return 0
-
-
 # ---- timers ----------------------------------------------------------------------
 #
 # The timer lives in the TimerBegin op (state) and is published into the
