@@ -62,7 +62,6 @@ cdef cppclass Queue:
     int64_t st_read_n
     char pad2[64]
     # -- shared, rarely written
-    int64_t closed          # atomic flag, sticky
     int64_t cancelled_by    # atomic: id of the failed run whose cancel closed it (0: none)
     int64_t wait_readers    # atomic: parked readers
     int64_t wait_writers    # atomic: parked writers
@@ -107,12 +106,17 @@ cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept no
     q.nblobs = nblobs
     q.strict = strict
     q.tail = q.head = 0
-    q.closed = q.wait_readers = q.wait_writers = 0
+    q.wait_readers = q.wait_writers = 0
     q.cancelled_by = 0
     q.st_writes = q.st_write_ns = q.st_write_n = 0
     q.st_reads = q.st_records = q.st_bytes = q.st_read_ns = q.st_read_n = 0
     q.st_field_bytes.resize(nblobs, 0)
     return q
+
+
+cdef inline bint is_closed(Queue* q) noexcept nogil:
+    """Closed is the sticky bit in the tail word (see queue_close)."""
+    return (fp_load_seq(&q.tail) & CLOSED_BIT) != 0
 
 
 cdef inline Slot* slot_at(Queue* q, int64_t i) noexcept nogil:
@@ -128,7 +132,6 @@ cdef void queue_close(Queue* q) noexcept nogil:
     # ordered by the same atomic: a writer's CAS from an unclosed tail fails
     # once close happened, and readers know exactly which writes were let in.
     fp_fetch_or(&q.tail, CLOSED_BIT)
-    fp_store(&q.closed, 1)
     fp_lock(&q.mu)
     fp_broadcast(&q.not_empty)
     fp_broadcast(&q.not_full)
@@ -142,7 +145,7 @@ cdef void queue_cancel_obj(ObjHeader* h, int64_t run_id) noexcept nogil:
     cdef Queue* q
     if h != NULL and h.kind == OBJ_QUEUE:
         q = <Queue*>h.impl
-        if fp_load(&q.closed):
+        if is_closed(q):
             return              # closed on purpose before the failure: nothing changes
         fp_cas(&q.cancelled_by, 0, run_id)
         queue_close(q)
@@ -295,7 +298,7 @@ cdef int queue_write(Queue* q, Tensor** ts, int64_t timeout_ns, QStats* st) noex
         r = try_write(q, ts)
         if r != Q_AGAIN:
             break
-        if fp_load(&q.closed):      # closed and full
+        if is_closed(q):      # closed and full
             r = Q_CLOSED
             break
         if t0 == 0:
@@ -307,10 +310,10 @@ cdef int queue_write(Queue* q, Tensor** ts, int64_t timeout_ns, QStats* st) noex
         # park until a reader makes room, the queue closes, or the deadline
         fp_lock(&q.mu)
         fp_fetch_add(&q.wait_writers, 1)
-        if looks_full(q) and not fp_load_seq(&q.closed):
+        if looks_full(q) and not is_closed(q):
             if deadline:
                 if fp_wait_until(&q.not_full, &q.mu, deadline) and looks_full(q) \
-                        and not fp_load(&q.closed):
+                        and not is_closed(q):
                     fp_fetch_add(&q.wait_writers, -1)
                     fp_unlock(&q.mu)
                     r = Q_TIMEOUT
