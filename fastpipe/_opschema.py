@@ -426,6 +426,8 @@ def _check_create_queue(op, a):
         return "capacity=%d must be >= 1" % a["capacity"]
     if a["num_blobs"] < 1:
         return "num_blobs=%d must be >= 1" % a["num_blobs"]
+    if a["num_blobs"] > 64:
+        return "num_blobs=%d: a record has at most 64 blobs" % a["num_blobs"]
     if a["field_names"] and len(a["field_names"]) != a["num_blobs"]:
         return ("field_names has %d names but num_blobs=%d"
                 % (len(a["field_names"]), a["num_blobs"]))
