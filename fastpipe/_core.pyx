@@ -18,6 +18,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.pystate cimport PyThreadState_SetAsyncExc
 from cpython.pythread cimport PyThread_get_thread_ident
 cimport numpy as cnp
+cimport cython
 
 from fastpipe.includes.native cimport *
 
@@ -27,7 +28,8 @@ include "_core/base.pxi"
 include "_core/runtime.pxi"
 include "_core/kernels.pxi"
 include "_core/queue.pxi"
-include "_core/pyop.pxi"
+include "_core/lower.pxi"
 include "_core/api.pxi"
+include "_core/pyop.pxi"
 include "_core/register.pxi"
 include "_core/dataset.pxi"

@@ -7,7 +7,8 @@ status code into one of these classes in a single place
 """
 
 __all__ = ["FastpipeError", "OperatorDefError", "PlanError", "BlobError",
-           "RunError", "QueueClosedError", "GraphError"]
+           "RunError", "QueueClosedError", "CancelledError", "GraphError",
+           "WorkspaceError", "ArgumentError", "OutOfMemoryError"]
 
 
 class FastpipeError(Exception):
@@ -34,11 +35,54 @@ class BlobError(FastpipeError, KeyError):
 class RunError(FastpipeError, RuntimeError):
     """An operator failed while a net or plan ran.  The message names the
     operator, its net and step; ``__cause__`` is the original exception for
-    ``Python`` operators."""
+    ``Python`` operators.
+
+    The same parts are attributes (``None`` where unknown, e.g. a failure
+    outside any operator): ``op_type`` (``"Add"``), ``op_index`` (the op's
+    position in its net), ``net``, ``step`` (the innermost step) and
+    ``instance`` (the runtime instance number, for steps with
+    ``num_concurrent_instances``)."""
+
+    def __init__(self, message="", op_type=None, op_index=None, net=None,
+                 step=None, instance=None):
+        super().__init__(message)
+        self.op_type = op_type
+        self.op_index = op_index
+        self.net = net
+        self.step = step
+        self.instance = instance
+
+    def __reduce__(self):  # keep the attributes across pickling (e.g. to a Ray driver)
+        return (type(self), (str(self), self.op_type, self.op_index, self.net,
+                             self.step, self.instance))
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
 
 
 class QueueClosedError(RunError):
     """A plain EnqueueBlobs/DequeueBlobs hit a closed queue."""
+
+
+class CancelledError(RunError):
+    """The run was stopped by ``Run.cancel()`` (or by dropping its handle)
+    before it finished."""
+
+
+class WorkspaceError(FastpipeError, RuntimeError):
+    """A workspace refused a request: an unknown net or workspace, a net
+    that exists already, or freeing blobs that a run or a child workspace
+    still uses.  A ``RuntimeError``, as in Caffe2."""
+
+
+class ArgumentError(FastpipeError, ValueError, TypeError):
+    """A value handed to fastpipe has the wrong type or an invalid value
+    (feeding a blob an unsupported dtype, a bad shape, a wrong parent).
+    Both a ``ValueError`` and a ``TypeError``, so either ``except`` works."""
+
+
+class OutOfMemoryError(FastpipeError, MemoryError):
+    """The native core could not allocate memory."""
 
 
 class GraphError(FastpipeError, ValueError, AssertionError):

@@ -1,16 +1,15 @@
-# The Python-facing side of the core: numpy conversion, the kernel table,
-# lowering of PlanDef/NetDef into native descriptions (Program), workspaces
-# and the run driver.  Arguments are checked here with the GIL held; native
+# The Python-facing side of the core: numpy conversion, workspaces, run
+# handles (Run) and the run driver.  Lowering (PlanDef/NetDef -> Program) is
+# in lower.pxi.  Arguments are checked here with the GIL held; native
 # code runs in `with nogil:`; its status becomes an exception in one place
 # (_raise_status).
 
 import weakref as _weakref
+import atexit as _atexit
 import numpy as _np
-np_integer = _np.integer
-from fastpipe import _opschema
-from fastpipe.proto import gc_paused as _gc_paused
-from fastpipe import _pyop
-from fastpipe.errors import PlanError, RunError, QueueClosedError, BlobError, OperatorDefError
+from fastpipe.errors import (PlanError, RunError, QueueClosedError, BlobError,
+                             CancelledError, WorkspaceError, ArgumentError,
+                             OutOfMemoryError)
 
 
 # ---- numpy conversion ---------------------------------------------------------
@@ -82,342 +81,37 @@ cdef void feed_tensor(Blob* b, value) except *:
         value = _np.array(value, dtype=object)
     arr = _np.asarray(value)
     if arr.ndim > MAX_DIMS:
-        raise ValueError("blob %r: %d dims, at most %d are supported" % (name, arr.ndim, MAX_DIMS))
+        raise ArgumentError("blob %r: %d dims, at most %d are supported" % (name, arr.ndim, MAX_DIMS))
     kind = arr.dtype.kind
     if kind in "SUO":
         dt = DT_STRING
     else:
         dt = _NP_TO_DT.get(arr.dtype, -1)
         if dt < 0:
-            raise TypeError("blob %r: numpy dtype %s is not supported (use float32/64, "
-                            "int8/16/32/64, uint8/16, bool, float16 or strings)"
-                            % (name, arr.dtype))
+            raise ArgumentError("blob %r: numpy dtype %s is not supported (use float32/64, "
+                                "int8/16/32/64, uint8/16, bool, float16 or strings)"
+                                % (name, arr.dtype))
     for i in range(arr.ndim):
         dims[i] = arr.shape[i]
     t = blob_out(b)
     rc = tensor_reshape(t, dt, arr.ndim, dims)
     if rc == -4:
-        raise ValueError("blob %r: shape %r is too large" % (name, tuple(_np.shape(value))))
+        raise ArgumentError("blob %r: shape %r is too large" % (name, tuple(_np.shape(value))))
     if rc != 0:
-        raise MemoryError("feeding blob %r" % name)
+        raise OutOfMemoryError("feeding blob %r" % name)
     if dt == DT_STRING:
         ds = <string*>t.buf.data
         for i, x in enumerate(arr.reshape(-1)):
             if isinstance(x, str):
                 x = x.encode("utf-8")
             elif not isinstance(x, bytes):
-                raise TypeError("blob %r: string tensors hold str or bytes, got %s"
-                                % (name, type(x).__name__))
+                raise ArgumentError("blob %r: string tensors hold str or bytes, got %s"
+                                    % (name, type(x).__name__))
             ds[i] = <string>x
     else:
         arr = _np.ascontiguousarray(arr)
         if t.size:
             memcpy(t.buf.data, cnp.PyArray_DATA(arr), t.size * dtype_itemsize(dt))
-
-
-# ---- kernel table ---------------------------------------------------------------
-
-ctypedef struct KernelEntry:
-    kernel_fn run
-    op_init_fn init
-    op_fini_fn fini
-    bint blocking
-
-cdef vector[KernelEntry] g_kernels
-_KERNEL_INDEX = {}
-
-
-cdef void reg(str name, kernel_fn run, op_init_fn init=NULL, op_fini_fn fini=NULL,
-              bint blocking=False):
-    cdef KernelEntry e
-    e.run = run
-    e.init = init
-    e.fini = fini
-    e.blocking = blocking
-    _KERNEL_INDEX[name] = g_kernels.size()
-    g_kernels.push_back(e)
-
-
-def registered_kernels():
-    """Operator types that have a native kernel."""
-    return sorted(_KERNEL_INDEX)
-
-
-# ---- lowering: PlanDef / NetDef -> native descriptions ---------------------------------
-
-cdef void fill_arg(ArgVal* a, spec, value):
-    kind = spec.kind
-    if value is None:
-        value = spec.default
-        if value is None:
-            a.present = False
-            return
-    a.present = True
-    if kind in ("int", "bool", "dtype"):
-        a.i = int(value)
-    elif kind == "float":
-        a.f = float(value)
-    elif kind == "str":
-        a.s = value.encode("utf-8")
-    elif kind == "ints":
-        for x in value:
-            a.ints.push_back(int(x))
-    elif kind == "floats":
-        for x in value:
-            a.floats.push_back(float(x))
-    elif kind == "strings":
-        for x in value:
-            a.strings.push_back(x.encode("utf-8") if isinstance(x, str) else bytes(x))
-    else:  # value: (field, v)
-        field, v = value
-        a.vkind = ord(field)
-        if field == "f":
-            a.f = v
-        elif field == "i":
-            a.i = v
-        else:
-            a.s = v.encode("utf-8")
-
-
-from libcpp.string cimport to_string
-
-cdef extern from "Python.h":
-    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
-
-
-cdef inline string _utf8(object s) except *:
-    """A str's UTF-8 bytes as a std::string, without a bytes object (the
-    UTF-8 form of an ASCII str is its own buffer)."""
-    cdef Py_ssize_t n
-    cdef const char* p
-    if type(s) is not str:
-        s = str(s)
-    p = PyUnicode_AsUTF8AndSize(s, &n)
-    return string(p, n)
-
-
-cdef class Program:
-    """A plan (or a set of nets) lowered to native descriptions, once.
-
-    Compile cost grows with the size of the description, never with
-    instance counts: a step with num_concurrent_instances=N is one
-    StepDesc holding the integer N.
-
-    Ops with equal content (type, arity and arguments; the same for every
-    clone of a net) share one parsed template: lowering such an op is a
-    copy of the template plus its names."""
-    cdef vector[NetDesc*] nets
-    cdef vector[StepDesc*] steps        # top-level steps, in order
-    cdef vector[StepDesc*] all_steps    # every StepDesc, for freeing
-    cdef vector[OpDesc*] templates      # one per distinct parsed op, for freeing
-    cdef dict template_index            # id(parse_args result) -> (result, index)
-    cdef dict arity_index               # (type, #in, #out) of arg-less ops -> index
-    cdef list keep                      # Python objects OpDescs point to
-    cdef dict net_index
-    cdef readonly str name
-    cdef readonly bint has_blocking     # some op may wait on a queue
-
-    def __cinit__(self):
-        self.keep = []
-        self.net_index = {}
-        self.template_index = {}
-        self.arity_index = {}
-        self.name = ""
-
-    def __dealloc__(self):
-        cdef size_t i, j
-        for i in range(self.nets.size()):
-            for j in range(self.nets[i].ops.size()):
-                del self.nets[i].ops[j]
-            del self.nets[i]
-        for i in range(self.all_steps.size()):
-            del self.all_steps[i]
-        for i in range(self.templates.size()):
-            del self.templates[i]
-
-    @staticmethod
-    def from_plan(plan_def):
-        cdef Program p = Program()
-        p.name = plan_def.name
-        # no garbage cycles are made here; see fastpipe.proto.gc_paused
-        with _gc_paused():
-            for nd in plan_def.network:
-                if nd.name in p.net_index:
-                    raise PlanError("plan %r: two nets are named %r" % (plan_def.name, nd.name))
-                p._add_net(nd)
-            for sd in plan_def.execution_step:
-                p.steps.push_back(p._lower_step(sd, plan_def.name))
-        return p
-
-    @staticmethod
-    def from_nets(net_defs):
-        cdef Program p = Program()
-        for nd in net_defs:
-            if nd.name in p.net_index:
-                raise PlanError("two nets are named %r" % nd.name)
-            p._add_net(nd)
-        return p
-
-    def net_names(self):
-        return list(self.net_index)
-
-    cdef NetDesc* _add_net(self, nd) except NULL:
-        cdef NetDesc* d = new NetDesc()
-        cdef int k = 0
-        self.net_index[nd.name] = self.nets.size()
-        self.nets.push_back(d)
-        net_name = nd.name
-        d.name = _utf8(net_name)
-        for od in nd.op:
-            d.ops.push_back(self._lower_op(od, net_name, d.name, k))
-            k += 1
-        return d
-
-    cdef Py_ssize_t _template(self, od, parsed, str net_name) except -1:
-        """The index of the shared description of ops whose parse_args
-        result is ``parsed``: kernel, type, parsed arguments."""
-        entry = self.template_index.get(id(parsed))
-        if entry is not None:
-            return entry[1]
-        schema, values = parsed
-        kidx = _KERNEL_INDEX.get(od.type)
-        if kidx is None:
-            raise OperatorDefError("%s in net %r: operator type has no native kernel"
-                                   % (od.type, net_name))
-        cdef KernelEntry e = g_kernels[kidx]
-        pyobj = None
-        if od.type == "Python":
-            token = values[schema.arg_index["token"]]
-            try:
-                func, pass_ws = _pyop.lookup(token)
-            except KeyError:
-                raise OperatorDefError("Python op in net %r: no function is registered "
-                                       "under token %r" % (net_name, token))
-            pyobj = (func, pass_ws)
-            self.keep.append(pyobj)
-        cdef OpDesc* d = new OpDesc()
-        d.run = e.run
-        d.init = e.init
-        d.fini = e.fini
-        d.blocking = e.blocking
-        d.pyobj = <PyObject*>pyobj if pyobj is not None else NULL
-        d.type = _utf8(od.type)
-        d.args.resize(len(schema.args))
-        for k, (spec, value) in enumerate(zip(schema.args, values)):
-            fill_arg(&d.args[k], spec, value)
-        self.template_index[id(parsed)] = (parsed, self.templates.size())
-        self.templates.push_back(d)
-        return self.templates.size() - 1
-
-    cdef OpDesc* _lower_op(self, od, str net_name, const string& net_b, int index) except NULL:
-        cdef Py_ssize_t ti
-        cdef dict fields = getattr(od, "__dict__", None)
-        if fields is not None:
-            ins = fields.get("input", ())
-            outs = fields.get("output", ())
-            op_type = fields.get("type", "")
-        else:
-            ins = od.input
-            outs = od.output
-            op_type = od.type
-        if fields is not None and not fields.get("arg"):
-            # no arguments: the template depends on type and arity only
-            key = (op_type, len(ins), len(outs))
-            idx = self.arity_index.get(key)
-            if idx is not None:
-                ti = idx
-            else:
-                ti = self._template(od, _opschema.parse_args(od, net_name), net_name)
-                if _opschema.arity_only(op_type):
-                    self.arity_index[key] = ti
-        else:
-            ti = self._template(od, _opschema.parse_args(od, net_name), net_name)
-        cdef OpDesc* t = self.templates[ti]
-        cdef OpDesc* d = new OpDesc()
-        d[0] = t[0]
-        if d.blocking:
-            self.has_blocking = True
-        op_name = fields.get("name") if fields is not None else od.name
-        if op_name:
-            d.label = _utf8("%s %r" % (op_type, op_name))
-        else:
-            d.label = d.type
-            d.label.append(b" #")
-            d.label.append(to_string(<long long>index))
-        d.net = net_b
-        d.inputs.reserve(len(ins))
-        for x in ins:
-            d.inputs.push_back(_utf8(x))
-        d.outputs.reserve(len(outs))
-        for x in outs:
-            d.outputs.push_back(_utf8(x))
-        return d
-
-    cdef NetDesc* _net(self, str name, str step_name) except NULL:
-        idx = self.net_index.get(name)
-        if idx is None:
-            raise PlanError("step %r uses undefined net %r (nets of the plan: %s)"
-                            % (step_name, name, ", ".join(sorted(self.net_index)) or "none"))
-        return self.nets[idx]
-
-    cdef StepDesc* _lower_step(self, sd, str plan_name) except NULL:
-        name = sd.name or "step"
-        if sd.substep and sd.network:
-            raise PlanError("step %r: a step can either have substeps or networks "
-                            "but not both" % name)
-        if sd.HasField("num_iter") and sd.should_stop_blob:
-            raise PlanError("step %r: num_iter and should_stop_blob cannot both be set" % name)
-        if sd.HasField("only_once") and not sd.should_stop_blob:
-            raise PlanError("step %r: only_once without should_stop_blob is not supported" % name)
-        if sd.num_concurrent_instances < 0:
-            raise PlanError("step %r: num_concurrent_instances=%d must be >= 1"
-                            % (name, sd.num_concurrent_instances))
-        if sd.run_every_ms < 0:
-            raise PlanError("step %r: run_every_ms=%d must be >= 0" % (name, sd.run_every_ms))
-        if sd.report_net and sd.report_interval <= 0:
-            raise PlanError("step %r: report_net %r needs report_interval > 0"
-                            % (name, sd.report_net))
-        if sd.num_concurrent_instances > 1:
-            if not sd.substep:
-                raise PlanError("step %r: num_concurrent_instances=%d needs substeps"
-                                % (name, sd.num_concurrent_instances))
-            for sub in sd.substep:
-                if not sub.create_workspace:
-                    raise PlanError(
-                        "step %r: num_concurrent_instances=%d over substep %r without "
-                        "create_workspace would run one net on %d threads; set "
-                        "create_workspace on the substep"
-                        % (name, sd.num_concurrent_instances, sub.name or "step",
-                           sd.num_concurrent_instances))
-        for field in ("num_iter", "num_concurrent_instances", "run_every_ms",
-                      "report_interval"):
-            value = getattr(sd, field)
-            if not isinstance(value, (int, np_integer)) or isinstance(value, bool):
-                raise PlanError("step %r: %s must be an int, got %r" % (name, field, value))
-        if sd.HasField("num_concurrent_instances") and sd.num_concurrent_instances < 1:
-            raise PlanError("step %r: num_concurrent_instances=%d must be >= 1"
-                            % (name, sd.num_concurrent_instances))
-        cdef StepDesc* d = new StepDesc()
-        self.all_steps.push_back(d)
-        d.name = name.encode("utf-8")
-        d.num_iter = sd.num_iter if sd.HasField("num_iter") else 1
-        d.has_stop = bool(sd.should_stop_blob)
-        d.stop_name = sd.should_stop_blob.encode("utf-8")
-        d.only_once = sd.only_once
-        d.concurrent = sd.concurrent_substeps
-        d.create_workspace = sd.create_workspace
-        d.num_instances = sd.num_concurrent_instances
-        d.run_every_ms = sd.run_every_ms
-        d.report_net = NULL
-        d.report_interval_ms = 0
-        if sd.report_net:
-            d.report_net = self._net(sd.report_net, name)
-            d.report_interval_ms = sd.report_interval * 1000
-        for net_name in sd.network:
-            d.nets.push_back(self._net(net_name, name))
-        for sub in sd.substep:
-            d.substeps.push_back(self._lower_step(sub, plan_name))
-        return d
 
 
 # ---- runs ------------------------------------------------------------------------------
@@ -426,7 +120,7 @@ cdef cppclass PlanRun:
     RunState* rs
     WS* ws
     vector[StepDesc*] steps
-    NetInst* net
+    NetInst* net            # run_net: the CreateNet'd net (one reference)
     int64_t num_iter
     fp_thread th
 
@@ -488,21 +182,31 @@ cdef void ws_drop_run_nets(WS* ws, int64_t run_id) noexcept nogil:
 cdef object _raise_status(RunState* rs):
     """The one place where a native status becomes a Python exception."""
     code = rs.err_code
-    msg = rs.err_msg.decode("utf-8", "replace")
     if code == E_OK:
         return
+    msg = rs.err_msg.decode("utf-8", "replace")
     if code == E_INTERRUPT:
         raise KeyboardInterrupt()
+    if code == E_ABORTED and rs.err_exc != NULL:
+        # the exception that ended Run.wait() (a signal handler's), as itself
+        raise <object>rs.err_exc
     if code == E_PLAN:
         raise PlanError(msg)
     if code == E_MEMORY:
-        raise MemoryError(msg)
+        raise OutOfMemoryError(msg)
+    op_type = rs.err_op_type.decode("utf-8", "replace") if rs.err_has_op else None
+    op_index = rs.err_op_index if rs.err_has_op else None
+    net = rs.err_net.decode("utf-8", "replace") if rs.err_has_op else None
+    step = rs.err_step.decode("utf-8", "replace") if rs.err_has_step else None
+    instance = rs.err_instance if rs.err_instance >= 0 else None
+    if code == E_CANCELLED:
+        raise CancelledError(msg, op_type, op_index, net, step, instance)
     if code == E_QUEUE_CLOSED:
-        raise QueueClosedError(msg)
+        raise QueueClosedError(msg, op_type, op_index, net, step, instance)
     if code == E_PYTHON and rs.err_exc != NULL:
         cause = <object>rs.err_exc
-        raise RunError(msg) from cause
-    raise RunError(msg)
+        raise RunError(msg, op_type, op_index, net, step, instance) from cause
+    raise RunError(msg, op_type, op_index, net, step, instance)
 
 
 cdef void _interrupt_python_ops(RunState* rs):
@@ -517,43 +221,347 @@ cdef void _interrupt_python_ops(RunState* rs):
         PyThreadState_SetAsyncExc(tids[i], <PyObject*>KeyboardInterrupt)
 
 
-cdef object drive(PlanRun* pr, bint inline_ok):
-    """Run pr to completion.  Inline (on this thread, GIL released) when
-    nothing can block; otherwise on a native driver thread while this thread
-    waits in 50 ms slices and checks for signals, so Ctrl-C works."""
-    cdef RunState* rs = pr.rs
-    cdef bint done = False
-    cdef bint interrupted = False
-    cdef int rc
-    if inline_ok:
+# Runs whose driver thread may still be running (weak): cancelled and joined
+# at interpreter exit, so a forgotten Run never keeps the process alive or
+# runs native threads into a finalising interpreter.
+_live_runs = _weakref.WeakSet()
+
+
+def _stop_live_runs():
+    for r in list(_live_runs):
+        (<Run>r)._stop(True)
+
+
+_atexit.register(_stop_live_runs)
+
+
+@cython.no_gc_clear     # __dealloc__ needs owner and prog (they outlive the threads)
+@cython.final
+cdef class Run:
+    """A plan (or a created net) running on a native driver thread.
+
+    Made by ``Workspace.start_program(prog)`` / ``start_net(name, n)``,
+    which return at once.  ``wait(timeout=None)`` waits without the GIL in
+    50 ms slices, running signal handlers between them: it returns True
+    when the run has finished (after joining every thread and freeing the
+    nets the run created), False when ``timeout`` (seconds) elapsed first,
+    and raises the run's error when it failed -- the same error on every
+    later call.  Any exception raised while waiting (Ctrl-C, or whatever a
+    signal handler raises) cancels the run, joins its threads and then
+    propagates.  ``cancel()`` stops the run like a failure (non-blocking);
+    ``wait()`` then raises CancelledError unless another error came first.
+    Dropping an unfinished Run cancels and joins it.
+
+    Threading: every method may be called from any Python thread; several
+    threads may wait at once.  While it runs, a Run keeps its Workspace and
+    Program alive; once finished and waited it releases them."""
+    cdef PlanRun* pr
+    cdef fp_mutex lock          # serialises teardown (join + release) with cancel()
+    cdef bint started           # the driver thread exists (pr.th is joinable)
+    cdef bint joined            # teardown done (written under lock)
+    cdef int64_t* active        # the owning Workspace's run counter
+    cdef Workspace owner        # None once torn down
+    cdef Program prog           # None once torn down (or for run_net)
+    cdef object __weakref__
+
+    def __cinit__(self):
+        fp_mutex_init(&self.lock)
+        self.pr = NULL
+        self.started = False
+        self.joined = False
+        self.active = NULL
+
+    def __init__(self):
+        raise ArgumentError("a Run is made by Workspace.start_program() or start_net()")
+
+    cdef _start(self, Workspace owner, Program prog, NetInst* net, int64_t num_iter):
+        """Take ownership of net's reference (if any) and start the driver."""
+        cdef PlanRun* pr = new PlanRun()
+        cdef int rc
+        pr.rs = rs_new()
+        pr.ws = owner.ws
+        pr.net = net
+        pr.num_iter = num_iter
+        if prog is not None:
+            pr.steps = prog.steps
+        self.pr = pr
+        self.owner = owner
+        self.prog = prog
+        self.active = &owner.active
+        fp_fetch_add(self.active, 1)
         with nogil:
-            plan_body(pr)
-        return
-    with nogil:
-        rc = fp_thread_start(&pr.th, plan_main, pr)
-    if rc != 0:
-        raise RuntimeError("could not start the run's driver thread (errno %d)" % rc)
-    while True:
-        with nogil:
-            fp_lock(&rs.lock)
-            if not rs.done:
-                fp_wait_until(&rs.done_cv, &rs.lock, fp_now_ns() + 50000000)
-            done = rs.done
-            fp_unlock(&rs.lock)
-        if done:
-            break
-        try:
-            PyErr_CheckSignals()
-        except KeyboardInterrupt:
-            interrupted = True
+            rc = fp_thread_start(&pr.th, plan_main, pr)
+        if rc != 0:
             with nogil:
-                rs_fail(rs, E_INTERRUPT, b"interrupted")
-        if interrupted:
-            _interrupt_python_ops(rs)
+                rs_fail(pr.rs, E_RUNTIME, b"could not start the run's driver thread")
+                rs_finish(pr.rs)
+            self._teardown()
+            raise RunError("could not start the run's driver thread (errno %d)" % rc)
+        self.started = True
+        _live_runs.add(self)
+
+    cdef _teardown(self):
+        """Join the driver (it has finished or been cancelled) and release
+        what the run holds, exactly once.  The RunState stays until
+        __dealloc__ so that wait() can raise its error again."""
+        cdef PlanRun* pr = self.pr
+        with nogil:
+            fp_lock(&self.lock)
+            if not self.joined:
+                if self.started:
+                    fp_thread_join(&pr.th)
+                if pr.net != NULL:
+                    net_decref(pr.net)
+                    pr.net = NULL
+                else:
+                    ws_drop_run_nets(pr.ws, pr.rs.run_id)
+                rs_release_queues(pr.rs)
+                fp_fetch_add(self.active, -1)
+                self.joined = True
+            fp_unlock(&self.lock)
+        # The nets that used the Program's descriptions are gone: release it
+        # and the workspace (idempotent; another waiter may do it too).
+        self.owner = None
+        self.prog = None
+        _live_runs.discard(self)
+
+    cdef _stop(self, bint interrupt_python):
+        """Cancel (unless finished) and tear down; never raises the run's error."""
+        if self.pr == NULL or self.joined:
+            return
+        with nogil:
+            fp_lock(&self.lock)
+            if not self.joined:
+                rs_cancel_unfinished(self.pr.rs, E_CANCELLED, b"the run was cancelled")
+            fp_unlock(&self.lock)
+        if interrupt_python:
+            _interrupt_python_ops(self.pr.rs)
+        self._teardown()
+
+    cdef _abort(self, object exc):
+        """exc ended wait(): make it the run's first error (unless it has
+        one), stop the run everywhere and join it."""
+        cdef RunState* rs = self.pr.rs
+        cdef bint ki = isinstance(exc, KeyboardInterrupt)
+        cdef bint first
+        cdef int code = E_INTERRUPT if ki else E_ABORTED
+        cdef string msg = b"interrupted"
+        if not ki:
+            msg = _describe_exc(exc).encode("utf-8", "replace")
+        with nogil:
+            fp_lock(&self.lock)
+            if not self.joined:
+                first = rs_record(rs, code, msg, NULL, NULL)
+                if first and not ki:
+                    with gil:
+                        Py_INCREF(exc)
+                        rs.err_exc = <PyObject*>exc
+                rs_cancel(rs)
+            fp_unlock(&self.lock)
+        # User code inside Python ops sees no queue closing: interrupt it
+        # (Ctrl-C semantics), so that the join below cannot hang on it.
+        _interrupt_python_ops(rs)
+        self._teardown()
+
+    def wait(self, timeout=None):
+        """Wait for the run to finish: True when it has (raising its error
+        if it failed), False if ``timeout`` seconds elapsed first."""
+        cdef RunState* rs
+        cdef int64_t deadline = -1
+        cdef int64_t slice_end
+        cdef bint done = False
+        if self.pr == NULL:
+            raise RunError("this Run was never started")
+        rs = self.pr.rs
+        if timeout is not None:
+            t = float(timeout)
+            if t != t:
+                raise ArgumentError("Run.wait: timeout=%r is not a number" % (timeout,))
+            deadline = fp_now_ns() + <int64_t>(max(0.0, min(t, 1e9)) * 1e9)
+        while True:
+            with nogil:
+                fp_lock(&rs.lock)
+                if not rs.done:
+                    slice_end = fp_now_ns() + 50000000
+                    if deadline >= 0 and deadline < slice_end:
+                        slice_end = deadline
+                    fp_wait_until(&rs.done_cv, &rs.lock, slice_end)
+                done = rs.done
+                fp_unlock(&rs.lock)
+            if done:
+                break
+            try:
+                PyErr_CheckSignals()
+            except BaseException as e:
+                self._abort(e)
+                raise
+            if deadline >= 0 and fp_now_ns() >= deadline:
+                return False
+        self._teardown()
+        _raise_status(rs)
+        return True
+
+    def cancel(self):
+        """Stop the run like a failure (CancelledError) unless it has
+        finished or failed already.  Does not wait: call wait() to join."""
+        if self.pr == NULL:
+            return
+        with nogil:
+            fp_lock(&self.lock)
+            if not self.joined:
+                rs_cancel_unfinished(self.pr.rs, E_CANCELLED, b"the run was cancelled")
+            fp_unlock(&self.lock)
+
+    def done(self):
+        """True once the run has finished (successfully or not); non-blocking."""
+        cdef bint d
+        if self.pr == NULL:
+            return False
+        fp_lock(&self.pr.rs.lock)
+        d = self.pr.rs.done
+        fp_unlock(&self.pr.rs.lock)
+        return d
+
+    def __dealloc__(self):
+        if self.pr == NULL:
+            fp_mutex_destroy(&self.lock)
+            return
+        if not self.joined:
+            # Never free state under a live thread: cancel, then join.
+            self._stop(True)
+        rs_free(self.pr.rs)
+        del self.pr
+        self.pr = NULL
+        fp_mutex_destroy(&self.lock)
+
+
+# ---- blob access shared by Workspace and WorkspaceView -------------------------------
+
+cdef bint _ws_has_blob(WS* ws, name) except -1:
+    cdef string s = _bname(name)
+    return ws_find(ws, s) != NULL
+
+
+cdef list _ws_blob_names(WS* w, bint local_only):
+    seen = []
+    seenset = set()
+    while w != NULL:
+        fp_lock(&w.lock)
+        try:
+            names = [kv.first.decode("utf-8", "replace") for kv in w.blobs]
+        finally:
+            fp_unlock(&w.lock)
+        for n in sorted(names):
+            if n not in seenset:
+                seenset.add(n)
+                seen.append(n)
+        if local_only:
+            break
+        w = w.parent
+    return seen
+
+
+cdef _ws_feed(WS* ws, name, value):
+    cdef string s = _bname(name)
+    cdef Blob* b
     with nogil:
-        fp_thread_join(&pr.th)
-    if interrupted:
-        raise KeyboardInterrupt()
+        b = ws_create(ws, s)
+    feed_tensor(b, value)
+    return True
+
+
+cdef Blob* _ws_get(WS* ws, name) except NULL:
+    cdef string s = _bname(name)
+    cdef Blob* b = ws_find(ws, s)
+    if b == NULL:
+        raise BlobError("blob %r does not exist in this workspace" % str(name))
+    return b
+
+
+cdef object _ws_fetch(WS* ws, name):
+    cdef Blob* b = _ws_get(ws, name)
+    if b.obj != NULL:
+        return _ObjHandle.wrap(b)
+    if b.t.dtype == DT_UNDEFINED:
+        raise BlobError("blob %r exists but has no value yet" % str(name))
+    return tensor_to_numpy(&b.t)
+
+
+cdef str _ws_blob_kind(WS* ws, name):
+    cdef Blob* b = _ws_get(ws, name)
+    if b.obj != NULL:
+        return OBJ_NAMES[b.obj.kind].decode()
+    return "tensor" if b.t.dtype != DT_UNDEFINED else "empty"
+
+
+@cython.final
+cdef class WorkspaceView:
+    """The workspace a ``Python`` op with ``pass_workspace=True`` runs in,
+    handed to its function as the third argument.  Borrowed: it does not own
+    the workspace (for a runtime instance, the instance's child workspace)
+    and is valid only during that call; afterwards every method raises
+    WorkspaceError.  Offers the blob access of ``workspace.C.Workspace``:
+    ``blobs[name].fetch()/.feed(v)``, ``fetch_blob``/``feed_blob``,
+    ``FetchBlob``/``FeedBlob``, ``has_blob``, ``create_blob``, ``blob_names``.
+    Use it only from the thread running the op."""
+    cdef WS* ws
+    cdef bint valid
+
+    def __init__(self):
+        raise ArgumentError("a WorkspaceView is made by the Python operator")
+
+    cdef WS* _w(self) except NULL:
+        if not self.valid or self.ws == NULL:
+            raise WorkspaceError("this workspace view belongs to a Python op call that "
+                                 "has returned (it is valid only during the call)")
+        return self.ws
+
+    @property
+    def _native(self):      # what fastpipe.workspace's blob mapping calls
+        return self
+
+    @property
+    def blobs(self):
+        from fastpipe.workspace import _Blobs
+        self._w()
+        return _Blobs(self)
+
+    def has_blob(self, name):
+        return _ws_has_blob(self._w(), _bname_str(name))
+
+    def blob_names(self, local_only=False):
+        return _ws_blob_names(self._w(), local_only)
+
+    def create_blob(self, name):
+        cdef WS* w = self._w()
+        cdef string s = _bname(_bname_str(name))
+        with nogil:
+            ws_create(w, s)
+        return True
+
+    def feed(self, name, value):
+        return _ws_feed(self._w(), _bname_str(name), value)
+
+    def fetch(self, name):
+        return _ws_fetch(self._w(), _bname_str(name))
+
+    def blob_kind(self, name):
+        return _ws_blob_kind(self._w(), _bname_str(name))
+
+    def fetch_blob(self, name):
+        return self.fetch(name)
+
+    def feed_blob(self, name, value, device_option=None):
+        return self.feed(name, value)
+
+    FetchBlob = fetch_blob
+    FeedBlob = feed_blob
+    HasBlob = has_blob
+    CreateBlob = create_blob
+    Blobs = blob_names
+
+    def __repr__(self):
+        return "<fastpipe WorkspaceView%s>" % ("" if self.valid else " (expired)")
 
 
 cdef class Workspace:
@@ -563,7 +571,7 @@ cdef class Workspace:
     cdef WS* ws
     cdef readonly Workspace parent
     cdef dict programs          # CreateNet'd net name -> Program owning its description
-    cdef int64_t active         # runs in progress (guarded by the GIL)
+    cdef int64_t active         # atomic: runs in progress
     cdef object children        # live child workspaces (weak): they hold Blob* into this one
     cdef object __weakref__
 
@@ -579,11 +587,11 @@ cdef class Workspace:
     cdef _check_can_free(self, str what):
         """Freeing blobs under a live child or a run would leave their
         compiled ops pointing at freed memory: refuse instead."""
-        if self.active:
-            raise RuntimeError("cannot %s while a run uses the workspace" % what)
+        if fp_load(&self.active):
+            raise WorkspaceError("cannot %s while a run uses the workspace" % what)
         if len(self.children):
-            raise RuntimeError("cannot %s while %d child workspace(s) of it exist "
-                               "(they may hold its blobs)" % (what, len(self.children)))
+            raise WorkspaceError("cannot %s while %d child workspace(s) of it exist "
+                                 "(they may hold its blobs)" % (what, len(self.children)))
 
     def __dealloc__(self):
         if self.ws != NULL:
@@ -592,27 +600,10 @@ cdef class Workspace:
 
     # -- blobs
     def has_blob(self, name):
-        cdef string s = _bname(name)
-        return ws_find(self.ws, s) != NULL
+        return _ws_has_blob(self.ws, name)
 
     def blob_names(self, local_only=False):
-        cdef WS* w = self.ws
-        seen = []
-        seenset = set()
-        while w != NULL:
-            fp_lock(&w.lock)
-            try:
-                names = [kv.first.decode("utf-8", "replace") for kv in w.blobs]
-            finally:
-                fp_unlock(&w.lock)
-            for n in sorted(names):
-                if n not in seenset:
-                    seenset.add(n)
-                    seen.append(n)
-            if local_only:
-                break
-            w = w.parent
-        return seen
+        return _ws_blob_names(self.ws, local_only)
 
     def create_blob(self, name):
         cdef string s = _bname(name)
@@ -621,34 +612,17 @@ cdef class Workspace:
         return True
 
     def feed(self, name, value):
-        cdef string s = _bname(name)
-        cdef Blob* b
-        with nogil:
-            b = ws_create(self.ws, s)
-        feed_tensor(b, value)
-        return True
+        return _ws_feed(self.ws, name, value)
 
     cdef Blob* _get(self, name) except NULL:
-        cdef string s = _bname(name)
-        cdef Blob* b = ws_find(self.ws, s)
-        if b == NULL:
-            raise BlobError("blob %r does not exist in this workspace" % str(name))
-        return b
+        return _ws_get(self.ws, name)
 
     def fetch(self, name):
-        cdef Blob* b = self._get(name)
-        if b.obj != NULL:
-            return _ObjHandle.wrap(b)
-        if b.t.dtype == DT_UNDEFINED:
-            raise BlobError("blob %r exists but has no value yet" % str(name))
-        return tensor_to_numpy(&b.t)
+        return _ws_fetch(self.ws, name)
 
     def blob_kind(self, name):
         """'tensor', 'empty', or the native object kind ('queue', 'counter'...)."""
-        cdef Blob* b = self._get(name)
-        if b.obj != NULL:
-            return OBJ_NAMES[b.obj.kind].decode()
-        return "tensor" if b.t.dtype != DT_UNDEFINED else "empty"
+        return _ws_blob_kind(self.ws, name)
 
     def remove_blob(self, name):
         cdef string s = _bname(name)
@@ -664,13 +638,13 @@ cdef class Workspace:
                 for j in range(kv.second.ops[i].ins.size()):
                     if kv.second.ops[i].ins[j] == b and b != NULL:
                         fp_unlock(&self.ws.lock)
-                        raise RuntimeError("cannot remove blob %r: net %r uses it"
-                                           % (str(name), kv.second.d.name.decode()))
+                        raise WorkspaceError("cannot remove blob %r: net %r uses it"
+                                             % (str(name), kv.second.d.name.decode()))
                 for j in range(kv.second.ops[i].outs.size()):
                     if kv.second.ops[i].outs[j] == b and b != NULL:
                         fp_unlock(&self.ws.lock)
-                        raise RuntimeError("cannot remove blob %r: net %r uses it"
-                                           % (str(name), kv.second.d.name.decode()))
+                        raise WorkspaceError("cannot remove blob %r: net %r uses it"
+                                             % (str(name), kv.second.d.name.decode()))
         b = NULL
         it = self.ws.blobs.find(s)
         if it != self.ws.blobs.end():
@@ -697,21 +671,22 @@ cdef class Workspace:
         cdef NetInst* old = NULL
         cdef string s = net_key(net_def.name.encode("utf-8"), 0)
         if not overwrite and net_def.name in self.programs:
-            raise RuntimeError("I respectfully refuse to overwrite an existing net of the "
-                               "same name %r, unless you explicitly specify overwrite=True."
-                               % net_def.name)
+            raise WorkspaceError("I respectfully refuse to overwrite an existing net of the "
+                                 "same name %r, unless you explicitly specify overwrite=True."
+                                 % net_def.name)
         rs = rs_new()
         ctx.rs = rs
         ctx.step = NULL
         ctx.instance = -1
-        with nogil:
-            n = net_compile(p.nets[0], self.ws, &ctx)
-        if n == NULL:
-            try:
+        try:
+            with nogil:
+                n = net_compile(p.nets[0], self.ws, &ctx)
+            if n == NULL:
                 _raise_status(rs)
-            finally:
-                rs_free(rs)
-        rs_free(rs)
+                # every failing path records its error; never return a NULL net
+                raise RunError("net %r could not be compiled" % net_def.name)
+        finally:
+            rs_free(rs)     # the one free, whatever happened above
         n.run_id = 0
         n.shared = True     # RunNet may be called from several Python threads
         fp_lock(&self.ws.lock)
@@ -730,11 +705,10 @@ cdef class Workspace:
     def net_names(self):
         return sorted(self.programs)
 
-    def run_net(self, name, num_iter=1):
+    cdef NetInst* _created_net(self, name, bint* blocking) except NULL:
+        """A new reference to the CreateNet'd net `name`."""
         cdef string s = net_key(str(name).encode("utf-8"), 0)
         cdef NetInst* n = NULL
-        cdef PlanRun* pr
-        cdef bint inline_ok = True
         cdef size_t i
         fp_lock(&self.ws.lock)
         it = self.ws.nets.find(s)
@@ -743,47 +717,93 @@ cdef class Workspace:
             fp_fetch_add(&n.refcnt, 1)
         fp_unlock(&self.ws.lock)
         if n == NULL:
-            raise RuntimeError("net %r does not exist in this workspace (call CreateNet first)"
-                               % str(name))
+            raise WorkspaceError("net %r does not exist in this workspace (call CreateNet "
+                                 "first)" % str(name))
+        blocking[0] = False
         for i in range(n.ops.size()):
             if n.ops[i].d.blocking:
-                inline_ok = False
-        pr = new PlanRun()
+                blocking[0] = True
+        return n
+
+    def start_net(self, name, num_iter=1):
+        """Start `num_iter` runs of the created net `name` on a native
+        thread; returns its Run at once."""
+        cdef bint blocking
+        cdef int64_t k = _num_iter(num_iter)
+        cdef NetInst* n = self._created_net(name, &blocking)
+        cdef Run r = Run.__new__(Run)
+        r._start(self, None, n, k)
+        return r
+
+    def run_net(self, name, num_iter=1):
+        cdef bint blocking
+        cdef int64_t k = _num_iter(num_iter)
+        cdef NetInst* n = self._created_net(name, &blocking)
+        cdef Run r
+        cdef PlanRun pr
+        if blocking:
+            r = Run.__new__(Run)
+            r._start(self, None, n, k)      # takes n's reference
+            return r.wait()
+        # Nothing can block: run on this thread with the GIL released.
         pr.rs = rs_new()
         pr.ws = self.ws
         pr.net = n
-        pr.num_iter = num_iter
-        self.active += 1
+        pr.num_iter = k
+        fp_fetch_add(&self.active, 1)
         try:
-            drive(pr, inline_ok)
+            with nogil:
+                plan_body(&pr)
             _raise_status(pr.rs)
         finally:
-            self.active -= 1
+            fp_fetch_add(&self.active, -1)
             net_decref(n)
             rs_free(pr.rs)
-            del pr
         return True
 
-    def run_program(self, Program prog, bint inline=False):
-        """Run every top-level step of prog, in order (on this thread when
-        `inline`, for plans that cannot block)."""
-        cdef PlanRun* pr = new PlanRun()
-        cdef size_t i
+    def start_program(self, Program prog not None):
+        """Start every top-level step of prog, in order, on a native driver
+        thread; returns its Run at once (see Run)."""
+        cdef Run r = Run.__new__(Run)
+        r._start(self, prog, NULL, 0)
+        return r
+
+    def run_program(self, Program prog not None, bint inline=False):
+        """Run every top-level step of prog, in order, to completion:
+        ``start_program(prog).wait()``, or on this thread when `inline`
+        (only for plans that cannot block and end on their own)."""
+        cdef PlanRun pr
+        if not inline:
+            return self.start_program(prog).wait()
         pr.rs = rs_new()
         pr.ws = self.ws
         pr.net = NULL
         pr.steps = prog.steps
-        self.active += 1
+        fp_fetch_add(&self.active, 1)
         try:
-            drive(pr, inline)
+            with nogil:
+                plan_body(&pr)
             _raise_status(pr.rs)
         finally:
-            self.active -= 1
+            fp_fetch_add(&self.active, -1)
             with nogil:
                 ws_drop_run_nets(pr.ws, pr.rs.run_id)
             rs_free(pr.rs)
-            del pr
         return True
+
+
+cdef int64_t _num_iter(value) except -1:
+    if isinstance(value, bool) or not isinstance(value, (int, _np.integer)):
+        raise ArgumentError("num_iter must be an int, got %r" % (value,))
+    if value < 0:
+        raise ArgumentError("num_iter=%d must be >= 0" % value)
+    return value
+
+
+cdef inline str _bname_str(name):
+    if isinstance(name, bytes):
+        return name.decode("utf-8")
+    return str(name)
 
 
 cdef inline string _bname(name) except *:

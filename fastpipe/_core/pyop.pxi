@@ -64,15 +64,15 @@ cdef class TensorRef:
         cdef int64_t dims[MAX_DIMS]
         shape = [int(x) for x in shape]
         if len(shape) > MAX_DIMS or any(x < 0 for x in shape):
-            raise ValueError("bad shape %r" % (shape,))
+            raise ArgumentError("bad shape %r for blob %r" % (shape, self.blob.name.decode()))
         for i, d in enumerate(shape):
             dims[i] = d
         dt = self.blob.t.dtype if self.blob.t.dtype != DT_UNDEFINED else DT_FLOAT
         rc = tensor_reshape(blob_out(self.blob), dt, len(shape), dims)
         if rc == -4:
-            raise ValueError("blob %r: shape %r is too large" % (self.blob.name.decode(), shape))
+            raise ArgumentError("blob %r: shape %r is too large" % (self.blob.name.decode(), shape))
         if rc != 0:
-            raise MemoryError("reshape of blob %r" % self.blob.name.decode())
+            raise OutOfMemoryError("reshape of blob %r" % self.blob.name.decode())
 
     def feed(self, value):
         self._check()
@@ -89,6 +89,7 @@ cdef class _PyOpState:
     cdef list inputs
     cdef list outputs
     cdef bint pass_ws
+    cdef WorkspaceView view     # pass_ws: the op's workspace, valid during a call
 
 
 cdef object make_tensor_ref(Blob* b):
@@ -113,6 +114,10 @@ cdef int pyop_init(OpInst* op, RunCtx* ctx) noexcept nogil:
             st.pass_ws = pass_ws
             st.inputs = [make_tensor_ref(op.ins[i]) for i in range(op.ins.size())]
             st.outputs = [make_tensor_ref(op.outs[i]) for i in range(op.outs.size())]
+            if pass_ws:
+                st.view = WorkspaceView.__new__(WorkspaceView)
+                st.view.ws = op.ws
+                st.view.valid = False
             Py_INCREF(st)
             op.state = <void*>st
             return 0
@@ -161,12 +166,7 @@ cdef void python_fail(OpInst* op, RunCtx* ctx, object exc, str what) noexcept:
         msg = where
         msg.append(b": a Python exception was raised")
     with nogil:
-        fp_lock(&rs.lock)
-        if rs.err_code == E_OK:
-            rs.err_code = E_PYTHON
-            rs.err_msg = msg
-            first = True
-        fp_unlock(&rs.lock)
+        first = rs_record(rs, E_PYTHON, msg, op.d, ctx)
     if first:
         Py_INCREF(exc)
         rs.err_exc = <PyObject*>exc
@@ -186,7 +186,11 @@ cdef int k_python(OpInst* op, RunCtx* ctx) noexcept nogil:
             if rs_cancelled(ctx):
                 rc = -1
             elif st.pass_ws:
-                st.func(st.inputs, st.outputs, None)
+                st.view.valid = True
+                try:
+                    st.func(st.inputs, st.outputs, st.view)
+                finally:
+                    st.view.valid = False
             else:
                 st.func(st.inputs, st.outputs)
         except BaseException as e:

@@ -15,7 +15,9 @@ cdef enum:
     E_INTERRUPT = 4     # Ctrl-C                        -> KeyboardInterrupt
     E_QUEUE_CLOSED = 5  # plain Enqueue/Dequeue on a closed queue
     E_MEMORY = 6        # allocation failed             -> MemoryError
-    E_CANCELLED = 7     # stopped because of another failure (never the first)
+    E_CANCELLED = 7     # Run.cancel() / a dropped Run  -> CancelledError
+    E_ABORTED = 8       # the waiting thread raised (a signal handler): err_exc
+                        # holds that exception, re-raised as itself
 
 
 # ---- descriptions (immutable during a run) -----------------------------------
@@ -47,6 +49,7 @@ cdef cppclass OpDesc:
     string label          # "Type 'name'" or "Type #k", for messages
     string net            # owning net's name
     PyObject* pyobj       # Python ops: (func, pass_ws, is_factory); kept alive by Program
+    int64_t index         # position of the op in its net (errors name it)
     bint blocking         # may wait on a queue
 
 
@@ -84,6 +87,15 @@ cdef cppclass RunState:
     bint done
     int err_code
     string err_msg
+    # Where the first error happened (err_has_op / err_has_step say which
+    # parts are known); RunError exposes them as attributes.
+    bint err_has_op
+    string err_op_type
+    int64_t err_op_index
+    string err_net
+    bint err_has_step
+    string err_step
+    int64_t err_instance    # -1: not in a runtime instance
     PyObject* err_exc       # owned; set with the GIL by the Python kernel
     vector[ObjHeader*] queues   # queues touched by this run (owned refs)
     vector[long] py_threads  # threads inside a Python op right now
@@ -104,7 +116,23 @@ cdef RunState* rs_new() noexcept nogil:
     rs.done = False
     rs.err_code = E_OK
     rs.err_exc = NULL
+    rs.err_has_op = False
+    rs.err_op_index = -1
+    rs.err_has_step = False
+    rs.err_instance = -1
     return rs
+
+
+cdef void rs_release_queues(RunState* rs) noexcept nogil:
+    """Drop the run's references to the queues it touched (once the run has
+    finished: nothing can cancel them any more)."""
+    cdef vector[ObjHeader*] qs
+    cdef size_t i
+    fp_lock(&rs.lock)
+    qs.swap(rs.queues)
+    fp_unlock(&rs.lock)
+    for i in range(qs.size()):
+        obj_decref(qs[i])
 
 
 cdef void rs_free(RunState* rs) noexcept nogil:
@@ -163,15 +191,59 @@ cdef void rs_py_exit(RunState* rs, long tid) noexcept nogil:
     fp_unlock(&rs.lock)
 
 
-cdef int rs_fail(RunState* rs, int code, const string& msg) noexcept nogil:
-    """Record the first error of the run and cancel it.  Returns -1."""
+cdef bint rs_record(RunState* rs, int code, const string& msg, OpDesc* op,
+                    RunCtx* ctx) noexcept nogil:
+    """Record (code, msg) and where it happened (op and ctx may be NULL) as
+    the run's first error, unless it has one.  True if this was the first.
+    Does not cancel."""
+    cdef bint first = False
     fp_lock(&rs.lock)
     if rs.err_code == E_OK:
+        first = True
         rs.err_code = code
         rs.err_msg = msg
+        if op != NULL:
+            rs.err_has_op = True
+            rs.err_op_type = op.type
+            rs.err_op_index = op.index
+            rs.err_net = op.net
+        if ctx != NULL and ctx.step != NULL:
+            rs.err_has_step = True
+            rs.err_step = ctx.step[0]
+        if ctx != NULL:
+            rs.err_instance = ctx.instance
     fp_unlock(&rs.lock)
+    return first
+
+
+cdef int rs_fail_at(RunState* rs, int code, const string& msg, OpDesc* op,
+                    RunCtx* ctx) noexcept nogil:
+    """Record the first error of the run with its op context and cancel
+    the run.  Returns -1."""
+    rs_record(rs, code, msg, op, ctx)
     rs_cancel(rs)
     return -1
+
+
+cdef int rs_fail(RunState* rs, int code, const string& msg) noexcept nogil:
+    """Record the first error of the run (no op context) and cancel it.
+    Returns -1."""
+    return rs_fail_at(rs, code, msg, NULL, NULL)
+
+
+cdef bint rs_cancel_unfinished(RunState* rs, int code, const string& msg) noexcept nogil:
+    """Run.cancel(): fail the run with code unless it has finished or failed
+    already (a finished run stays successful).  True if it was cancelled now."""
+    cdef bint now = False
+    fp_lock(&rs.lock)
+    if not rs.done and rs.err_code == E_OK:
+        rs.err_code = code
+        rs.err_msg = msg
+        now = True
+    fp_unlock(&rs.lock)
+    if now:
+        rs_cancel(rs)
+    return now
 
 
 cdef inline bint rs_cancelled(RunCtx* ctx) noexcept nogil:
@@ -198,14 +270,14 @@ cdef int op_fail(OpInst* op, RunCtx* ctx, int code, const char* msg) noexcept no
     cdef string s = op_where(op, ctx)
     s.append(b": ")
     s.append(msg)
-    return rs_fail(ctx.rs, code, s)
+    return rs_fail_at(ctx.rs, code, s, op.d, ctx)
 
 
 cdef int op_fails(OpInst* op, RunCtx* ctx, int code, const string& msg) noexcept nogil:
     cdef string s = op_where(op, ctx)
     s.append(b": ")
     s.append(msg)
-    return rs_fail(ctx.rs, code, s)
+    return rs_fail_at(ctx.rs, code, s, op.d, ctx)
 
 
 cdef int op_oom(OpInst* op, RunCtx* ctx) noexcept nogil:
@@ -358,7 +430,7 @@ cdef NetInst* net_compile(NetDesc* nd, WS* ws, RunCtx* ctx) noexcept nogil:
                 msg.append(b"': input blob '")
                 msg.append(od.inputs[j])
                 msg.append(b"' does not exist (it is read before any net writes it)")
-                rs_fail(ctx.rs, E_PLAN, msg)
+                rs_fail_at(ctx.rs, E_PLAN, msg, od, ctx)
                 return NULL
             op.ins.push_back(b)
             op.objs.push_back(NULL)
