@@ -17,7 +17,7 @@ import threading
 import numpy as np
 
 from fastpipe import _core
-from fastpipe.errors import BlobError
+from fastpipe.errors import ArgumentError, BlobError, WorkspaceError
 
 __all__ = ["FeedBlob", "FetchBlob", "HasBlob", "Blobs", "CreateBlob",
            "CreateNet", "RunNet", "RunNetOnce", "RunPlan", "RunOperatorOnce",
@@ -50,7 +50,8 @@ def _plan_def(obj):
         plan = core.Plan(obj.Name() or "plan")
         plan.AddStep(obj)
         return plan.Proto()
-    raise TypeError("expected a Plan, PlanDef or ExecutionStep, got %s" % type(obj).__name__)
+    raise ArgumentError("expected a Net, NetDef, Plan, PlanDef or ExecutionStep, got %s"
+                        % type(obj).__name__)
 
 
 class _Blob(object):
@@ -122,7 +123,7 @@ class Workspace(object):
 
     def __init__(self, parent=None):
         if parent is not None and not isinstance(parent, Workspace):
-            raise TypeError("parent must be a Workspace, got %s" % type(parent).__name__)
+            raise ArgumentError("parent must be a Workspace, got %s" % type(parent).__name__)
         self._native = _core.Workspace(parent._native if parent is not None else None)
         self._parent = parent
 
@@ -152,29 +153,42 @@ class Workspace(object):
         return True
 
     def run(self, obj, num_iter=1):
-        """Run a Net (once), an ExecutionStep or a Plan.  Returns True."""
+        """Run a Net ``num_iter`` times (as Caffe2 creates and runs a Net
+        with ``num_iter``), or an ExecutionStep or a Plan once.  Returns
+        True; raises the run's error."""
         from fastpipe import core
         from fastpipe import proto
+        if isinstance(num_iter, bool) or not isinstance(num_iter, (int, np.integer)):
+            raise ArgumentError("Workspace.run: num_iter must be an int, got %r" % (num_iter,))
+        if num_iter < 0:
+            raise ArgumentError("Workspace.run: num_iter=%d must be >= 0" % num_iter)
         if isinstance(obj, (core.Net, proto.NetDef)):
-            return self._run_net_once(_net_def(obj))
+            return self._run_net_once(_net_def(obj), int(num_iter))
+        if num_iter != 1:
+            raise ArgumentError("Workspace.run: num_iter=%d applies to a Net; a plan or "
+                                "execution step sets its own iterations" % num_iter)
         return self._native.run_program(_core.Program.from_plan(_plan_def(obj)))
 
-    def _run_net_once(self, net_def):
-        prog = _core.Program.from_plan(_single_net_plan(net_def))
-        # One net with no blocking op cannot hang: run it on this thread.
-        return self._native.run_program(prog, inline=not prog.has_blocking)
+    def _run_net_once(self, net_def, num_iter=1):
+        prog = _core.Program.from_plan(_single_net_plan(net_def, num_iter))
+        # One pass of a net with no blocking op cannot hang: run it on this
+        # thread.  Repeated passes run on the driver, so Ctrl-C stays prompt.
+        inline = num_iter == 1 and not prog.has_blocking
+        return self._native.run_program(prog, inline=inline)
 
     def reset(self):
         self._native.reset()
 
 
-def _single_net_plan(net_def):
+def _single_net_plan(net_def, num_iter=1):
     from fastpipe import proto
     plan = proto.PlanDef(name=net_def.name or "net")
     plan.network.extend([net_def])
     step = plan.execution_step.add()
     step.name = net_def.name or "net"
     step.network.append(net_def.name)
+    if num_iter != 1:
+        step.num_iter = num_iter
     return plan
 
 
@@ -208,8 +222,8 @@ def SwitchWorkspace(name, create_if_missing=False):
     with _lock:
         if name not in _workspaces:
             if not create_if_missing:
-                raise RuntimeError("workspace %r does not exist (pass create_if_missing=True)"
-                                   % name)
+                raise WorkspaceError("workspace %r does not exist (pass create_if_missing=True)"
+                                     % name)
             _workspaces[name] = Workspace()
         _current_name = name
         _sync_current()

@@ -124,6 +124,7 @@ cdef class Program:
     cdef dict net_index
     cdef readonly str name
     cdef readonly bint has_blocking     # some op may wait on a queue
+    cdef object __weakref__
 
     def __cinit__(self):
         self.keep = []
