@@ -3,7 +3,7 @@
 A schema states the operator's arity, its typed arguments with defaults and
 a docstring.  The graph layer validates every operator against it when the
 operator is added to a net (``net.OpType(...)``), and the lowering step
-(``fastpipe._lower``) validates again and turns the arguments into the
+(``fastpipe/_core/lower.pxi``) validates again and turns the arguments into the
 fixed, ordered slots the native kernel reads.  A schema never touches data.
 
 Argument kinds:

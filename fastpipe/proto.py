@@ -9,7 +9,7 @@ pipeline code uses: ``HasField``, ``ClearField``, ``CopyFrom``,
 text dump.
 
 These messages are the boundary between the graph layer and the runtime:
-``fastpipe._lower`` reads a :class:`PlanDef` and hands the native core a
+``fastpipe/_core/lower.pxi`` (``_core.Program.from_plan``) reads a :class:`PlanDef` and hands the native core a
 flat description.
 """
 
