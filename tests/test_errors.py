@@ -96,3 +96,18 @@ def _nets_of_step(steps, name):
         if found is not None:
             return found
     return None
+
+
+def test_step_failure_outside_ops_names_step_and_instance(ws):
+    """A stop blob of the wrong kind fails the step, not an op: step and
+    instance are set, op fields are None."""
+    net = core.Net("bad_stop_net")
+    net.ConstantFill([], "bad_stop", shape=[2], value=1.0)     # not a scalar bool
+    inner = core.execution_step("bad_stop_inner", net, should_stop_blob="bad_stop",
+                                create_workspace=True)
+    outer = core.execution_step("bad_stop_outer", [inner], num_concurrent_instances=2)
+    with pytest.raises(RunError, match="expects a scalar boolean") as info:
+        ws.run(outer)
+    e = info.value
+    assert (e.op_type, e.op_index, e.net) == (None, None, None)
+    assert e.step == "bad_stop_inner" and e.instance in (0, 1)

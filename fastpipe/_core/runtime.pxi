@@ -609,7 +609,7 @@ cdef int read_stop_fail(CStep* cs, RunCtx* ctx) noexcept nogil:
         msg.append(OBJ_NAMES[b.obj.kind])
     else:
         msg.append(tensor_describe(&b.t))
-    return rs_fail(ctx.rs, E_RUNTIME, msg)
+    return rs_fail_at(ctx.rs, E_RUNTIME, msg, NULL, ctx)     # step and instance known, no op
 
 
 cdef inline int read_stop(CStep* cs, RunCtx* ctx, bint* out) noexcept nogil:
