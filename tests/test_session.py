@@ -245,10 +245,13 @@ def test_compiled_job_is_shared_by_sessions_and_lowered_once():
     compiled = LocalSession.compile(tg)
     assert isinstance(compiled.obj, CompiledJob)
     assert LocalSession(workspace.C.Workspace()).compile(tg) is compiled
+    assert compiled.obj._program is None            # lowered at the first run
     ws1, ws2 = workspace.C.Workspace(), workspace.C.Workspace()
     LocalSession(ws1).run(compiled)
-    program = compiled.obj.native_program()
+    program = compiled.obj._program
+    assert program is not None
     LocalSession(ws2).run(tg)
+    assert compiled.obj._program is program
     assert compiled.obj.native_program() is program
     assert ws1.blobs["shared_out"].fetch() == 9
     assert ws2.blobs["shared_out"].fetch() == 9
