@@ -49,28 +49,24 @@ class CompiledRunnable(object):
 
 # The compile cache: runnable._fastpipe_compiled = {session class: CompiledRunnable}.
 _CACHE_ATTR = "_fastpipe_compiled"
-_cache_lock = threading.Lock()  # protects every runnable's _fastpipe_compiled dict
+# Held while compiling (and while reading or writing any runnable's
+# _fastpipe_compiled dict): compiling a group marks its setup objects used
+# and memoises its grouping, so two threads must never compile one group at
+# once -- the second would lower a plan without the setup nets.
+_compile_lock = threading.RLock()
 
 
 def _cached(runnable, session_class):
     cache = getattr(runnable, "__dict__", {}).get(_CACHE_ATTR)
-    if cache is None:
-        return None
-    with _cache_lock:
-        return cache.get(session_class)
+    return None if cache is None else cache.get(session_class)
 
 
 def _store(runnable, session_class, compiled):
-    """Cache ``compiled`` on ``runnable``; returns the cached object (the one
-    another thread stored first, if it raced us)."""
+    """Cache ``compiled`` on ``runnable`` (caller holds _compile_lock)."""
     attrs = getattr(runnable, "__dict__", None)
-    if attrs is None:       # e.g. a list of nets: nowhere to keep it
-        return compiled
-    with _cache_lock:
-        cache = attrs.get(_CACHE_ATTR)
-        if cache is None:
-            cache = attrs[_CACHE_ATTR] = {}
-        return cache.setdefault(session_class, compiled)
+    if attrs is not None:       # else e.g. a list of nets: nowhere to keep it
+        attrs.setdefault(_CACHE_ATTR, {})[session_class] = compiled
+    return compiled
 
 
 class Session(object):
@@ -81,8 +77,9 @@ class Session(object):
     node's workspace; PRIVATE tasks run in a child workspace created for
     each run.
 
-    Threading: ``compile`` may be called from any thread (the cache has a
-    lock); one session object should be driven by one thread at a time.
+    Threading: ``compile`` may be called from any thread (compiles are
+    serialised by one lock); one session object should be driven by one
+    thread at a time.
 
     Example::
 
@@ -115,14 +112,15 @@ class Session(object):
                     "Need: %s, got: %s" % (cls.__name__,
                                            runnable.session_class.__name__))
             return runnable
-        compiled = _cached(runnable, cls)
-        if compiled is not None:
-            return compiled
-        tg = _lower.as_task_group(runnable, workspace_type)
-        with _proto.gc_paused():
-            compiled = CompiledRunnable(cls._compile_task_group(tg, setup_net_list),
-                                        session_class=cls)
-        return _store(runnable, cls, compiled)
+        with _compile_lock:
+            compiled = _cached(runnable, cls)
+            if compiled is not None:
+                return compiled
+            tg = _lower.as_task_group(runnable, workspace_type)
+            with _proto.gc_paused():
+                compiled = CompiledRunnable(cls._compile_task_group(tg, setup_net_list),
+                                            session_class=cls)
+            return _store(runnable, cls, compiled)
 
     def run(self, runnable, workspace_type=None, setup_net_list=None):
         """Compile (once) and run ``runnable``; returns when it finished.

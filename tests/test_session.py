@@ -269,3 +269,36 @@ def test_uncacheable_runnable_compiles_each_time(ws):
     assert LocalSession.compile(nets) is not LocalSession.compile(nets)
     LocalSession(ws).run(nets)
     assert ws.blobs["lst_a"].fetch() == 1 and ws.blobs["lst_b"].fetch() == 2
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_compiles_of_one_runnable_agree():
+    """Threads compiling the same group at once all get one compiled object,
+    and it is complete: its task_init setup net was not lost to a second,
+    concurrent lowering (which finds the setup objects already used)."""
+    import threading
+    n = 4
+    for round_ in range(5):
+        with TaskGroup() as tg:
+            with Task(name="racing%d" % round_) as t:
+                with ops.task_init():
+                    v = ops.ConstantFill([], shape=[], value=round_ + 1,
+                                         dtype=core.DataType.INT64)
+                t.add_output(ops.Copy([v]))
+        barrier = threading.Barrier(n)
+        got = []
+
+        def compile_it():
+            barrier.wait(10)
+            got.append(LocalSession.compile(tg))
+        threads = [threading.Thread(target=compile_it) for _ in range(n)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(10)
+            assert not th.is_alive()
+        assert len(got) == n and all(c is got[0] for c in got)
+        assert LocalSession.compile(tg) is got[0]
+        ws = workspace.C.Workspace()
+        LocalSession(ws).run(got[0])
+        assert t.outputs()[0].fetch() == round_ + 1
