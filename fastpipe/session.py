@@ -47,13 +47,24 @@ class CompiledRunnable(object):
             self.obj, self.session_class.__name__)
 
 
-# The compile cache: runnable._fastpipe_compiled = {session class: CompiledRunnable}.
+# The compile cache: runnable._fastpipe_compiled = _CompileCache({session
+# class: CompiledRunnable}).
 _CACHE_ATTR = "_fastpipe_compiled"
-# Held while compiling (and while reading or writing any runnable's
-# _fastpipe_compiled dict): compiling a group marks its setup objects used
-# and memoises its grouping, so two threads must never compile one group at
-# once -- the second would lower a plan without the setup nets.
+# Held while compiling (and while reading or writing any runnable's cache):
+# compiling a group mutates it (marks its setup objects used, memoises its
+# grouping), so one group is never compiled by two threads at once.
 _compile_lock = threading.RLock()
+
+
+class _CompileCache(dict):
+    """A runnable's compiled forms.  A pickled or deep-copied runnable gets
+    an empty cache: the copy is another runnable (compiled on its own), and
+    a compiled form (native program, locks) cannot be pickled."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (_CompileCache, ())
 
 
 def _cached(runnable, session_class):
@@ -65,7 +76,7 @@ def _store(runnable, session_class, compiled):
     """Cache ``compiled`` on ``runnable`` (caller holds _compile_lock)."""
     attrs = getattr(runnable, "__dict__", None)
     if attrs is not None:       # else e.g. a list of nets: nowhere to keep it
-        attrs.setdefault(_CACHE_ATTR, {})[session_class] = compiled
+        attrs.setdefault(_CACHE_ATTR, _CompileCache())[session_class] = compiled
     return compiled
 
 

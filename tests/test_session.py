@@ -302,3 +302,18 @@ def test_concurrent_compiles_of_one_runnable_agree():
         ws = workspace.C.Workspace()
         LocalSession(ws).run(got[0])
         assert t.outputs()[0].fetch() == round_ + 1
+
+
+@pytest.mark.timeout(30)
+def test_compiled_runnable_can_still_be_pickled_and_copied(ws):
+    """The cache on a runnable does not travel: a pickled or deep-copied
+    net is another runnable, compiled on its own."""
+    import copy
+    import pickle
+    net = _fill_net("pickled", "pickled_blob", 4)
+    compiled = LocalSession.compile(net)
+    for twin in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+        assert LocalSession.compile(twin) is not compiled
+        LocalSession(ws).run(twin)
+        assert ws.blobs["pickled_blob"].fetch() == 4
+    assert LocalSession.compile(net) is compiled
