@@ -141,8 +141,8 @@ def test_jobs_with_python_stages_stay_flat():
     """Jobs with a Python-op stage (every other one) leak no thread or file
     descriptor, and RSS stays within the same margin.  (Each Python op's
     function is still kept by the _pyop table until that fix is merged --
-    see the xfail test below; with these tiny functions it costs ~4 KiB a
-    job, inside the margin.)"""
+    see the xfail test below; these functions are tiny, so that stays
+    inside the margin.)"""
     for i in range(20):
         _run_fresh_job(i, python_stage=True)
     rss0, threads0, fds0 = _rss(), _threads(), _fds()
