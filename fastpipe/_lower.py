@@ -13,8 +13,9 @@ A job goes through four stages, each in one place:
    that plan, the task's outputs and, built lazily at its first run, the
    native ``Program`` -- ``_core.Program.from_plan(plan.Proto())``, which
    resolves every operator to its kernel and parses its arguments against
-   its schema (``_opschema``) once.  The native half lives in the core
-   (``fastpipe/_core/api.pxi``, moving to ``fastpipe/_core/lower.pxi``).
+   its schema (``_opschema``) once.  That native half is
+   ``fastpipe/_core/lower.pxi`` (``Program``; in ``api.pxi`` before the
+   move to its own file).
 3. **bind** -- at each run the native runtime compiles the program's nets
    into the session's workspace: blob names become ``Blob*`` slots
    (``fastpipe/_core/runtime.pxi``, ``net_compile``), in a child workspace
