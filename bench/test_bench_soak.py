@@ -14,17 +14,34 @@
   by the run) while blocked in a queue; time until KeyboardInterrupt.
   Target < 1 s.
 
+* fresh jobs: 100 jobs each built from scratch on a fresh workspace and
+  session (Dataset -> y = 2x+1 -> queue -> Dataset, 250 k float32[16]
+  records, batch 64), beside the same 100 runs of one job on one session.
+  The rate times ``session.run`` only (the job is built, fed and lowered
+  before; that time is reported as build_feed_lower_ms_median).  extra_info: RSS growth from after the first job to after the last
+  (garbage collected), the median rate of the first and of the last 10
+  runs and their ratio (issue 7 asks for last/first >= 0.8).  A finished
+  job gives its data back (tests/test_long_lived.py checks that strictly);
+  what RSS still grows by here is glibc keeping freed buffers: after the
+  first large buffer is freed, malloc raises its mmap threshold and later
+  ~15 MiB buffers come from per-thread arenas that are not trimmed.  With
+  MALLOC_MMAP_THRESHOLD_=131072 the same loop stays at one job's data.
+  Asserted: every job's native workspace is freed, and RSS grows by far
+  less than keeping every job would cost (100 x 2 x 15 MiB).
+
 Run: python3 -m pytest bench/test_bench_soak.py --benchmark-only -s
 """
+import gc
 import os
 import signal
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
 
-from fastpipe import core, schema, workspace
+from fastpipe import core, dataset, schema, workspace
 from fastpipe.dataio import CountUntil
 from fastpipe.errors import RunError
 from fastpipe.net_builder import ops
@@ -239,3 +256,144 @@ def test_ctrl_c_latency(benchmark, record):
            latency_max_ms=round(max(latencies) * 1e3, 3), target_ms=1000)
     print("\nCtrl-C latency: median %.1f ms, max %.1f ms" % (med * 1e3, max(latencies) * 1e3))
     assert max(latencies) < 1.0
+
+
+# -- 100 fresh jobs ------------------------------------------------------------------
+
+FRESH_JOBS = 100
+FRESH_RECORDS = 250_000
+FRESH = "soak: 100 jobs, Dataset -> 2x+1 -> queue -> Dataset, 250k records each"
+
+
+def _rss_kb():
+    gc.collect()
+    return _status()["VmRSS"]
+
+
+def _dataset_job():
+    """A fresh job: (init net, task group, source, destination)."""
+    src = dataset.Dataset(schema.Struct(("x", schema.Scalar((np.float32, (16,))))), name="src")
+    dst = dataset.Dataset(schema.Struct(("y", schema.Scalar((np.float32, (16,))))), name="dst")
+    init = core.Net("soak_fresh_init")
+    with core.NameScope("src"):
+        src.init_empty(init)
+    with core.NameScope("dst"):
+        dst.init_empty(init)
+    writer = dst.writer(init_net=init)
+
+    def proc(rec):
+        y = ops.Add([ops.Mul([rec.x(), ops.Const(np.float32(2))], broadcast=1),
+                     ops.Const(np.float32(1))], broadcast=1)
+        return schema.Struct(("y", schema.Scalar((np.float32, (16,)), y)))
+
+    with TaskGroup() as tg:
+        q = pipe(src.reader(batch_size=64), processor=proc, capacity=256)
+        pipe(q, writer)
+    return init, tg, src, dst
+
+
+def _soak_input():
+    x = (np.arange(FRESH_RECORDS * 16, dtype=np.int64) % 1000).astype(np.float32)
+    x = x.reshape(FRESH_RECORDS, 16)
+    return x, float((2.0 * x.astype(np.float64) + 1.0).sum())
+
+
+def _check(ws, dst, checksum):
+    y = ws.blobs[str(dst.get_blobs()[0])].fetch()
+    assert y.shape == (FRESH_RECORDS, 16)
+    assert abs(float(y.astype(np.float64).sum()) - checksum) < 1e-3 * FRESH_RECORDS
+
+
+def _soak_summary(rates, rss, threads):
+    first = float(np.median(rates[:10]))
+    last = float(np.median(rates[-10:]))
+    return dict(runs=len(rates), records_per_run=FRESH_RECORDS,
+                rate_per_s=float(np.median(rates)),
+                rate_first10_median=round(first), rate_last10_median=round(last),
+                ratio_last_first=round(last / first, 3),
+                rss_kb_after_first=rss[0], rss_kb_after_last=rss[1],
+                rss_growth_kb=rss[1] - rss[0],
+                threads_before=threads[0], threads_after=threads[1])
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.benchmark(group=FRESH)
+def test_soak_100_fresh_jobs(benchmark, record):
+    x, checksum = _soak_input()
+    rates, rss, threads, prepare = [], [], [_threads()], []
+    native_workspaces = []
+
+    def one_job():
+        t0 = time.perf_counter()
+        init, tg, src, dst = _dataset_job()
+        ws = workspace.C.Workspace()
+        ws.run(init)
+        ws.blobs[str(src.get_blobs()[0])].feed(x)
+        session = LocalSession(ws)
+        session.compile(tg).obj.native_program()       # lower outside the rate
+        prepare.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        session.run(tg)
+        rates.append(FRESH_RECORDS / (time.perf_counter() - t0))
+        _check(ws, dst, checksum)
+        native_workspaces.append(weakref.ref(ws._native))
+
+    def soak():
+        one_job()
+        rss.append(_rss_kb())                          # one job's worth resident
+        for _ in range(FRESH_JOBS - 1):
+            one_job()
+        rss.append(_rss_kb())
+    benchmark.pedantic(soak, rounds=1, iterations=1)
+    threads.append(_threads())
+    info = _soak_summary(rates, rss, threads)
+    info["build_feed_lower_ms_median"] = round(float(np.median(prepare)) * 1e3, 3)
+    record("fastpipe 100 fresh jobs", **info)
+    print("\nfresh jobs: rate first10 %.3g, last10 %.3g rec/s (x%.2f); RSS %d -> %d kB (+%d)"
+          % (info["rate_first10_median"], info["rate_last10_median"],
+             info["ratio_last_first"], rss[0], rss[1], rss[1] - rss[0]))
+    assert threads[1] <= threads[0]
+    # no job's workspace (so none of its blobs) outlives the job
+    gc.collect()
+    assert sum(r() is not None for r in native_workspaces) == 0
+    # keeping every job's ~2 x 15 MiB would be ~3 GiB; what the allocator
+    # keeps (see the module docstring) was 200-500 MiB here
+    assert rss[1] - rss[0] < 1024 * 1024
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.benchmark(group=FRESH)
+def test_soak_100_runs_of_one_job(benchmark, record):
+    """Baseline: the same 100 runs of one job, compiled once, on one
+    workspace (the destination emptied before each run)."""
+    x, checksum = _soak_input()
+    init, tg, src, dst = _dataset_job()
+    ws = workspace.C.Workspace()
+    ws.run(init)
+    ws.blobs[str(src.get_blobs()[0])].feed(x)
+    session = LocalSession(ws)
+    rates, rss, threads = [], [], [_threads()]
+    dst_blob = str(dst.get_blobs()[0])
+
+    def one_run():
+        ws.blobs[dst_blob].feed(np.zeros((0, 16), np.float32))
+        t0 = time.perf_counter()
+        session.run(tg)
+        rates.append(FRESH_RECORDS / (time.perf_counter() - t0))
+        _check(ws, dst, checksum)
+
+    def soak():
+        one_run()
+        rss.append(_rss_kb())
+        for _ in range(FRESH_JOBS - 1):
+            one_run()
+        rss.append(_rss_kb())
+    benchmark.pedantic(soak, rounds=1, iterations=1)
+    threads.append(_threads())
+    info = _soak_summary(rates, rss, threads)
+    record("fastpipe 100 runs of one job", **info)
+    print("\none job: rate first10 %.3g, last10 %.3g rec/s (x%.2f); RSS %d -> %d kB (+%d)"
+          % (info["rate_first10_median"], info["rate_last10_median"],
+             info["ratio_last_first"], rss[0], rss[1], rss[1] - rss[0]))
+    assert threads[1] <= threads[0]
+    assert rss[1] - rss[0] < 64 * 1024

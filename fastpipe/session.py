@@ -1,32 +1,83 @@
 """Sessions run Nets, ExecutionSteps, Plans, Tasks and TaskGroups
 (Caffe2's ``caffe2.python.session``).
 
-A session compiles a runnable once (the result is cached per runnable
-object for the life of the process, so edits made after the first run are
-not seen) and runs the compiled form as often as asked.
+A session compiles a runnable once and runs the compiled form as often as
+asked.  As in Caffe2 the compiled form is cached per runnable object and
+session class, so edits made after the first compile are not seen, and
+``Session.compile`` returns the same object for the same runnable.  The
+cache lives on the runnable itself (attribute ``_fastpipe_compiled``), not
+in a process-wide table: dropping a job drops its compiled form, and a
+compiled form never refers to a session or a workspace, so a process that
+builds a job per request stays flat in memory.  A runnable that cannot
+carry an attribute (a plain list of nets) is compiled anew by every call.
 
 :class:`LocalSession` is the embedded default: every node collapses onto
-one, the group becomes a single plan, and the plan runs on the session's
-workspace on native threads.
+one, the group becomes a single plan (``fastpipe._lower``), and the plan
+runs on the session's workspace on native threads.
 """
 
 import threading
+import weakref
 
-from . import core
+from . import _lower
 from . import proto as _proto
-from .errors import GraphError
-from .task import Cluster, Task, TaskGroup, WorkspaceType
+from .errors import FastpipeError, GraphError
 
-__all__ = ["CompiledRunnable", "Session", "LocalSession"]
+__all__ = ["CompiledRunnable", "Session", "LocalSession", "SessionGoneError"]
+
+
+class SessionGoneError(FastpipeError, ReferenceError):
+    """A TaskOutput was fetched after the session that ran it and the
+    session's workspace were dropped: the value is gone with them."""
 
 
 class CompiledRunnable(object):
     """What ``Session.compile`` returns: the compiled object and the session
-    class it was compiled for."""
+    class it was compiled for.  Pass it back to ``Session.run``.
+
+    For :class:`LocalSession`, ``obj`` is a :class:`fastpipe._lower.CompiledJob`.
+    """
 
     def __init__(self, obj, session_class):
         self.obj = obj
         self.session_class = session_class
+
+    def __repr__(self):
+        return "CompiledRunnable(obj=%r, session_class=%s)" % (
+            self.obj, self.session_class.__name__)
+
+
+# The compile cache: runnable._fastpipe_compiled = _CompileCache({session
+# class: CompiledRunnable}).
+_CACHE_ATTR = "_fastpipe_compiled"
+# Held while compiling (and while reading or writing any runnable's cache):
+# compiling a group mutates it (marks its setup objects used, memoises its
+# grouping), so one group is never compiled by two threads at once.
+_compile_lock = threading.RLock()
+
+
+class _CompileCache(dict):
+    """A runnable's compiled forms.  A pickled or deep-copied runnable gets
+    an empty cache: the copy is another runnable (compiled on its own), and
+    a compiled form (native program, locks) cannot be pickled."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (_CompileCache, ())
+
+
+def _cached(runnable, session_class):
+    cache = getattr(runnable, "__dict__", {}).get(_CACHE_ATTR)
+    return None if cache is None else cache.get(session_class)
+
+
+def _store(runnable, session_class, compiled):
+    """Cache ``compiled`` on ``runnable`` (caller holds _compile_lock)."""
+    attrs = getattr(runnable, "__dict__", None)
+    if attrs is not None:       # else e.g. a list of nets: nowhere to keep it
+        attrs.setdefault(_CACHE_ATTR, _CompileCache())[session_class] = compiled
+    return compiled
 
 
 class Session(object):
@@ -37,20 +88,15 @@ class Session(object):
     node's workspace; PRIVATE tasks run in a child workspace created for
     each run.
 
-    Threading: ``compile`` may be called from any thread (the cache has a
-    lock); one session object should be driven by one thread at a time.
+    Threading: ``compile`` may be called from any thread (compiles are
+    serialised by one lock); one session object should be driven by one
+    thread at a time.
 
     Example::
 
         with LocalSession() as session:
             session.run(task_group)
     """
-
-    # (session class, id(runnable)) -> (runnable, CompiledRunnable).  Holding
-    # the runnable keeps its id from being reused; entries live forever, as
-    # in Caffe2.
-    _compiled_cache = {}
-    _compiled_cache_lock = threading.Lock()
 
     def __init__(self):
         self._open = True
@@ -60,7 +106,16 @@ class Session(object):
 
     @classmethod
     def compile(cls, runnable, workspace_type=None, setup_net_list=None):
-        """Compile ``runnable`` for this session class (cached by identity)."""
+        """Compile ``runnable`` for this session class.
+
+        Cached on the runnable object: the same runnable gives the same
+        CompiledRunnable, and later edits to it are not seen.
+
+        Raises:
+            GraphError: ``runnable`` is a CompiledRunnable of another
+                session class, or an empty Plan, or a TaskGroup of another
+                workspace type.
+        """
         if isinstance(runnable, CompiledRunnable):
             if runnable.session_class is not cls:
                 raise GraphError(
@@ -68,42 +123,15 @@ class Session(object):
                     "Need: %s, got: %s" % (cls.__name__,
                                            runnable.session_class.__name__))
             return runnable
-        key = (cls, id(runnable))
-        with Session._compiled_cache_lock:
-            hit = Session._compiled_cache.get(key)
-        if hit is not None and hit[0] is runnable:
-            return hit[1]
-
-        if isinstance(runnable, TaskGroup):
-            if workspace_type:
-                if runnable.workspace_type():
-                    if runnable.workspace_type() != workspace_type:
-                        raise GraphError("Require %s but already have %s" % (
-                            workspace_type, runnable.workspace_type()))
-                else:
-                    runnable._workspace_type = workspace_type
-            tg = runnable
-        else:
-            if workspace_type is None:
-                workspace_type = WorkspaceType.GLOBAL
-            tg = TaskGroup(workspace_type=workspace_type)
-            if isinstance(runnable, Task):
-                tg.add(runnable)
-            elif isinstance(runnable, core.ExecutionStep):
-                tg.add(Task(step=runnable))
-            elif isinstance(runnable, core.Plan):
-                steps = runnable.Steps()
-                if not steps:
-                    raise GraphError("Cannot run an empty Plan %s" % runnable)
-                tg.add(Task(step=steps[0] if len(steps) == 1 else list(steps)))
-            else:
-                tg.add(Task(step=core.execution_step("runnable", runnable)))
-        with _proto.gc_paused():
-            compiled = CompiledRunnable(cls._compile_task_group(tg, setup_net_list),
-                                        session_class=cls)
-        with Session._compiled_cache_lock:
-            Session._compiled_cache[key] = (runnable, compiled)
-        return compiled
+        with _compile_lock:
+            compiled = _cached(runnable, cls)
+            if compiled is not None:
+                return compiled
+            tg = _lower.as_task_group(runnable, workspace_type)
+            with _proto.gc_paused():
+                compiled = CompiledRunnable(cls._compile_task_group(tg, setup_net_list),
+                                            session_class=cls)
+            return _store(runnable, cls, compiled)
 
     def run(self, runnable, workspace_type=None, setup_net_list=None):
         """Compile (once) and run ``runnable``; returns when it finished.
@@ -170,30 +198,38 @@ class LocalSession(Session):
 
     @classmethod
     def _compile_task_group(cls, task_group, setup_net_list=None):
-        with Cluster():
-            task = task_group.to_task()
-        plan = core.Plan("task_group_plan")
-        plan.AddStep(task.get_step())
-        # The native program is lowered from the plan once, at the first run,
-        # and reused by every later run (every epoch of a JobRunner).
-        return (plan, task.output_list(), task.workspace_type(), [None])
+        # the native program is lowered from the plan once, at the first run,
+        # and reused by every later run (every epoch of a JobRunner)
+        return _lower.lower_task_group(task_group)
 
     def _run_compiled(self, compiled):
-        plan, output_list, _workspace_type, program = compiled
-        # The plan runs on the session workspace whatever the group's type
-        # (as in Caffe2, where the PRIVATE check never matched): isolation
-        # comes from per-task create_workspace.  Outputs must exist here so
-        # that writes from child workspaces land in this one.
-        outputs = []
-        for name in output_list.names():
-            self._ws.create_blob(str(name))
-            outputs.append(core.BlobReference(str(name)))
-        output_list.set_values(outputs, _fetch_func=self._fetch_output)
-        if program[0] is None:
-            from . import _core
-            with _proto.gc_paused():
-                program[0] = _core.Program.from_plan(plan.Proto())
-        self._ws._native.run_program(program[0])
+        compiled.run(self._ws, _WorkspaceFetch(self._ws))
 
     def _fetch_output(self, output):
         return self._ws.blobs[str(output)].fetch()
+
+
+
+class _WorkspaceFetch(object):
+    """The fetch function a LocalSession run gives its TaskOutputs.
+
+    It reads the output blob from the session's workspace through a weak
+    reference, so a TaskOutput (kept by its task, hence by every cached
+    compiled form) never keeps the session, the workspace or their data
+    alive.  Fetching works while the workspace is alive (the session may
+    be gone: the values live in the workspace); after both are gone it
+    raises SessionGoneError."""
+
+    __slots__ = ("_ws_ref",)
+
+    def __init__(self, ws):
+        self._ws_ref = weakref.ref(ws)
+
+    def __call__(self, output):
+        ws = self._ws_ref()
+        if ws is None:
+            raise SessionGoneError(
+                "cannot fetch task output %r: the LocalSession that ran it and "
+                "its workspace are gone (fetch outputs before dropping them)"
+                % str(output))
+        return ws.blobs[str(output)].fetch()

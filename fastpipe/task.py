@@ -10,6 +10,10 @@ exit]``.
 the runtime makes the N instances, each in its own child workspace.  Nothing
 here is cloned per instance.
 
+This module only describes; ``fastpipe._lower`` turns a group into the
+plan a session runs (see its docstring for the describe -> lower -> bind ->
+run stages).
+
 Threading: the contexts (``Cluster``, ``Node``, ``TaskGroup``, ``Task``) are
 per-thread stacks; build a group from one thread.
 """
@@ -337,7 +341,11 @@ class TaskOutput(object):
 
     After a session ran the task, ``get()`` returns the session-side
     references and ``fetch()`` the values (numpy arrays, or a record of
-    them).
+    them).  An output does not keep the session that ran it alive: a
+    LocalSession's outputs read its workspace through a weak reference, and
+    ``fetch()`` raises ``fastpipe.session.SessionGoneError`` once the session
+    and its workspace are gone.  Each run re-binds the outputs to the
+    session that ran last.
     """
 
     def __init__(self, names):

@@ -129,3 +129,39 @@ def test_to_string_whole_job(ws):
     assert "with Job.current().stop_signals:" in text
     assert "CountDown" in text and "RetrieveCount" in text
     assert JobRunner(job)(_session(ws)) == 2
+
+
+@pytest.mark.timeout(120)
+def test_epochs_reuse_one_lowered_program_and_the_finished_job_is_freed(monkeypatch):
+    """JobRunner runs the epoch group's compiled job every epoch: its plan
+    is lowered to a native program once, not per epoch; once the runner
+    returned and the workspace and session are dropped, nothing keeps the
+    workspace alive (the job's stop-signal TaskOutputs hold it weakly)."""
+    import gc
+    import weakref
+
+    from fastpipe import _core, workspace
+    from fastpipe.session import LocalSession, SessionGoneError
+
+    lowered = []
+    real_program = _core.Program
+
+    class CountingProgram(object):
+        @staticmethod
+        def from_plan(plan_def):
+            lowered.append(plan_def.name)
+            return real_program.from_plan(plan_def)
+    monkeypatch.setattr(_core, "Program", CountingProgram)
+
+    job = _epoch_counting_job(4)
+    ws = workspace.C.Workspace()
+    assert JobRunner(job)(LocalSession(ws)) == 4
+    assert job.total.fetch() == 4
+    # init, epoch, download and exit groups: one lowering each
+    assert lowered.count("task_group_plan") == 4
+    native = weakref.ref(ws._native)
+    del ws
+    gc.collect()
+    assert native() is None
+    with pytest.raises(SessionGoneError):
+        job.total.fetch()
