@@ -81,7 +81,7 @@ def test_failing_op_in_a_pipe_runtime_instance_names_all_parts(ws):
     assert "in net '%s'" % e.net in str(e) and "step '%s'" % e.step in str(e)
     # op_index is the Python op's position in the net the error names, and
     # step is a step of the lowered plan that runs that net
-    plan = compiled.obj[0].Proto()       # LocalSession's compiled plan
+    plan = compiled.obj.plan.Proto()       # LocalSession's compiled plan
     nets = {n.name: n for n in plan.network}
     assert nets[e.net].op[e.op_index].type == "Python"
     step_nets = _nets_of_step(plan.execution_step, e.step)
