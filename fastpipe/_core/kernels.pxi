@@ -857,32 +857,84 @@ cdef int k_create_mutex(OpInst* op, RunCtx* ctx) noexcept nogil:
     return 0
 
 
+# AtomicAppend's growth path: True (default) grows big outputs in place with
+# mremap (buf_new_mapped / buf_grow); False is the previous path (a new
+# malloc'd buffer and a copy on every growth), kept so that benchmarks can put
+# the two side by side in one run.  Set only while no run is in progress.
+cdef bint g_append_mapped = True
+
+
+def _append_growth(mode=None):
+    """Private: the AtomicAppend growth path, 'mapped' or 'copy' (the old
+    one); with a mode, select it (only while nothing runs) and return the
+    previous one."""
+    global g_append_mapped
+    prev = "mapped" if g_append_mapped else "copy"
+    if mode is not None:
+        if mode not in ("mapped", "copy"):
+            raise ValueError("_append_growth: mode must be 'mapped' or 'copy', not %r" % (mode,))
+        g_append_mapped = mode == "mapped"
+    return prev
+
+
 cdef int tensor_append(Tensor* a, Tensor* b) noexcept nogil:
-    """Append b to a along dim 0 (a grows by 40% when it must reallocate).
-    Shapes were checked by the caller.  -1 when out of memory."""
+    """Append b to a along dim 0.  Shapes were checked by the caller.
+    -1 when out of memory (a is then unchanged).
+
+    Capacity grows by 40% (Caffe2's Extend) when it must.  A numeric buffer
+    of BUF_MAP_MIN bytes or more becomes a mapping and from then on grows in
+    place (buf_grow: no copy, touched pages stay).  A buffer that someone
+    else still references (a numpy view, a queue slot) is never grown or
+    written: a new one gets a copy, as in tensor_reshape."""
     cdef int64_t isz = dtype_itemsize(a.dtype)
     cdef int64_t old = a.size
     cdef int64_t need = a.size + b.size
     cdef int64_t cap, i
     cdef Buffer* nb
+    cdef Buffer* cur = a.buf
     cdef bint is_str = a.dtype == DT_STRING
     cdef int64_t need_units = need if is_str else need * isz
     cdef Buffer* prev = NULL
-    if a.buf == NULL or a.buf.capacity < need_units or fp_load(&a.buf.refcnt) != 1:
+    cdef bint private = cur != NULL and fp_load(&cur.refcnt) == 1
+    cdef bint grown = False
+    cdef int rc = 0
+    cdef string* os
+    cdef string* ns
+    if cur == NULL or cur.capacity < need_units or not private:
         cap = need_units + need_units * 2 // 5 + (1 if is_str else isz)
-        nb = buf_new(cap, is_str)
-        if nb == NULL:
-            return -1
-        if is_str:
-            for i in range(old):
-                (<string*>nb.data)[i] = (<string*>a.buf.data)[i]
-        elif old:
-            memcpy(nb.data, a.buf.data, old * isz)
-        tensor_lock(a)
-        prev = a.buf
-        a.buf = nb
-        tensor_unlock(a)
-        buf_decref(prev)
+        if private and cur.maplen:
+            # under the tensor's lock: a fetch pins (increfs) only under it,
+            # so the buffer stays unshared while it moves
+            tensor_lock(a)
+            if fp_load(&cur.refcnt) == 1:
+                rc = buf_grow(cur, cap)
+                grown = True
+            tensor_unlock(a)
+            if rc != 0:
+                return -1
+        if not grown:
+            if not is_str and g_append_mapped and cap >= BUF_MAP_MIN:
+                nb = buf_new_mapped(cap)
+            else:
+                nb = buf_new(cap, is_str)
+            if nb == NULL:
+                return -1
+            if is_str:
+                os = <string*>cur.data
+                ns = <string*>nb.data
+                if private:
+                    for i in range(old):
+                        ns[i].swap(os[i])       # ours alone: move, don't copy
+                else:
+                    for i in range(old):
+                        ns[i] = os[i]
+            elif old:
+                memcpy(nb.data, cur.data, old * isz)
+            tensor_lock(a)
+            prev = a.buf
+            a.buf = nb
+            tensor_unlock(a)
+            buf_decref(prev)
     if is_str:
         for i in range(b.size):
             (<string*>a.buf.data)[old + i] = (<string*>b.buf.data)[i]
