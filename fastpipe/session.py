@@ -11,6 +11,7 @@ workspace on native threads.
 """
 
 import threading
+import weakref
 
 from . import core
 from . import proto as _proto
@@ -46,9 +47,10 @@ class Session(object):
             session.run(task_group)
     """
 
-    # (session class, id(runnable)) -> (runnable, CompiledRunnable).  Holding
-    # the runnable keeps its id from being reused; entries live forever, as
-    # in Caffe2.
+    # (session class, id(runnable)) -> (weak ref to runnable, CompiledRunnable).
+    # An entry goes when its runnable dies (the ref's callback, before the id
+    # can be reused): a compiled runnable's outputs point at the session, and
+    # so at its workspace and data, which must not outlive the job.
     _compiled_cache = {}
     _compiled_cache_lock = threading.Lock()
 
@@ -71,7 +73,7 @@ class Session(object):
         key = (cls, id(runnable))
         with Session._compiled_cache_lock:
             hit = Session._compiled_cache.get(key)
-        if hit is not None and hit[0] is runnable:
+        if hit is not None and hit[0]() is runnable:
             return hit[1]
 
         if isinstance(runnable, TaskGroup):
@@ -102,7 +104,8 @@ class Session(object):
             compiled = CompiledRunnable(cls._compile_task_group(tg, setup_net_list),
                                         session_class=cls)
         with Session._compiled_cache_lock:
-            Session._compiled_cache[key] = (runnable, compiled)
+            Session._compiled_cache[key] = (weakref.ref(
+                runnable, lambda _, k=key: Session._compiled_cache.pop(k, None)), compiled)
         return compiled
 
     def run(self, runnable, workspace_type=None, setup_net_list=None):

@@ -129,3 +129,37 @@ def test_pinned_view_keeps_old_contents_while_the_tensor_grows(growth, dtype):
 def test_growth_mode_switch_rejects_unknown_modes():
     with pytest.raises(ValueError, match="mapped.*copy"):
         _core._append_growth("realloc")
+
+
+@pytest.mark.timeout(60)
+def test_a_finished_append_job_releases_its_workspace_and_buffers():
+    # Dataset -> pipe -> Dataset, run by a LocalSession, then dropped: the
+    # session's compile cache must not keep the job (and its appended
+    # buffers) alive, or every later job in the process writes into fresh
+    # memory (and the process grows by the job's data each time).
+    import gc
+    import weakref
+    from fastpipe import dataset, pipeline, schema, session, task
+
+    def job():
+        ws = workspace.C.Workspace()
+        src = dataset.Dataset(schema.Struct(("x", schema.Scalar((np.float32, (4,))))), name="src")
+        dst = dataset.Dataset(schema.Struct(("x", schema.Scalar((np.float32, (4,))))), name="dst")
+        init = core.Net("rel_init")
+        with core.NameScope("src"):
+            src.init_empty(init)
+        with core.NameScope("dst"):
+            dst.init_empty(init)
+        writer = dst.writer(init_net=init)
+        with task.TaskGroup() as tg:
+            pipeline.pipe(src.reader(batch_size=64), writer, num_runtime_threads=1)
+        ws.run(init)
+        ws.blobs[str(src.get_blobs()[0])].feed(np.ones((1000, 4), np.float32))
+        sess = session.LocalSession(ws)
+        sess.run(tg)
+        assert ws.blobs[str(dst.get_blobs()[0])].fetch().shape == (1000, 4)
+        return weakref.ref(ws), weakref.ref(sess)
+
+    ws_ref, sess_ref = job()
+    gc.collect()
+    assert ws_ref() is None and sess_ref() is None
