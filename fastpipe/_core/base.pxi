@@ -488,3 +488,25 @@ cdef inline string to_str(int64_t v) noexcept nogil:
     cdef char tmp[32]
     snprintf(tmp, 32, b"%lld", <long long>v)
     return string(<const char*>tmp)
+
+
+# ---- kernel argument tables ------------------------------------------------------
+#
+# A kernel reads its parsed arguments by position (op.d.args[k]), and the
+# positions are the order of the op's ArgSpecs in _opschema.py.  Kernels never
+# write a bare number: each op has a `cdef enum` of named positions next to its
+# kernel, and declares them here with the field it reads, e.g.
+#     kernel_args("Scale", scale=(SCALE_SCALE, "float"))
+# register.pxi checks every table against the schemas when the module is
+# imported, so reordering, renaming or adding an ArgSpec without updating the
+# kernel fails loudly at import instead of silently reading the wrong slot.
+
+# op type -> {argument name: (position, schema kind)}
+_KERNEL_ARGS = {}
+
+
+def kernel_args(op_type, **args):
+    """Declare the named argument positions a kernel reads (see above)."""
+    if op_type in _KERNEL_ARGS:
+        raise ValueError("kernel argument table of %r declared twice" % (op_type,))
+    _KERNEL_ARGS[op_type] = dict(args)

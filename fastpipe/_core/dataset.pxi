@@ -168,11 +168,31 @@ cdef void cursor_destroy(void* p) noexcept nogil:
     del c
 
 
+cdef enum:   # argument positions (checked against the schemas on import)
+    TC_FIELDS = 0                   # CreateTreeCursor, CheckDatasetConsistency
+    RNB_BATCH_SIZE = 0              # ReadNextBatch
+    RNB_ENFORCE_BATCH_SIZE = 1
+    SAS_SORT_BY_FIELD_IDX = 0       # SortAndShuffle
+    SAS_BATCH_SIZE = 1
+    SAS_SHUFFLE_SIZE = 2
+    RRB_BATCH_SIZE = 0              # ReadRandomBatch
+    RRB_ENFORCE_BATCH_SIZE = 1
+    RRB_LOOP_OVER = 2
+kernel_args("CreateTreeCursor", fields=(TC_FIELDS, "strings"))
+kernel_args("CheckDatasetConsistency", fields=(TC_FIELDS, "strings"))
+kernel_args("ReadNextBatch", batch_size=(RNB_BATCH_SIZE, "int"),
+            enforce_batch_size=(RNB_ENFORCE_BATCH_SIZE, "bool"))
+kernel_args("SortAndShuffle", sort_by_field_idx=(SAS_SORT_BY_FIELD_IDX, "int"),
+            batch_size=(SAS_BATCH_SIZE, "int"), shuffle_size=(SAS_SHUFFLE_SIZE, "int"))
+kernel_args("ReadRandomBatch", batch_size=(RRB_BATCH_SIZE, "int"),
+            enforce_batch_size=(RRB_ENFORCE_BATCH_SIZE, "bool"), loop_over=(RRB_LOOP_OVER, "bool"))
+
+
 cdef int k_create_tree_cursor(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Cursor* c = new Cursor()
     cdef string err
     cdef ObjHeader* h
-    if tree_build(&c.tree, op.d.args[0].strings, &err) != 0:
+    if tree_build(&c.tree, op.d.args[TC_FIELDS].strings, &err) != 0:
         del c
         return op_fails(op, ctx, E_RUNTIME, err)
     fp_mutex_init(&c.mu)
@@ -220,7 +240,7 @@ cdef int ds_init(OpInst* op, RunCtx* ctx) noexcept nogil:
 cdef int ds_check_init(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef DsState* st = new DsState()
     cdef string err
-    if tree_build(&st.tree, op.d.args[0].strings, &err) != 0:
+    if tree_build(&st.tree, op.d.args[TC_FIELDS].strings, &err) != 0:
         del st      # the compiler does not call fini after a failed init
         return op_fails(op, ctx, E_RUNTIME, err)
     op.state = <void*>st
@@ -415,8 +435,8 @@ cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Cursor* c = op_cursor(op, ctx)
     cdef DsState* st = <DsState*>op.state
     cdef FieldTree* t
-    cdef int64_t batch = op.d.args[0].i
-    cdef bint enforce = op.d.args[1].i != 0
+    cdef int64_t batch = op.d.args[RNB_BATCH_SIZE].i
+    cdef bint enforce = op.d.args[RNB_ENFORCE_BATCH_SIZE].i != 0
     cdef size_t i, nf
     cdef int d, rc, bad_d = 0
     cdef int64_t bad_v = 0, have = 0
@@ -538,9 +558,9 @@ cdef int k_sort_and_shuffle(OpInst* op, RunCtx* ctx) noexcept nogil:
     # args: sort_by_field_idx, batch_size, shuffle_size
     cdef Cursor* c = op_cursor(op, ctx)
     cdef FieldTree* t
-    cdef int64_t sidx = op.d.args[0].i
-    cdef int64_t batch = op.d.args[1].i
-    cdef int64_t shuffle = op.d.args[2].i
+    cdef int64_t sidx = op.d.args[SAS_SORT_BY_FIELD_IDX].i
+    cdef int64_t batch = op.d.args[SAS_BATCH_SIZE].i
+    cdef int64_t shuffle = op.d.args[SAS_SHUFFLE_SIZE].i
     cdef int64_t size
     cdef Tensor* key
     cdef Tensor K
@@ -609,9 +629,9 @@ cdef int k_read_random_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Cursor* c = op_cursor(op, ctx)
     cdef DsState* st = <DsState*>op.state
     cdef FieldTree* t
-    cdef int64_t batch = op.d.args[0].i
-    cdef bint enforce = op.d.args[1].i != 0
-    cdef bint loop_over = op.d.args[2].i != 0
+    cdef int64_t batch = op.d.args[RRB_BATCH_SIZE].i
+    cdef bint enforce = op.d.args[RRB_ENFORCE_BATCH_SIZE].i != 0
+    cdef bint loop_over = op.d.args[RRB_LOOP_OVER].i != 0
     cdef Tensor* pidx
     cdef Tensor* poff
     cdef Tensor IDX, OFF
@@ -786,3 +806,8 @@ reg("ComputeOffset", k_compute_offset, ds_init, ds_fini)
 reg("SortAndShuffle", k_sort_and_shuffle)
 reg("ReadRandomBatch", k_read_random_batch, ds_init, ds_fini)
 reg("CheckDatasetConsistency", k_check_dataset_consistency, ds_check_init, ds_fini)
+
+
+# Last include of _core.pyx: every kernel and its argument table is
+# registered now, so hold the tables to the schemas (register.pxi).
+check_kernel_args(_opschema.REGISTRY, _KERNEL_ARGS, _KERNEL_INDEX)
