@@ -527,10 +527,24 @@ register("ReadNextBatch", (1, INF), (0, INF),
          [A("batch_size", "int", 1), A("enforce_batch_size", "bool", False)],
          "Read the next batch of records atomically.", _check_read_next)
 register("ComputeOffset", (1, INF), 1, doc="Offsets of every record; resets the cursor.")
+SEED_MAX = 2147483646    # default_random_engine seeds are distinct in [1, 2^31 - 2]
+
+
+def _check_sort_and_shuffle(op, a):
+    seed = a["seed"]
+    if seed is not None and not 1 <= seed <= SEED_MAX:
+        return "seed=%d must be in [1, %d] (or not given: a random seed per run)" % (seed, SEED_MAX)
+    return None
+
+
 register("SortAndShuffle", (1, INF), 1,
          [A("sort_by_field_idx", "int", 1), A("batch_size", "int", 1),
-          A("shuffle_size", "int", 1)],
-         "Indices of records, sorted by a field's lengths and shuffled in blocks.")
+          A("shuffle_size", "int", 1),
+          A("seed", "int", None,
+            "fastpipe: shuffle with this seed (the same permutation every time; "
+            "1 is Caffe2's fixed permutation); not given: a random seed per run")],
+         "Indices of records, sorted by a field's lengths and shuffled in blocks.",
+         _check_sort_and_shuffle)
 
 
 def _check_read_random(op, a):
@@ -557,4 +571,4 @@ register("CheckDatasetConsistency", (1, INF), 0, [A("fields", "strings", [])],
 # Any other check gets the names in its cache key.
 _ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_counter,
                     _check_python, _check_create_queue, _check_weighted,
-                    _check_read_next, _check_read_random}
+                    _check_read_next, _check_read_random, _check_sort_and_shuffle}
