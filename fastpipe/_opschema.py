@@ -368,9 +368,19 @@ register("Cast", 1, 1, [A("to", "dtype", None), A("from_type", "dtype", None)],
          "Element-wise static_cast to 'to'.",
          lambda op, a: None if a["to"] is not None else "argument 'to' is required")
 register("IsEmpty", 1, 1, doc="Bool scalar: X has no elements.")
+def _check_print(op, a):
+    if a["every_n"] < 1:
+        return "every_n=%d must be >= 1" % a["every_n"]
+    if a["limit"] < 0:
+        return "limit=%d must be >= 0 (0: the default of 1000 elements)" % a["limit"]
+    return None
+
+
 register("Print", 1, 0, [A("to_file", "bool", False), A("limit", "int", 0),
                          A("every_n", "int", 1)],
-         "Print a tensor to stdout.")
+         "Print a tensor to stdout (to_file: to <root folder>/<blob>.log); at most "
+         "'limit' elements (0: 1000), on the 1st, (n+1)th, (2n+1)th... run.",
+         _check_print)
 
 # --- counters, mutex, append ------------------------------------------------
 
@@ -571,4 +581,5 @@ register("CheckDatasetConsistency", (1, INF), 0, [A("fields", "strings", [])],
 # Any other check gets the names in its cache key.
 _ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_counter,
                     _check_python, _check_create_queue, _check_weighted,
-                    _check_read_next, _check_read_random, _check_sort_and_shuffle}
+                    _check_read_next, _check_read_random, _check_sort_and_shuffle,
+                    _check_print}
