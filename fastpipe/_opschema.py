@@ -368,9 +368,19 @@ register("Cast", 1, 1, [A("to", "dtype", None), A("from_type", "dtype", None)],
          "Element-wise static_cast to 'to'.",
          lambda op, a: None if a["to"] is not None else "argument 'to' is required")
 register("IsEmpty", 1, 1, doc="Bool scalar: X has no elements.")
+def _check_print(op, a):
+    if a["every_n"] < 1:
+        return "every_n=%d must be >= 1" % a["every_n"]
+    if a["limit"] < 0:
+        return "limit=%d must be >= 0 (0: the default of 1000 elements)" % a["limit"]
+    return None
+
+
 register("Print", 1, 0, [A("to_file", "bool", False), A("limit", "int", 0),
                          A("every_n", "int", 1)],
-         "Print a tensor to stdout.")
+         "Print a tensor to stdout (to_file: to <root folder>/<blob>.log); at most "
+         "'limit' elements (0: 1000), on the 1st, (n+1)th, (2n+1)th... run.",
+         _check_print)
 
 # --- counters, mutex, append ------------------------------------------------
 
@@ -527,10 +537,24 @@ register("ReadNextBatch", (1, INF), (0, INF),
          [A("batch_size", "int", 1), A("enforce_batch_size", "bool", False)],
          "Read the next batch of records atomically.", _check_read_next)
 register("ComputeOffset", (1, INF), 1, doc="Offsets of every record; resets the cursor.")
+SEED_MAX = 2147483646    # default_random_engine seeds are distinct in [1, 2^31 - 2]
+
+
+def _check_sort_and_shuffle(op, a):
+    seed = a["seed"]
+    if seed is not None and not 1 <= seed <= SEED_MAX:
+        return "seed=%d must be in [1, %d] (or not given: a random seed per run)" % (seed, SEED_MAX)
+    return None
+
+
 register("SortAndShuffle", (1, INF), 1,
          [A("sort_by_field_idx", "int", 1), A("batch_size", "int", 1),
-          A("shuffle_size", "int", 1)],
-         "Indices of records, sorted by a field's lengths and shuffled in blocks.")
+          A("shuffle_size", "int", 1),
+          A("seed", "int", None,
+            "fastpipe: shuffle with this seed (the same permutation every time; "
+            "1 is Caffe2's fixed permutation); not given: a random seed per run")],
+         "Indices of records, sorted by a field's lengths and shuffled in blocks.",
+         _check_sort_and_shuffle)
 
 
 def _check_read_random(op, a):
@@ -557,4 +581,5 @@ register("CheckDatasetConsistency", (1, INF), 0, [A("fields", "strings", [])],
 # Any other check gets the names in its cache key.
 _ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_counter,
                     _check_python, _check_create_queue, _check_weighted,
-                    _check_read_next, _check_read_random}
+                    _check_read_next, _check_read_random, _check_sort_and_shuffle,
+                    _check_print}

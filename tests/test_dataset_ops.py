@@ -230,7 +230,8 @@ CAFFE2_SORT_AND_SHUFFLE = {
 def sort_and_shuffle(sort_by, batch_size, shuffle_size, name="idx"):
     net = core.Net("ss_%s_%d_%d" % (sort_by, batch_size, shuffle_size))
     net.SortAndShuffle(["kc", "k"], [name], sort_by_field_idx=sort_by,
-                       batch_size=batch_size, shuffle_size=shuffle_size)
+                       batch_size=batch_size, shuffle_size=shuffle_size,
+                       seed=1)      # Caffe2's fixed permutation (unseeded: random per run)
     workspace.RunNetOnce(net)
     return workspace.FetchBlob(name)
 
@@ -243,6 +244,66 @@ def test_sort_and_shuffle_matches_caffe2(args):
     assert idx.dtype == np.int64
     assert idx.tolist() == CAFFE2_SORT_AND_SHUFFLE[args]
     assert sort_and_shuffle(*args).tolist() == idx.tolist()     # deterministic
+
+
+# A job that shuffles 500 records (sorted by key, blocks of 5 batches of 4),
+# printed as one line: run in this process and in fresh ones.
+_SHUFFLE_JOB = """
+import numpy as np
+from fastpipe import core, workspace
+def shuffled(seed=None, name="sidx"):
+    workspace.FeedBlob("sk", (np.arange(500, dtype=np.int64) * 7919) % 500)
+    init = core.Net("sk_init")
+    init.CreateTreeCursor([], ["skc"], fields=["sk"])
+    workspace.RunNetOnce(init)
+    net = core.Net("sk_" + name)
+    kw = {} if seed is None else {"seed": seed}
+    net.SortAndShuffle(["skc", "sk"], [name], sort_by_field_idx=-1, batch_size=4,
+                       shuffle_size=5, **kw)
+    workspace.RunNetOnce(net)
+    return workspace.FetchBlob(name).tolist()
+"""
+_shuffle_ns = {}
+exec(_SHUFFLE_JOB, _shuffle_ns)
+
+
+def _shuffled_in_fresh_process(seed):
+    import subprocess
+    import sys
+    code = _SHUFFLE_JOB + "\nprint(shuffled(%r))\n" % (seed,)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
+    assert out.returncode == 0, out.stderr
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(120)
+def test_sort_and_shuffle_with_a_seed_is_the_same_permutation_everywhere():
+    shuffled = _shuffle_ns["shuffled"]
+    a = shuffled(seed=12345, name="s1")
+    assert sorted(a) == list(range(500)) and a != list(range(500))
+    assert shuffled(seed=12345, name="s2") == a                 # again, same process
+    assert _shuffled_in_fresh_process(12345) == a              # another process
+    assert shuffled(seed=12346, name="s3") != a                 # another seed, another order
+
+
+@pytest.mark.timeout(120)
+def test_sort_and_shuffle_without_a_seed_differs_per_run_and_per_process():
+    shuffled = _shuffle_ns["shuffled"]
+    a = shuffled(name="u1")
+    b = shuffled(name="u2")
+    c = _shuffled_in_fresh_process(None)
+    d = _shuffled_in_fresh_process(None)
+    for p in (a, b, c, d):
+        assert sorted(p) == list(range(500))
+    # 500 records: two equal permutations by chance are out of the question
+    assert len({tuple(p) for p in (a, b, c, d)}) == 4
+
+
+@pytest.mark.parametrize("seed", [0, -3, 2147483647])
+def test_sort_and_shuffle_seed_out_of_range_is_rejected(seed):
+    with pytest.raises(ValueError, match=r"SortAndShuffle.*seed=%d must be in \[1, 2147483646\]" % seed):
+        core.Net("bad_seed").SortAndShuffle(["c", "k"], ["i"], seed=seed)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 4, 5])

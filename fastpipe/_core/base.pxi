@@ -12,6 +12,12 @@
 # tiny spinlock so a reader can take a reference while another thread
 # replaces the object (CreateBlobsQueue re-run).
 
+from posix.mman cimport (mmap, munmap, mremap, madvise, PROT_READ, PROT_WRITE,
+                         MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, MADV_HUGEPAGE)
+
+cdef extern from "<sys/mman.h>" nogil:
+    enum: MREMAP_MAYMOVE    # Linux (g++ defines _GNU_SOURCE)
+
 DEF MAX_DIMS = 8
 # At most 2^40 elements (and so < 2^44 bytes): beyond that a shape is a bug,
 # and products of dims cannot overflow int64.
@@ -89,6 +95,22 @@ ctypedef struct Buffer:
     void* data
     int64_t capacity    # bytes (numeric) or element count (strings)
     bint is_str
+    # > 0: data is its own anonymous mapping of maplen bytes (a growable
+    # buffer, see buf_new_mapped); 0: data follows the header in one block.
+    int64_t maplen
+
+
+# Growable buffers (AtomicAppend's outputs) from this size on are their own
+# mappings, grown with mremap: the kernel moves page-table entries instead of
+# copying bytes, pages already touched stay, and only the new tail faults in
+# (in 2 MiB pages where THP allows: lengths are whole 2 MiB units and the
+# mapping is madvise(MADV_HUGEPAGE)).  Going around malloc also keeps the rate
+# flat across jobs: glibc raises its mmap threshold whenever a big mmapped
+# chunk is freed (up to 32 MiB), so after one job later buffers of that size
+# would come from the brk heap, where each growth is a fresh chunk plus a copy
+# and trimmed pages fault in again.
+cdef int64_t BUF_MAP_MIN = 1 << 20
+cdef int64_t BUF_MAP_UNIT = 2 << 20
 
 
 cdef Buffer* buf_new(int64_t n, bint is_str) noexcept nogil:
@@ -110,6 +132,7 @@ cdef Buffer* buf_new(int64_t n, bint is_str) noexcept nogil:
     b.refcnt = 1
     b.is_str = is_str
     b.capacity = n
+    b.maplen = 0
     if is_str:
         b.data = <void*>fp_str_array_new(n)
         if b.data == NULL:
@@ -130,7 +153,56 @@ cdef inline void buf_decref(Buffer* b) noexcept nogil:
     if b != NULL and fp_fetch_add(&b.refcnt, -1) == 1:
         if b.is_str:
             fp_str_array_delete(<string*>b.data)
+        elif b.maplen:
+            munmap(b.data, <size_t>b.maplen)
         free(b)
+
+
+cdef inline int64_t map_len(int64_t n) noexcept nogil:
+    return (n + BUF_MAP_UNIT - 1) // BUF_MAP_UNIT * BUF_MAP_UNIT
+
+
+cdef Buffer* buf_new_mapped(int64_t n) noexcept nogil:
+    """A numeric buffer of at least n bytes that buf_grow can grow in place:
+    the header is a small block, the bytes an anonymous mapping (whole
+    BUF_MAP_UNITs, transparent huge pages requested).  NULL when out of
+    memory."""
+    cdef int64_t ln = map_len(n if n > 0 else 1)
+    cdef Buffer* b = <Buffer*>fp_aligned_alloc(64, 64)
+    cdef void* p
+    if b == NULL:
+        return NULL
+    p = mmap(NULL, <size_t>ln, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED:
+        free(b)
+        return NULL
+    madvise(p, <size_t>ln, MADV_HUGEPAGE)   # advice only: without THP it fails harmlessly
+    b.refcnt = 1
+    b.is_str = False
+    b.data = p
+    b.capacity = ln
+    b.maplen = ln
+    return b
+
+
+cdef int buf_grow(Buffer* b, int64_t n) noexcept nogil:
+    """Grow a mapped buffer (b.maplen > 0) to at least n bytes, keeping its
+    bytes: mremap may move the mapping (b.data changes) but never copies.
+    The caller holds the only reference -- and the owning tensor's lock, so
+    no fetch can pin the buffer while it moves.  0, or -1 when out of
+    memory (b is then unchanged)."""
+    cdef int64_t ln = map_len(n)
+    cdef void* p
+    if ln <= b.maplen:
+        return 0
+    p = mremap(b.data, <size_t>b.maplen, <size_t>ln, MREMAP_MAYMOVE)
+    if p == MAP_FAILED:
+        return -1
+    madvise(p, <size_t>ln, MADV_HUGEPAGE)
+    b.data = p
+    b.maplen = ln
+    b.capacity = ln
+    return 0
 
 
 # ---- Tensor ------------------------------------------------------------------
@@ -416,3 +488,25 @@ cdef inline string to_str(int64_t v) noexcept nogil:
     cdef char tmp[32]
     snprintf(tmp, 32, b"%lld", <long long>v)
     return string(<const char*>tmp)
+
+
+# ---- kernel argument tables ------------------------------------------------------
+#
+# A kernel reads its parsed arguments by position (op.d.args[k]), and the
+# positions are the order of the op's ArgSpecs in _opschema.py.  Kernels never
+# write a bare number: each op has a `cdef enum` of named positions next to its
+# kernel, and declares them here with the field it reads, e.g.
+#     kernel_args("Scale", scale=(SCALE_SCALE, "float"))
+# register.pxi checks every table against the schemas when the module is
+# imported, so reordering, renaming or adding an ArgSpec without updating the
+# kernel fails loudly at import instead of silently reading the wrong slot.
+
+# op type -> {argument name: (position, schema kind)}
+_KERNEL_ARGS = {}
+
+
+def kernel_args(op_type, **args):
+    """Declare the named argument positions a kernel reads (see above)."""
+    if op_type in _KERNEL_ARGS:
+        raise ValueError("kernel argument table of %r declared twice" % (op_type,))
+    _KERNEL_ARGS[op_type] = dict(args)

@@ -18,7 +18,7 @@
 # keeps only offset 0 (its position in the index permutation), as Caffe2
 # does; ComputeOffset takes the lock too (Caffe2 takes none).
 
-from libc.stdint cimport INT64_MAX
+from libc.stdint cimport INT64_MAX, uint32_t
 
 cdef extern from *:
     """
@@ -27,16 +27,21 @@ cdef extern from *:
     #include <random>
     #include <vector>
     #include <new>
+    #include <atomic>
+    #include <chrono>
 
-    // SortAndShuffle's index permutation, bit for bit what Caffe2 computes
-    // with libstdc++: (unstable) std::sort on the key, then std::shuffle of
-    // every full block of batch*shuffle indices (except one ending exactly at
-    // the end) with a freshly default-constructed engine, then a shuffle of
-    // the order of the batches (same fresh engine), the tail kept last.
+    // SortAndShuffle's index permutation, Caffe2's scheme with libstdc++:
+    // (unstable) std::sort on the key, then std::shuffle of every full block
+    // of batch*shuffle indices (except one ending exactly at the end) with a
+    // fresh engine, then a shuffle of the order of the batches (a fresh
+    // engine again), the tail kept last.  Each fresh engine is
+    // std::default_random_engine(seed); Caffe2 default-constructs it, which
+    // is seed 1, so seed 1 reproduces Caffe2 bit for bit.
     // Returns 0, or -1 when out of memory.
     static int fp_ds_sort_shuffle(int64_t* out, int64_t size,
                                   const int32_t* keys32, const int64_t* keys64,
-                                  int64_t batch, int64_t shuffle) noexcept {
+                                  int64_t batch, int64_t shuffle,
+                                  uint32_t seed) noexcept {
         try {
             std::vector<int64_t> idx(size);
             std::iota(idx.begin(), idx.end(), (int64_t)0);
@@ -54,14 +59,14 @@ cdef extern from *:
                 int64_t off = 0;
                 while (off + block < size) {
                     std::shuffle(idx.begin() + off, idx.begin() + off + block,
-                                 std::default_random_engine());
+                                 std::default_random_engine(seed));
                     off += block;
                 }
             }
             int64_t nb = size / batch;
             std::vector<int64_t> order(nb);
             std::iota(order.begin(), order.end(), (int64_t)0);
-            std::shuffle(order.begin(), order.end(), std::default_random_engine());
+            std::shuffle(order.begin(), order.end(), std::default_random_engine(seed));
             for (int64_t i = 0; i < nb; i++) {
                 std::copy(idx.begin() + order[i] * batch,
                           idx.begin() + (order[i] + 1) * batch, out);
@@ -73,9 +78,28 @@ cdef extern from *:
             return -1;
         }
     }
+
+    // A seed for an unseeded SortAndShuffle, in [1, 2^31 - 2] (the range in
+    // which default_random_engine seeds are distinct): from the OS random
+    // source, mixed with the clock and a counter in case random_device is
+    // deterministic or fails.
+    static uint32_t fp_ds_random_seed(uint64_t salt) noexcept {
+        static std::atomic<uint64_t> calls{0};
+        uint64_t x = salt ^ (calls.fetch_add(1) * 0x9E3779B97F4A7C15ULL) ^
+            (uint64_t)std::chrono::steady_clock::now().time_since_epoch().count();
+        try {
+            std::random_device rd;
+            x ^= ((uint64_t)rd() << 32) ^ rd();
+        } catch (...) {
+        }
+        x ^= x >> 31; x *= 0xBF58476D1CE4E5B9ULL; x ^= x >> 27;   // splitmix finaliser
+        return (uint32_t)(1 + x % 2147483646ULL);
+    }
     """
     int fp_ds_sort_shuffle(int64_t* out, int64_t size, const int32_t* keys32,
-                           const int64_t* keys64, int64_t batch, int64_t shuffle) noexcept nogil
+                           const int64_t* keys64, int64_t batch, int64_t shuffle,
+                           uint32_t seed) noexcept nogil
+    uint32_t fp_ds_random_seed(uint64_t salt) noexcept nogil
 
 
 # ---- the field tree ------------------------------------------------------------
@@ -168,11 +192,33 @@ cdef void cursor_destroy(void* p) noexcept nogil:
     del c
 
 
+cdef enum:   # argument positions (checked against the schemas on import)
+    TC_FIELDS = 0                   # CreateTreeCursor, CheckDatasetConsistency
+    RNB_BATCH_SIZE = 0              # ReadNextBatch
+    RNB_ENFORCE_BATCH_SIZE = 1
+    SAS_SORT_BY_FIELD_IDX = 0       # SortAndShuffle
+    SAS_BATCH_SIZE = 1
+    SAS_SHUFFLE_SIZE = 2
+    SAS_SEED = 3
+    RRB_BATCH_SIZE = 0              # ReadRandomBatch
+    RRB_ENFORCE_BATCH_SIZE = 1
+    RRB_LOOP_OVER = 2
+kernel_args("CreateTreeCursor", fields=(TC_FIELDS, "strings"))
+kernel_args("CheckDatasetConsistency", fields=(TC_FIELDS, "strings"))
+kernel_args("ReadNextBatch", batch_size=(RNB_BATCH_SIZE, "int"),
+            enforce_batch_size=(RNB_ENFORCE_BATCH_SIZE, "bool"))
+kernel_args("SortAndShuffle", sort_by_field_idx=(SAS_SORT_BY_FIELD_IDX, "int"),
+            batch_size=(SAS_BATCH_SIZE, "int"), shuffle_size=(SAS_SHUFFLE_SIZE, "int"),
+            seed=(SAS_SEED, "int"))
+kernel_args("ReadRandomBatch", batch_size=(RRB_BATCH_SIZE, "int"),
+            enforce_batch_size=(RRB_ENFORCE_BATCH_SIZE, "bool"), loop_over=(RRB_LOOP_OVER, "bool"))
+
+
 cdef int k_create_tree_cursor(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Cursor* c = new Cursor()
     cdef string err
     cdef ObjHeader* h
-    if tree_build(&c.tree, op.d.args[0].strings, &err) != 0:
+    if tree_build(&c.tree, op.d.args[TC_FIELDS].strings, &err) != 0:
         del c
         return op_fails(op, ctx, E_RUNTIME, err)
     fp_mutex_init(&c.mu)
@@ -220,7 +266,7 @@ cdef int ds_init(OpInst* op, RunCtx* ctx) noexcept nogil:
 cdef int ds_check_init(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef DsState* st = new DsState()
     cdef string err
-    if tree_build(&st.tree, op.d.args[0].strings, &err) != 0:
+    if tree_build(&st.tree, op.d.args[TC_FIELDS].strings, &err) != 0:
         del st      # the compiler does not call fini after a failed init
         return op_fails(op, ctx, E_RUNTIME, err)
     op.state = <void*>st
@@ -415,8 +461,8 @@ cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Cursor* c = op_cursor(op, ctx)
     cdef DsState* st = <DsState*>op.state
     cdef FieldTree* t
-    cdef int64_t batch = op.d.args[0].i
-    cdef bint enforce = op.d.args[1].i != 0
+    cdef int64_t batch = op.d.args[RNB_BATCH_SIZE].i
+    cdef bint enforce = op.d.args[RNB_ENFORCE_BATCH_SIZE].i != 0
     cdef size_t i, nf
     cdef int d, rc, bad_d = 0
     cdef int64_t bad_v = 0, have = 0
@@ -535,12 +581,11 @@ cdef int k_compute_offset(OpInst* op, RunCtx* ctx) noexcept nogil:
 # ---- SortAndShuffle ------------------------------------------------------------------
 
 cdef int k_sort_and_shuffle(OpInst* op, RunCtx* ctx) noexcept nogil:
-    # args: sort_by_field_idx, batch_size, shuffle_size
     cdef Cursor* c = op_cursor(op, ctx)
     cdef FieldTree* t
-    cdef int64_t sidx = op.d.args[0].i
-    cdef int64_t batch = op.d.args[1].i
-    cdef int64_t shuffle = op.d.args[2].i
+    cdef int64_t sidx = op.d.args[SAS_SORT_BY_FIELD_IDX].i
+    cdef int64_t batch = op.d.args[SAS_BATCH_SIZE].i
+    cdef int64_t shuffle = op.d.args[SAS_SHUFFLE_SIZE].i
     cdef int64_t size
     cdef Tensor* key
     cdef Tensor K
@@ -549,6 +594,7 @@ cdef int k_sort_and_shuffle(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int rc
     cdef const int32_t* k32 = NULL
     cdef const int64_t* k64 = NULL
+    cdef uint32_t seed
     if c == NULL:
         return -1
     t = &c.tree
@@ -594,7 +640,14 @@ cdef int k_sort_and_shuffle(OpInst* op, RunCtx* ctx) noexcept nogil:
     if out_shape(op, ctx, out, DT_INT64, 1, &size) != 0:
         buf_decref(K.buf)
         return -1
-    rc = fp_ds_sort_shuffle(<int64_t*>tdata(out), size, k32, k64, batch, shuffle)
+    # seed given (the schema checked its range): that permutation, every time;
+    # not given: a fresh random seed on every run, so that processes (and runs)
+    # do not all read in one order
+    if op.d.args[SAS_SEED].present:
+        seed = <uint32_t>op.d.args[SAS_SEED].i
+    else:
+        seed = fp_ds_random_seed(<uint64_t><size_t>op)
+    rc = fp_ds_sort_shuffle(<int64_t*>tdata(out), size, k32, k64, batch, shuffle, seed)
     buf_decref(K.buf)
     if rc != 0:
         return op_oom(op, ctx)
@@ -609,9 +662,9 @@ cdef int k_read_random_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Cursor* c = op_cursor(op, ctx)
     cdef DsState* st = <DsState*>op.state
     cdef FieldTree* t
-    cdef int64_t batch = op.d.args[0].i
-    cdef bint enforce = op.d.args[1].i != 0
-    cdef bint loop_over = op.d.args[2].i != 0
+    cdef int64_t batch = op.d.args[RRB_BATCH_SIZE].i
+    cdef bint enforce = op.d.args[RRB_ENFORCE_BATCH_SIZE].i != 0
+    cdef bint loop_over = op.d.args[RRB_LOOP_OVER].i != 0
     cdef Tensor* pidx
     cdef Tensor* poff
     cdef Tensor IDX, OFF
@@ -786,3 +839,8 @@ reg("ComputeOffset", k_compute_offset, ds_init, ds_fini)
 reg("SortAndShuffle", k_sort_and_shuffle)
 reg("ReadRandomBatch", k_read_random_batch, ds_init, ds_fini)
 reg("CheckDatasetConsistency", k_check_dataset_consistency, ds_check_init, ds_fini)
+
+
+# Last include of _core.pyx: every kernel and its argument table is
+# registered now, so hold the tables to the schemas (register.pxi).
+check_kernel_args(_opschema.REGISTRY, _KERNEL_ARGS, _KERNEL_INDEX)

@@ -143,8 +143,18 @@ cdef int fill_value(Tensor* t, ArgVal* v) noexcept nogil:
     return 0
 
 
+cdef enum:   # ConstantFill argument positions (checked against the schema on import)
+    CF_SHAPE = 0
+    CF_EXTRA_SHAPE = 1
+    CF_INPUT_AS_SHAPE = 2
+    CF_VALUE = 3
+    CF_DTYPE = 4
+kernel_args("ConstantFill", shape=(CF_SHAPE, "ints"), extra_shape=(CF_EXTRA_SHAPE, "ints"),
+            input_as_shape=(CF_INPUT_AS_SHAPE, "bool"), value=(CF_VALUE, "value"),
+            dtype=(CF_DTYPE, "dtype"))
+
+
 cdef int k_constant_fill(OpInst* op, RunCtx* ctx) noexcept nogil:
-    # args: shape, extra_shape, input_as_shape, value, dtype
     cdef vector[ArgVal]* a = &op.d.args
     cdef int64_t shape[MAX_DIMS]
     cdef int ndim = 0
@@ -154,10 +164,10 @@ cdef int k_constant_fill(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Tensor* x
     cdef Tensor* out
     cdef int rc
-    if a[0][4].present:
-        dtype = <int>a[0][4].i
-    elif a[0][3].present:
-        dtype = DT_FLOAT if a[0][3].vkind == b'f' else (DT_INT64 if a[0][3].vkind == b'i' else DT_STRING)
+    if a[0][CF_DTYPE].present:
+        dtype = <int>a[0][CF_DTYPE].i
+    elif a[0][CF_VALUE].present:
+        dtype = DT_FLOAT if a[0][CF_VALUE].vkind == b'f' else (DT_INT64 if a[0][CF_VALUE].vkind == b'i' else DT_STRING)
     else:
         dtype = DT_FLOAT
     if dtype == DT_UNDEFINED or dtype == DT_FLOAT16:
@@ -166,33 +176,33 @@ cdef int k_constant_fill(OpInst* op, RunCtx* ctx) noexcept nogil:
         x = in_t(op, ctx, 0)
         if x == NULL:
             return -1
-        if a[0][2].i:
+        if a[0][CF_INPUT_AS_SHAPE].i:
             if x.dtype != DT_INT64 or x.ndim != 1:
                 return fail_dtype(op, ctx, 0, x, b"int64 1-D (input_as_shape)")
-            if x.size + <int64_t>a[0][1].ints.size() > MAX_DIMS:
+            if x.size + <int64_t>a[0][CF_EXTRA_SHAPE].ints.size() > MAX_DIMS:
                 return op_fail(op, ctx, E_RUNTIME, b"too many dimensions (at most 8)")
             for j in range(x.size):
                 shape[ndim] = (<int64_t*>tdata(x))[j]
                 ndim += 1
         else:
-            if x.ndim + <int64_t>a[0][1].ints.size() > MAX_DIMS:
+            if x.ndim + <int64_t>a[0][CF_EXTRA_SHAPE].ints.size() > MAX_DIMS:
                 return op_fail(op, ctx, E_RUNTIME, b"too many dimensions (at most 8)")
             for j in range(x.ndim):
                 shape[ndim] = x.shape[j]
                 ndim += 1
-        for k in range(a[0][1].ints.size()):
-            shape[ndim] = a[0][1].ints[k]
+        for k in range(a[0][CF_EXTRA_SHAPE].ints.size()):
+            shape[ndim] = a[0][CF_EXTRA_SHAPE].ints[k]
             ndim += 1
     else:
-        if a[0][0].ints.size() > MAX_DIMS:
+        if a[0][CF_SHAPE].ints.size() > MAX_DIMS:
             return op_fail(op, ctx, E_RUNTIME, b"too many dimensions (at most 8)")
-        for k in range(a[0][0].ints.size()):
-            shape[ndim] = a[0][0].ints[k]
+        for k in range(a[0][CF_SHAPE].ints.size()):
+            shape[ndim] = a[0][CF_SHAPE].ints[k]
             ndim += 1
     out = blob_out(op.outs[0])
     if out_shape(op, ctx, out, dtype, ndim, shape) != 0:
         return -1
-    rc = fill_value(out, &a[0][3])
+    rc = fill_value(out, &a[0][CF_VALUE])
     if rc == -1:
         return op_fail(op, ctx, E_RUNTIME,
                        b"argument 'value' has the wrong field for the dtype "
@@ -202,33 +212,41 @@ cdef int k_constant_fill(OpInst* op, RunCtx* ctx) noexcept nogil:
     return 0
 
 
+cdef enum:   # GivenTensor*Fill argument positions
+    GF_SHAPE = 0
+    GF_VALUES = 1
+for _t, _k in (("GivenTensorFill", "floats"), ("GivenTensorDoubleFill", "floats"),
+               ("GivenTensorIntFill", "ints"), ("GivenTensorInt64Fill", "ints"),
+               ("GivenTensorBoolFill", "ints"), ("GivenTensorStringFill", "strings")):
+    kernel_args(_t, shape=(GF_SHAPE, "ints"), values=(GF_VALUES, _k))
+
+
 cdef int given_fill(OpInst* op, RunCtx* ctx, int dtype) noexcept nogil:
-    # args: shape, values
     cdef vector[ArgVal]* a = &op.d.args
     cdef int64_t shape[MAX_DIMS]
     cdef size_t k, n
     cdef void* p
     cdef Tensor* out
-    if a[0][0].ints.size() > MAX_DIMS:
+    if a[0][GF_SHAPE].ints.size() > MAX_DIMS:
         return op_fail(op, ctx, E_RUNTIME, b"too many dimensions (at most 8)")
-    for k in range(a[0][0].ints.size()):
-        shape[k] = a[0][0].ints[k]
+    for k in range(a[0][GF_SHAPE].ints.size()):
+        shape[k] = a[0][GF_SHAPE].ints[k]
     out = blob_out(op.outs[0])
-    if out_shape(op, ctx, out, dtype, <int>a[0][0].ints.size(), shape) != 0:
+    if out_shape(op, ctx, out, dtype, <int>a[0][GF_SHAPE].ints.size(), shape) != 0:
         return -1
     p = tdata(out)
     if dtype == DT_FLOAT:
-        for k in range(a[0][1].floats.size()): (<float*>p)[k] = <float>a[0][1].floats[k]
+        for k in range(a[0][GF_VALUES].floats.size()): (<float*>p)[k] = <float>a[0][GF_VALUES].floats[k]
     elif dtype == DT_DOUBLE:
-        for k in range(a[0][1].floats.size()): (<double*>p)[k] = a[0][1].floats[k]
+        for k in range(a[0][GF_VALUES].floats.size()): (<double*>p)[k] = a[0][GF_VALUES].floats[k]
     elif dtype == DT_INT32:
-        for k in range(a[0][1].ints.size()): (<int32_t*>p)[k] = <int32_t>a[0][1].ints[k]
+        for k in range(a[0][GF_VALUES].ints.size()): (<int32_t*>p)[k] = <int32_t>a[0][GF_VALUES].ints[k]
     elif dtype == DT_INT64:
-        for k in range(a[0][1].ints.size()): (<int64_t*>p)[k] = a[0][1].ints[k]
+        for k in range(a[0][GF_VALUES].ints.size()): (<int64_t*>p)[k] = a[0][GF_VALUES].ints[k]
     elif dtype == DT_BOOL:
-        for k in range(a[0][1].ints.size()): (<uint8_t*>p)[k] = 1 if a[0][1].ints[k] else 0
+        for k in range(a[0][GF_VALUES].ints.size()): (<uint8_t*>p)[k] = 1 if a[0][GF_VALUES].ints[k] else 0
     elif dtype == DT_STRING:
-        for k in range(a[0][1].strings.size()): (<string*>p)[k] = a[0][1].strings[k]
+        for k in range(a[0][GF_VALUES].strings.size()): (<string*>p)[k] = a[0][GF_VALUES].strings[k]
     return 0
 
 
@@ -278,12 +296,19 @@ cdef int k_not(OpInst* op, RunCtx* ctx) noexcept nogil:
     return 0
 
 
+cdef enum:   # argument positions of the broadcasting binary ops (_bcast_args)
+    BC_BROADCAST = 0
+    BC_AXIS = 1
+for _t in ("And", "Or", "Xor", "LT", "LE", "GT", "GE", "EQ", "NE", "Add", "Sub", "Mul", "Div"):
+    kernel_args(_t, broadcast=(BC_BROADCAST, "bool"), axis=(BC_AXIS, "int"))
+
+
 cdef int bcast_plan(OpInst* op, RunCtx* ctx, Tensor* A, Tensor* B,
                     int64_t* pre, int64_t* n, int64_t* post) noexcept nogil:
     """Caffe2's legacy broadcast: B's element for A's flat index i is
     (i / post) % n.  args: broadcast, axis."""
-    cdef bint bc = op.d.args[0].present and op.d.args[0].i != 0
-    cdef bint has_axis = op.d.args[1].present and op.d.args[1].i >= 0
+    cdef bint bc = op.d.args[BC_BROADCAST].present and op.d.args[BC_BROADCAST].i != 0
+    cdef bint has_axis = op.d.args[BC_AXIS].present and op.d.args[BC_AXIS].i >= 0
     cdef int64_t axis, k
     cdef int bnd = B.ndim
     cdef string msg
@@ -307,7 +332,7 @@ cdef int bcast_plan(OpInst* op, RunCtx* ctx, Tensor* A, Tensor* B,
     # drop B's trailing 1-dims, as Caffe2 does
     while bnd > 0 and B.shape[bnd - 1] == 1 and (not has_axis):
         bnd -= 1
-    axis = op.d.args[1].i if has_axis else A.ndim - bnd
+    axis = op.d.args[BC_AXIS].i if has_axis else A.ndim - bnd
     if axis < 0 or axis + bnd > A.ndim:
         return op_fails(op, ctx, E_RUNTIME, cstr(b"cannot broadcast ") + tensor_describe(B) +
                         cstr(b" over ") + tensor_describe(A) + cstr(b" at axis ") + to_str(axis))
@@ -605,10 +630,15 @@ cdef int k_sum(OpInst* op, RunCtx* ctx) noexcept nogil:
     return rc
 
 
+cdef enum:
+    SCALE_SCALE = 0
+kernel_args("Scale", scale=(SCALE_SCALE, "float"))
+
+
 cdef int k_scale(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Tensor* px = in_t(op, ctx, 0)
     cdef Tensor X
-    cdef double s = op.d.args[0].f if op.d.args[0].present else 1.0
+    cdef double s = op.d.args[SCALE_SCALE].f if op.d.args[SCALE_SCALE].present else 1.0
     cdef int64_t i
     if px == NULL:
         return -1
@@ -657,10 +687,16 @@ cdef inline bint cast_ok(int dt) noexcept nogil:
             dt == DT_UINT16)
 
 
+cdef enum:
+    CAST_TO = 0
+    CAST_FROM_TYPE = 1      # not read: Caffe2 ignores it too
+kernel_args("Cast", to=(CAST_TO, "dtype"), from_type=(CAST_FROM_TYPE, "dtype"))
+
+
 cdef int k_cast(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Tensor* px = in_t(op, ctx, 0)
     cdef Tensor X
-    cdef int to = <int>op.d.args[0].i
+    cdef int to = <int>op.d.args[CAST_TO].i
     cdef int64_t i
     cdef void* o
     cdef double f
@@ -761,11 +797,17 @@ cdef inline ObjHeader* op_obj(OpInst* op, RunCtx* ctx, size_t i, int kind) noexc
     return op_obj_slow(op, ctx, i, kind)
 
 
+cdef enum:   # CreateCounter / ResetCounter
+    CTR_INIT_COUNT = 0
+kernel_args("CreateCounter", init_count=(CTR_INIT_COUNT, "int"))
+kernel_args("ResetCounter", init_count=(CTR_INIT_COUNT, "int"))
+
+
 cdef int k_create_counter(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Counter* c = <Counter*>malloc(sizeof(Counter))
     if c == NULL:
         return op_oom(op, ctx)
-    c.count = op.d.args[0].i if op.d.args[0].present else 0
+    c.count = op.d.args[CTR_INIT_COUNT].i if op.d.args[CTR_INIT_COUNT].present else 0
     cdef ObjHeader* h = obj_new(OBJ_COUNTER, c, counter_destroy)
     if h == NULL:
         return op_oom(op, ctx)
@@ -799,7 +841,8 @@ cdef int k_reset_counter(OpInst* op, RunCtx* ctx) noexcept nogil:
     if h == NULL:
         return -1
     cdef int64_t prev = fp_exchange(&(<Counter*>h.impl).count,
-                                    op.d.args[0].i if op.d.args[0].present else 0)
+                                    op.d.args[CTR_INIT_COUNT].i
+                                    if op.d.args[CTR_INIT_COUNT].present else 0)
     if op.outs.size():
         return scalar_out_i64(op, ctx, 0, prev)
     return 0
@@ -857,32 +900,84 @@ cdef int k_create_mutex(OpInst* op, RunCtx* ctx) noexcept nogil:
     return 0
 
 
+# AtomicAppend's growth path: True (default) grows big outputs in place with
+# mremap (buf_new_mapped / buf_grow); False is the previous path (a new
+# malloc'd buffer and a copy on every growth), kept so that benchmarks can put
+# the two side by side in one run.  Set only while no run is in progress.
+cdef bint g_append_mapped = True
+
+
+def _append_growth(mode=None):
+    """Private: the AtomicAppend growth path, 'mapped' or 'copy' (the old
+    one); with a mode, select it (only while nothing runs) and return the
+    previous one."""
+    global g_append_mapped
+    prev = "mapped" if g_append_mapped else "copy"
+    if mode is not None:
+        if mode not in ("mapped", "copy"):
+            raise ValueError("_append_growth: mode must be 'mapped' or 'copy', not %r" % (mode,))
+        g_append_mapped = mode == "mapped"
+    return prev
+
+
 cdef int tensor_append(Tensor* a, Tensor* b) noexcept nogil:
-    """Append b to a along dim 0 (a grows by 40% when it must reallocate).
-    Shapes were checked by the caller.  -1 when out of memory."""
+    """Append b to a along dim 0.  Shapes were checked by the caller.
+    -1 when out of memory (a is then unchanged).
+
+    Capacity grows by 40% (Caffe2's Extend) when it must.  A numeric buffer
+    of BUF_MAP_MIN bytes or more becomes a mapping and from then on grows in
+    place (buf_grow: no copy, touched pages stay).  A buffer that someone
+    else still references (a numpy view, a queue slot) is never grown or
+    written: a new one gets a copy, as in tensor_reshape."""
     cdef int64_t isz = dtype_itemsize(a.dtype)
     cdef int64_t old = a.size
     cdef int64_t need = a.size + b.size
     cdef int64_t cap, i
     cdef Buffer* nb
+    cdef Buffer* cur = a.buf
     cdef bint is_str = a.dtype == DT_STRING
     cdef int64_t need_units = need if is_str else need * isz
     cdef Buffer* prev = NULL
-    if a.buf == NULL or a.buf.capacity < need_units or fp_load(&a.buf.refcnt) != 1:
+    cdef bint private = cur != NULL and fp_load(&cur.refcnt) == 1
+    cdef bint grown = False
+    cdef int rc = 0
+    cdef string* os
+    cdef string* ns
+    if cur == NULL or cur.capacity < need_units or not private:
         cap = need_units + need_units * 2 // 5 + (1 if is_str else isz)
-        nb = buf_new(cap, is_str)
-        if nb == NULL:
-            return -1
-        if is_str:
-            for i in range(old):
-                (<string*>nb.data)[i] = (<string*>a.buf.data)[i]
-        elif old:
-            memcpy(nb.data, a.buf.data, old * isz)
-        tensor_lock(a)
-        prev = a.buf
-        a.buf = nb
-        tensor_unlock(a)
-        buf_decref(prev)
+        if private and cur.maplen:
+            # under the tensor's lock: a fetch pins (increfs) only under it,
+            # so the buffer stays unshared while it moves
+            tensor_lock(a)
+            if fp_load(&cur.refcnt) == 1:
+                rc = buf_grow(cur, cap)
+                grown = True
+            tensor_unlock(a)
+            if rc != 0:
+                return -1
+        if not grown:
+            if not is_str and g_append_mapped and cap >= BUF_MAP_MIN:
+                nb = buf_new_mapped(cap)
+            else:
+                nb = buf_new(cap, is_str)
+            if nb == NULL:
+                return -1
+            if is_str:
+                os = <string*>cur.data
+                ns = <string*>nb.data
+                if private:
+                    for i in range(old):
+                        ns[i].swap(os[i])       # ours alone: move, don't copy
+                else:
+                    for i in range(old):
+                        ns[i] = os[i]
+            elif old:
+                memcpy(nb.data, cur.data, old * isz)
+            tensor_lock(a)
+            prev = a.buf
+            a.buf = nb
+            tensor_unlock(a)
+            buf_decref(prev)
     if is_str:
         for i in range(b.size):
             (<string*>a.buf.data)[old + i] = (<string*>b.buf.data)[i]

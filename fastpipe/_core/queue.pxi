@@ -395,14 +395,26 @@ cdef int64_t string_bytes(Tensor* t) noexcept nogil:
 
 # ---- queue ops -------------------------------------------------------------------
 
+cdef enum:   # CreateBlobsQueue argument positions (checked against the schema on import)
+    CQ_CAPACITY = 0
+    CQ_NUM_BLOBS = 1
+    CQ_ENFORCE_UNIQUE_NAME = 2     # not read: one process-wide name space is not kept
+    CQ_FIELD_NAMES = 3
+    CQ_STRICT_CLOSE = 4
+kernel_args("CreateBlobsQueue", capacity=(CQ_CAPACITY, "int"), num_blobs=(CQ_NUM_BLOBS, "int"),
+            enforce_unique_name=(CQ_ENFORCE_UNIQUE_NAME, "bool"),
+            field_names=(CQ_FIELD_NAMES, "strings"), strict_close=(CQ_STRICT_CLOSE, "bool"))
+
+
 cdef int k_create_queue(OpInst* op, RunCtx* ctx) noexcept nogil:
     # args: capacity, num_blobs, enforce_unique_name, field_names, strict_close
     cdef vector[ArgVal]* a = &op.d.args
-    cdef Queue* q = queue_new(a[0][0].i, a[0][1].i, a[0][4].present and a[0][4].i != 0)
+    cdef Queue* q = queue_new(a[0][CQ_CAPACITY].i, a[0][CQ_NUM_BLOBS].i,
+                           a[0][CQ_STRICT_CLOSE].present and a[0][CQ_STRICT_CLOSE].i != 0)
     if q == NULL:
         return op_oom(op, ctx)
     q.name = op.d.outputs[0]
-    q.fields = a[0][3].strings
+    q.fields = a[0][CQ_FIELD_NAMES].strings
     live_queue_add(q)
     cdef ObjHeader* h = obj_new(OBJ_QUEUE, q, queue_destroy)
     if h == NULL:
@@ -459,13 +471,24 @@ ctypedef struct QOpState:
     uint64_t rng            # WeightedSampleDequeueBlobs
 
 
+cdef enum:
+    DQ_TIMEOUT_SECS = 0             # DequeueBlobs
+    SDQ_NUM_RECORDS = 0             # SafeDequeueBlobs
+    WDQ_WEIGHTS = 0                 # WeightedSampleDequeueBlobs
+    WDQ_TABLE_IDX_BLOB = 1
+kernel_args("DequeueBlobs", timeout_secs=(DQ_TIMEOUT_SECS, "float"))
+kernel_args("SafeDequeueBlobs", num_records=(SDQ_NUM_RECORDS, "int"))
+kernel_args("WeightedSampleDequeueBlobs", weights=(WDQ_WEIGHTS, "floats"),
+            table_idx_blob=(WDQ_TABLE_IDX_BLOB, "int"))
+
+
 cdef int qop_init(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef QOpState* s = <QOpState*>calloc(1, sizeof(QOpState))
     cdef int64_t recs = 1
     if s == NULL:
         return op_oom(op, ctx)
     if op.d.type == b"SafeDequeueBlobs":
-        recs = op.d.args[0].i if op.d.args[0].present else 1
+        recs = op.d.args[SDQ_NUM_RECORDS].i if op.d.args[SDQ_NUM_RECORDS].present else 1
         if recs > 1:
             s.nscratch = recs * (<int64_t>op.outs.size() - 1)
             s.scratch = <Tensor*>calloc(s.nscratch, sizeof(Tensor))
@@ -556,7 +579,7 @@ cdef int read_into_outputs(OpInst* op, Queue* q, size_t n, int64_t timeout_ns) n
 cdef int k_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Queue* q = op_queue(op, ctx, 0)
     cdef size_t n = op.outs.size()
-    cdef double tmo = op.d.args[0].f if op.d.args[0].present else 0.0
+    cdef double tmo = op.d.args[DQ_TIMEOUT_SECS].f if op.d.args[DQ_TIMEOUT_SECS].present else 0.0
     cdef int r
     if q == NULL or check_outputs(op, ctx, q, n) != 0:
         return -1
@@ -627,7 +650,7 @@ cdef int concat_records(OpInst* op, RunCtx* ctx, Queue* q, Tensor* recs, int64_t
 cdef int k_safe_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Queue* q = op_queue(op, ctx, 0)
     cdef size_t n = op.outs.size() - 1
-    cdef int64_t R = op.d.args[0].i if op.d.args[0].present else 1
+    cdef int64_t R = op.d.args[SDQ_NUM_RECORDS].i if op.d.args[SDQ_NUM_RECORDS].present else 1
     cdef int64_t got = 0
     cdef size_t j
     cdef int r
@@ -673,7 +696,7 @@ cdef int k_weighted_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     # at position table_idx_blob when >= 0), status last.
     cdef size_t m = op.ins.size()
     cdef size_t nout = op.outs.size() - 1
-    cdef int64_t tidx = op.d.args[1].i if op.d.args[1].present else -1
+    cdef int64_t tidx = op.d.args[WDQ_TABLE_IDX_BLOB].i if op.d.args[WDQ_TABLE_IDX_BLOB].present else -1
     cdef size_t n = nout - (1 if tidx >= 0 else 0)
     cdef double total = 0.0, r, acc
     cdef size_t i, j, pick = 0
@@ -685,12 +708,12 @@ cdef int k_weighted_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     if tidx >= <int64_t>nout:
         return op_fail(op, ctx, E_RUNTIME, b"table_idx_blob is out of range")
     for i in range(m):
-        total += op.d.args[0].floats[i] if op.d.args[0].floats.size() else 1.0
+        total += op.d.args[WDQ_WEIGHTS].floats[i] if op.d.args[WDQ_WEIGHTS].floats.size() else 1.0
     r = (xorshift(&(<QOpState*>op.state).rng) >> 11) * (1.0 / 9007199254740992.0) * total
     acc = 0.0
     pick = m - 1
     for i in range(m):
-        acc += op.d.args[0].floats[i] if op.d.args[0].floats.size() else 1.0
+        acc += op.d.args[WDQ_WEIGHTS].floats[i] if op.d.args[WDQ_WEIGHTS].floats.size() else 1.0
         if r < acc:
             pick = i
             break
@@ -813,9 +836,14 @@ def stats_export(bint reset=False):
     return {kv.first.decode("utf-8", "replace"): kv.second for kv in snap}
 
 
+cdef enum:
+    SE_RESET = 0
+kernel_args("StatRegistryExport", reset=(SE_RESET, "bool"))
+
+
 cdef int k_stat_export(OpInst* op, RunCtx* ctx) noexcept nogil:
     # outputs: keys (string [n]), values (int64 [n]), timestamps (int64 [n])
-    cdef bint reset = op.d.args[0].i != 0 if op.d.args[0].present else True
+    cdef bint reset = op.d.args[SE_RESET].i != 0 if op.d.args[SE_RESET].present else True
     cdef vector[pair[string, int64_t]] snap = stats_snapshot(reset)
     cdef int64_t n = snap.size()
     cdef int64_t i, now = fp_now_ns()
@@ -869,12 +897,19 @@ cdef void timer_destroy(void* p) noexcept nogil:
     free(p)
 
 
+cdef enum:
+    TB_COUNTER_NAME = 0
+kernel_args("TimerBegin", counter_name=(TB_COUNTER_NAME, "str"))
+
+
 cdef int timer_init(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Timer* t = <Timer*>calloc(1, sizeof(Timer))
     cdef string name
     if t == NULL:
         return op_oom(op, ctx)
-    name = op.d.args[0].s if op.d.args[0].present and op.d.args[0].s.size() else op.d.outputs[0]
+    name = (op.d.args[TB_COUNTER_NAME].s
+            if op.d.args[TB_COUNTER_NAME].present and op.d.args[TB_COUNTER_NAME].s.size()
+            else op.d.outputs[0])
     t.sum = stat_slot(name + cstr(b"/time_ns/sum"))
     t.count = stat_slot(name + cstr(b"/time_ns/count"))
     op.state = <void*>obj_new(OBJ_TIMER, t, timer_destroy)

@@ -1,4 +1,9 @@
 # The kernel table: operator type -> native kernel (schemas: _opschema.py).
+#
+# Kernels read their arguments through named positions (kernel_args tables,
+# base.pxi); check_kernel_args() below holds every table to its schema, and
+# the module runs it on import (end of dataset.pxi, the last include), so a
+# schema edit that moves an argument fails here, naming the op and argument.
 
 reg("ConstantFill", k_constant_fill)
 reg("GivenTensorFill", k_given_fill)
@@ -49,3 +54,65 @@ reg("TimerGetAndEnd", k_timer_get_and_end)
 reg("TimerGet", k_timer_get)
 reg("StatRegistryExport", k_stat_export)
 reg("StatRegistryUpdate", k_stat_update)
+
+
+# Kernels in pyop.pxi (Print, Python) do not index their arguments; their
+# tables pin the schema order they were written against.
+cdef enum:
+    PRINT_TO_FILE = 0
+    PRINT_LIMIT = 1
+    PRINT_EVERY_N = 2
+kernel_args("Print", to_file=(PRINT_TO_FILE, "bool"), limit=(PRINT_LIMIT, "int"),
+            every_n=(PRINT_EVERY_N, "int"))
+cdef enum:
+    PY_TOKEN = 0
+    PY_GRAD_INPUT_INDICES = 1
+    PY_GRAD_OUTPUT_INDICES = 2
+kernel_args("Python", token=(PY_TOKEN, "str"), grad_input_indices=(PY_GRAD_INPUT_INDICES, "ints"),
+            grad_output_indices=(PY_GRAD_OUTPUT_INDICES, "ints"))
+
+
+def check_kernel_args(registry, tables, kernels):
+    """Hold kernel argument tables to their schemas.
+
+    registry: op type -> OpSchema (_opschema.REGISTRY); tables: op type ->
+    {argument name: (position, kind)} (kernel_args); kernels: op types that
+    have a native kernel.  Every kernel of an op whose schema has arguments
+    needs a table; a table must name every schema argument at the schema's
+    position and kind, and nothing else.  Raises OperatorDefError naming the
+    op and argument of the first mismatch."""
+    from fastpipe.errors import OperatorDefError
+
+    def fail(op_type, msg):
+        raise OperatorDefError("kernel argument table of %r does not match its schema "
+                               "(fastpipe/_opschema.py): %s" % (op_type, msg))
+    for op_type in sorted(kernels):
+        schema = registry.get(op_type)
+        if schema is not None and schema.args and op_type not in tables:
+            fail(op_type, "the schema has arguments %s but the kernel declares no table"
+                 % [a.name for a in schema.args])
+    for op_type in sorted(tables):
+        table = tables[op_type]
+        schema = registry.get(op_type)
+        if schema is None:
+            fail(op_type, "no schema is registered for this op type")
+        for name, (pos, kind) in sorted(table.items(), key=lambda kv: kv[1][0]):
+            if name not in schema.arg_index:
+                fail(op_type, "the kernel reads argument %r at position %d, which the "
+                     "schema does not have" % (name, pos))
+            spos = schema.arg_index[name]
+            if spos != pos:
+                fail(op_type, "argument %r is at position %d in the schema but the kernel "
+                     "reads position %d" % (name, spos, pos))
+            if schema.args[spos].kind != kind:
+                fail(op_type, "argument %r is of kind %r in the schema but the kernel "
+                     "reads it as %r" % (name, schema.args[spos].kind, kind))
+        for spec in schema.args:
+            if spec.name not in table:
+                fail(op_type, "schema argument %r (position %d) is missing from the "
+                     "kernel's table" % (spec.name, schema.arg_index[spec.name]))
+
+
+def kernel_arg_tables():
+    """The kernel argument tables (op type -> {name: (position, kind)}), a copy."""
+    return {k: dict(v) for k, v in _KERNEL_ARGS.items()}
