@@ -254,12 +254,12 @@ class Net(object):
         elif type(outputs) is int:
             outputs = [self.NextName(prefix=op_type, output_id=i)
                        for i in range(outputs)]
-        ins = _rectify(inputs)
-        outs = _rectify(outputs)
         if (_SPECIAL_OP_KWARGS.isdisjoint(kwargs) and
                 getattr(_scope_local, "devicescope", None) is None):
             # Fast path (the common case): no name/engine/device/... options.
             # The fields go straight into the message (ins/outs are new lists).
+            ins = _rectify(inputs)
+            outs = _rectify(outputs)
             op = _proto.OperatorDef.__new__(_proto.OperatorDef)
             _object_setattr(op, "__dict__", {"type": op_type, "name": "",
                                              "input": ins, "output": outs})
@@ -269,7 +269,9 @@ class Net(object):
                     if value is not None:
                         args.append(MakeArgument(key, value))
         else:
-            op = CreateOperator(op_type, ins, outs, **kwargs)
+            # CreateOperator applies the NameScope itself: hand it the names
+            # as given (rectifying them here too scoped them twice)
+            op = CreateOperator(op_type, inputs, outputs, **kwargs)
             ins = op.input
             outs = op.output
         net = self._net
