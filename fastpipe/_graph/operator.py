@@ -56,7 +56,9 @@ def MakeArgument(key, value):
     elif isinstance(value, str):
         arg.s = str(value).encode("utf-8")
     elif isinstance(value, bytes):
-        arg.s = bytes(value)
+        # a Python op's token keeps its registered function alive: store
+        # the Token itself, not a plain copy
+        arg.s = value if isinstance(value, _pyop.Token) else bytes(value)
     elif isinstance(value, _proto.NetDef):
         arg.n = _copy.deepcopy(value)
     elif isinstance(value, BlobReference):
