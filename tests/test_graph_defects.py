@@ -156,6 +156,7 @@ def _collected(ref):
 
 
 def test_python_op_function_freed_with_its_net():
+    gc.collect()    # drop what earlier tests left in garbage cycles
     before = _pyop.registered_count()
     net, ref = _python_op_net("pyop_net")
     assert _pyop.registered_count() == before + 1
@@ -213,6 +214,7 @@ def test_pickled_python_op_token_rebinds_while_registered():
 
 
 def test_python_ops_in_a_loop_of_jobs_do_not_accumulate():
+    gc.collect()
     before = _pyop.registered_count()
     refs = []
     for i in range(20):
