@@ -89,7 +89,16 @@ class gc_paused(object):
     cost more than the operation itself.  Reference counting still frees
     everything as usual; collection resumes on exit.  Nested and concurrent
     uses are safe: only the outermost one that found the collector enabled
-    re-enables it."""
+    re-enables it.
+
+    On that exit, the objects tracked so far are moved to the oldest
+    generation (``gc.freeze()`` then ``gc.unfreeze()``: two list splices,
+    no traversal) instead of being left in the youngest one, whose next
+    collection would traverse every graph object the operation just made
+    (and the next older one would traverse them again): in a fresh process
+    that was ~30 ms of a 200 ms job build.  They are still examined by
+    every full collection, which CPython keeps running as the heap grows,
+    so garbage cycles among them are still freed -- only later."""
 
     __slots__ = ("_was_enabled",)
 
@@ -101,6 +110,8 @@ class gc_paused(object):
 
     def __exit__(self, *exc):
         if self._was_enabled:
+            _gc.freeze()
+            _gc.unfreeze()
             _gc.enable()
         return False
 
