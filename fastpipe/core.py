@@ -20,6 +20,15 @@ Threading: building a single Net or ExecutionStep from several threads at
 once is not supported (as in Caffe2).  The process-wide name registries
 (net and step names) and the name scope are thread-safe; the name scope is
 thread-local.
+
+Where things live: this module only re-exports.  The code is in the private
+package :mod:`fastpipe._graph` -- ``scope`` (DataType, NameScope,
+DeviceScope), ``blob`` (BlobReference), ``operator`` (MakeArgument,
+CreateOperator, Python op registration), ``ssa`` (get_ssa and friends),
+``net`` (Net, clone_and_bind_net) and ``step`` (ExecutionStep, Plan,
+execution_step).  Those modules sit below ``net_builder`` and ``schema``,
+which register what the graph layer needs from them in
+``fastpipe._graph.registry``.
 """
 
 from collections import OrderedDict, defaultdict  # noqa: F401 (names core had)
