@@ -25,10 +25,10 @@ Where things live: this module only re-exports.  The code is in the private
 package :mod:`fastpipe._graph` -- ``scope`` (DataType, NameScope,
 DeviceScope), ``blob`` (BlobReference), ``operator`` (MakeArgument,
 CreateOperator, Python op registration), ``ssa`` (get_ssa and friends),
-``net`` (Net, clone_and_bind_net) and ``step`` (ExecutionStep, Plan,
-execution_step).  Those modules sit below ``net_builder`` and ``schema``,
-which register what the graph layer needs from them in
-``fastpipe._graph.registry``.
+``clone`` (Net.Clone's copy loop), ``net`` (Net, clone_and_bind_net) and
+``step`` (ExecutionStep, Plan, execution_step).  Those modules sit below
+``net_builder`` and ``schema``, which register what the graph layer needs
+from them in ``fastpipe._graph.registry``.
 """
 
 from collections import OrderedDict, defaultdict  # noqa: F401 (names core had)
@@ -46,9 +46,10 @@ from ._graph.ssa import (  # noqa: F401
     _DEFAULT_REMAP_FUNCS, _blob_versions_and_undefined, _ops_in_path,
     _remap_netdef, control_op_remap, get_output_producers, get_ssa,
     get_undefined_blobs)
+from ._graph.clone import (  # noqa: F401
+    _NeedsSsaPass, _chain_from_iterable, _get_output)
 from ._graph.net import (  # noqa: F401
-    _NeedsSsaPass, _builder_prefix, _chain_from_iterable, _get_output,
-    _object_setattr, _unique_name, Net, clone_and_bind_net)
+    _builder_prefix, _object_setattr, _unique_name, Net, clone_and_bind_net)
 from ._graph.step import (  # noqa: F401
     _add_net_to_dict, add_nets_in_order, ExecutionStep, execution_step,
     get_net_name, output_to_list, Plan, scoped_execution_step,

@@ -7,6 +7,7 @@ They import in one direction, bottom to top::
     blob                BlobReference, input/output name rectification
     operator            MakeArgument, CreateOperator, Python op registration
     ssa                 get_ssa and friends, control-op blob remapping
+    clone               Net.Clone's one-pass copy of the operators
     net                 Net, clone_and_bind_net
     step                ExecutionStep, Plan, execution_step
 
