@@ -185,6 +185,8 @@ def _args_key(args):
                 v = tuple(v)
             elif k == "n" or k == "nets":
                 return None
+            elif k == "s" and type(v) is not bytes:
+                v = bytes(v)    # a Python op's _pyop.Token: the key must not keep it alive
             items.append((k, v))
         key.append(tuple(items))
     return tuple(key)

@@ -26,6 +26,7 @@ across threads sharing one builder.  Nothing here touches data.
 """
 
 from . import context, core
+from ._graph import registry as _graph_registry
 from .errors import GraphError
 from .task import Task, TaskGroup
 
@@ -263,6 +264,10 @@ class Operations(object):
 
 
 ops = Operations()
+
+# core (fastpipe._graph) sits below this module: it finds the active
+# builder through its registry.
+_graph_registry.register_builder_class(NetBuilder)
 
 
 class _ReporterBuilder(NetBuilder):
