@@ -120,6 +120,11 @@ class gc_paused(object):
         if self._was_enabled:
             global _moved_since_full, _live_after_full
             young = _gc.get_count()[0]  # objects made since the last collection
+            if young < _MOVE_MIN:
+                # a small build: leave its objects to the ordinary young
+                # collections, which free a small job's cycles promptly
+                _gc.enable()
+                return False
             _gc.freeze()
             _gc.unfreeze()
             with _gc_accounting_lock:
@@ -140,6 +145,7 @@ class gc_paused(object):
 
 # gc_paused's own trigger for full collections (see its docstring)
 _FULL_COLLECTION_MIN = 500000
+_MOVE_MIN = 20000       # pauses that made fewer objects skip the move
 _gc_accounting_lock = _threading.Lock()  # protects the two counters below
 _moved_since_full = 0   # objects moved to the oldest generation since the last full collection
 _live_after_full = 0    # tracked objects that survived that collection

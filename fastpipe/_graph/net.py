@@ -26,19 +26,36 @@ _builder_prefix = _registry.builder_prefix
 
 
 def _unique_name(basename, used, next_idx):
-    """``basename`` if unused, else ``basename_<i>`` with the smallest free
-    i >= 1; records the result in ``used``.  ``next_idx`` caches, per
-    basename, the smallest i that may still be free (caller holds a lock)."""
+    """``basename`` if never handed out, else ``basename_<i>`` with the
+    smallest i >= 1 not handed out; the caller holds a lock.
+
+    The tables stay bounded in a process that builds a job per request:
+    ``used`` holds only the names that were asked for (not the suffixed
+    names made from them) and ``next_idx`` one counter per asked-for name,
+    so fresh jobs with the same names add nothing.  A suffixed name counts
+    as handed out when its suffix is below its base's counter (such a name
+    may have been skipped rather than made: asking for it then gives it a
+    suffix of its own, which keeps names unique)."""
     name = basename
-    if name in used:
+    if _handed_out(name, used, next_idx):
         idx = next_idx.get(basename, 1)
         name = "%s_%d" % (basename, idx)
-        while name in used:
+        while _handed_out(name, used, next_idx):
             idx += 1
             name = "%s_%d" % (basename, idx)
         next_idx[basename] = idx + 1
-    used.add(name)
+    else:
+        used.add(name)
     return name
+
+
+def _handed_out(name, used, next_idx):
+    if name in used:
+        return True
+    base, sep, suffix = name.rpartition("_")
+    if not sep or not suffix.isdigit() or suffix[0] == "0":
+        return False
+    return base in used and int(suffix) < next_idx.get(base, 1)
 
 
 _object_setattr = object.__setattr__
@@ -60,9 +77,8 @@ class Net(object):
     """
 
     _net_names_used = set()
-    # basename -> smallest suffix that may still be free (the used set only
-    # grows, so the smallest free suffix never decreases): keeps naming O(1)
-    # amortised instead of Caffe2's scan from _1.
+    # basename -> the next suffix to hand out: keeps naming O(1) amortised
+    # instead of Caffe2's scan from _1 (see _unique_name).
     _net_name_next_idx = {}
     _names_lock = threading.Lock()  # protects the two tables above
 
