@@ -197,3 +197,32 @@ def test_graph_finds_builder_and_schema_through_registry():
     assert registry.schema_function("from_blob_list") is schema.from_blob_list
     with net_builder.NetBuilder(_fullname="imports_nb"):
         assert core.Net("x").Name().startswith("imports_nb/x")
+
+
+def _function_local_fastpipe_imports(path):
+    """(function name, module) for every import of a fastpipe module made
+    inside a function of ``path``."""
+    tree = ast.parse(open(path).read())
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom) and (node.level > 0 or (
+                    node.module or "").startswith("fastpipe")):
+                found.append((fn.name, node.module))
+            elif isinstance(node, ast.Import) and any(
+                    a.name.startswith("fastpipe") for a in node.names):
+                found.append((fn.name, node.names[0].name))
+    return found
+
+
+def test_task_and_net_builder_are_not_a_circle():
+    """net_builder sits below task: it does not import task (it finds the
+    active TaskGroup through the graph registry), and task imports
+    net_builder at module level, not inside a function."""
+    code = ("import sys, fastpipe.net_builder\n"
+            "assert 'fastpipe.task' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, check=True, timeout=50)
+    for mod in ("task", "net_builder", "core"):
+        assert _function_local_fastpipe_imports(os.path.join(PKG_DIR, mod + ".py")) == []

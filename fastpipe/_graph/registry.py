@@ -8,6 +8,8 @@ they register it here when they are imported:
 * ``net_builder`` registers its :class:`NetBuilder` class, so ``Net`` can
   prefix new net names with the active builder's name and
   ``to_execution_step`` can recognise a builder.
+* ``task`` registers its :class:`TaskGroup` class, for ``net_builder``'s
+  local reporters.
 * ``schema`` registers the record functions ``Net.set_input_record``,
   ``Net.Clone`` and ``clone_and_bind_net`` use.  A record only exists once
   ``schema`` was imported, so a Net that holds one always finds them.
@@ -20,6 +22,8 @@ from ..errors import GraphError
 
 # The NetBuilder class (None until fastpipe.net_builder is imported).
 _builder_class = None
+# The TaskGroup class (None until fastpipe.task is imported).
+_task_group_class = None
 # name -> function, filled by fastpipe.schema
 _schema_functions = {}
 
@@ -43,6 +47,21 @@ def builder_prefix():
         return ""
     builder = cls.current(required=False)
     return builder.name if builder else ""
+
+
+def register_task_group_class(cls):
+    """Called once by ``fastpipe.task`` (``net_builder``'s local reporters
+    register on the active TaskGroup)."""
+    global _task_group_class
+    _task_group_class = cls
+
+
+def task_group_class():
+    """The TaskGroup class; a reporter can only be built inside a TaskGroup,
+    so ``fastpipe.task`` is imported by then."""
+    if _task_group_class is None:
+        raise GraphError("local_reporter needs an active TaskGroup (import fastpipe.task)")
+    return _task_group_class
 
 
 def register_schema_functions(**functions):
