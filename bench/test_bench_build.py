@@ -316,13 +316,13 @@ t0 = time.perf_counter()
 ws = workspace.C.Workspace()
 tg, compiled, text, (b, c, p) = build_compile_print(ws, 8)
 t = time.perf_counter()
-prog = _core.Program.from_plan(compiled.obj[0].Proto())
+prog = _core.Program.from_plan(compiled.obj.plan.Proto())
 lower = time.perf_counter() - t
 total = time.perf_counter() - t0
-assert len(prog.net_names()) == len(compiled.obj[0].Proto().network)
+assert len(prog.net_names()) == len(compiled.obj.plan.Proto().network)
 assert "num_instances=8" in text
 print(json.dumps(dict(total=total, build=b, compile=c, print=p, lower=lower,
-                      ops=sum(len(n.op) for n in compiled.obj[0].Proto().network))))
+                      ops=sum(len(n.op) for n in compiled.obj.plan.Proto().network))))
 '''
 
 CAFFE2_FRESH_DRIVER = '''
