@@ -959,15 +959,16 @@ cdef int k_read_array_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
                        b"and outputs (stop, one per field)")
     nf = op.ins.size() - first
     ds_release(st)
-    for i in range(first - 1, op.ins.size()):
+    # st.ins[k] is input k + 1 (the indices, if permuted, then the fields)
+    for i in range(1, op.ins.size()):
         x = in_t(op, ctx, i)
         if x == NULL:
             ds_release(st)
             return -1
         tensor_snapshot(x, &snap)   # pinned: the copy below reads it unlocked
         st.ins.push_back(snap)
-    for i in range(first - 1, op.ins.size()):
-        x = &st.ins[i - (first - 1)]
+    for i in range(1, op.ins.size()):
+        x = &st.ins[i - 1]
         if i == 1 and permuted:
             if x.dtype != DT_INT64 or x.ndim != 1:
                 rc = fail_dtype(op, ctx, 1, x, b"int64 1-D (record indices)")
