@@ -138,6 +138,12 @@ class _DatasetEpochReader(Reader):
         self.cursor = None
         self.indices = None
         self.offsets = None
+        # Flat numeric datasets (no lengths fields, no strings) are shuffled
+        # by ReadArrayBatch through the permutation: one row gather per
+        # record.  Nested or string datasets go through ComputeOffset +
+        # ReadRandomBatch (whole records, slower).
+        self.flat = not any(f.split(":")[-1] == "lengths" for f in dataset.fields) and \
+            all(np.dtype(t).base.kind not in "SUO" for t in dataset.field_types)
 
     @property
     def epoch(self):
@@ -161,9 +167,10 @@ class _DatasetEpochReader(Reader):
             init_net.Python(sources._feed_arrays_fn(weakref.ref(self._state), self.name,
                                                     True))([], [key])
             sources._name_last_op(init_net, self.name + "/epoch_key")
-            self.offsets = init_net.ComputeOffset(
-                [self.cursor] + content.field_blobs(),
-                init_net.NextScopedBlob(self.name + "_offsets"))
+            if not self.flat:
+                self.offsets = init_net.ComputeOffset(
+                    [self.cursor] + content.field_blobs(),
+                    init_net.NextScopedBlob(self.name + "_offsets"))
             # field 0 is always in the root domain: its rows are the records
             self.indices = init_net.EpochPermutation(
                 [key, content.field_blobs()[0]],
@@ -173,6 +180,14 @@ class _DatasetEpochReader(Reader):
         if self.cursor is None:
             raise GraphError("Dataset epoch reader %s: setup_ex not called." % self.name)
         content = self.dataset.content()
+        if self.shuffle and self.flat:
+            scope = read_net.NextName(self.name)
+            outs = core.output_to_list(read_net.ReadArrayBatch(
+                [self.cursor, self.indices] + content.field_blobs(),
+                ["%s/%s" % (scope, f) for f in ["stop"] + content.field_names()],
+                batch_size=self.batch_size, enforce_batch_size=self.enforce_batch_size,
+                permuted=True))
+            return outs[0], outs[1:]
         with core.NameScope(read_net.NextName(self.name)):
             if self.shuffle:
                 fields = read_net.ReadRandomBatch(
