@@ -38,7 +38,7 @@ import itertools
 import secrets
 import threading
 import weakref
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -248,7 +248,7 @@ class ArrayReader(Reader):
             fields=[str(i) for i in range(len(blobs))])
         self._blobs = blobs
 
-    def read(self, read_net: core.Net):
+    def read(self, read_net: core.Net) -> Tuple[core.BlobReference, List[core.BlobReference]]:
         """Append one ``ReadArrayBatch``; returns ``(should_stop, fields)``."""
         if self._cursor is None:
             raise GraphError("ArrayReader %r: setup_ex not called." % self.name)
@@ -401,7 +401,6 @@ class IterableReader(Reader):
         self._state = _IterState(iterable)
         Reader.__init__(self, Struct(*[(f, Scalar()) for f in fields]))
         self._set_up = False
-        self._holder = None
 
     def setup_ex(self, init_net: core.Net, exit_net: Optional[core.Net]) -> None:
         """Add the op that starts the iteration to ``init_net`` (once)."""
@@ -412,7 +411,7 @@ class IterableReader(Reader):
         _name_last_op(init_net, self.name + "/start")
         self._set_up = True
 
-    def read(self, read_net: core.Net):
+    def read(self, read_net: core.Net) -> Tuple[core.BlobReference, List[core.BlobReference]]:
         """Append the ``Python`` op that reads the next item(s)."""
         if not self._set_up:
             raise GraphError("IterableReader %r: setup_ex not called." % self.name)

@@ -17,7 +17,7 @@ import weakref
 import numpy as np
 import pytest
 
-from fastpipe import _core, core, schema, sources
+from fastpipe import core, schema, sources
 from fastpipe.dataio import Writer
 from fastpipe.dataset import Dataset
 from fastpipe.errors import ArgumentError, FastpipeError, FastpipeWarning, RunError
@@ -234,6 +234,18 @@ def test_non_contiguous_and_byteswapped_arrays_are_copied_once(ws):
         assert i.dtype == np.int64
         np.testing.assert_array_equal(x, xs[i])
     assert sorted(int(v) for i, _ in items for v in i) == list(range(n))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_string_fields_are_copied_and_read(ws, shuffle):
+    names = np.array(["rec%d" % i for i in range(50)])
+    ids = np.arange(50, dtype=np.int64)
+    r = sources.ArrayReader({"id": ids, "name": names}, batch_size=4, shuffle=shuffle, seed=1)
+    items = run_pipe(ws, r, 2)
+    got = sorted((int(i), n.decode() if isinstance(n, bytes) else str(n))
+                 for b_ids, b_names in items for i, n in zip(b_ids, b_names))
+    assert got == [(i, "rec%d" % i) for i in range(50)]
 
 
 # --- ArrayReader: shuffling and epochs -------------------------------------------------------
@@ -473,3 +485,31 @@ def test_epoch_permutation_bad_key(ws):
     net.EpochPermutation(["key", "rows"], ["p"])
     with pytest.raises(RunError, match="EpochPermutation.*int64 \\[2\\]"):
         ws.run(net)
+
+
+_EXIT_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from fastpipe import core, sources, workspace
+    ws = workspace.C.Workspace()
+    keep = np.arange(1000, dtype=np.int64)
+    r = sources.ArrayReader(keep)
+    init = core.Net("root_init")
+    r.setup_ex(init, None)          # borrowed blobs in the root workspace
+    ws.run(init)
+    assert ws.blobs[str(r._blobs[0])].fetch().sum() == keep.sum()
+    del r
+    print("ok")
+    # the interpreter exits with the workspace (and its borrowed tensor) alive
+""")
+
+
+@pytest.mark.timeout(120)
+def test_interpreter_exit_with_a_borrowed_tensor_alive(tmp_path):
+    script = tmp_path / "exit.py"
+    script.write_text(_EXIT_SCRIPT)
+    p = subprocess.run([sys.executable, str(script), REPO], capture_output=True, text=True,
+                       timeout=100)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "ok"

@@ -952,6 +952,8 @@ cdef int k_read_array_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int64_t* ix = NULL
     cdef char* src
     cdef char* dst
+    cdef string* ss
+    cdef string* ds
     if c == NULL:
         return -1
     if op.ins.size() < first or op.outs.size() != op.ins.size() - first + 1:
@@ -975,10 +977,10 @@ cdef int k_read_array_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
                 break
             ix = <int64_t*>x.buf.data
             continue
-        if x.ndim < 1 or x.dtype == DT_STRING:
+        if x.ndim < 1:
             rc = op_fails(op, ctx, E_RUNTIME, cstr(b"field input ") + to_str(i) + cstr(b" ('") +
                           op.ins[i].name + cstr(b"') is ") + tensor_describe(x) +
-                          cstr(b"; array fields are numeric with at least 1 dim"))
+                          cstr(b"; array fields need at least 1 dim (the records)"))
             break
         if n >= 0 and x.shape[0] != n:
             rc = op_fails(op, ctx, E_RUNTIME, cstr(b"field input ") + to_str(i) + cstr(b" ('") +
@@ -1033,6 +1035,22 @@ cdef int k_read_array_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
             rc = -1
             break
         if take == 0 or rowb == 0:
+            continue
+        if x.dtype == DT_STRING:
+            # std::string elements (isz is sizeof(string)): assign, never memcpy
+            ss = <string*>x.buf.data
+            ds = <string*>tdata(out)
+            for j in range(take):
+                r = ix[pos + j] if ix != NULL else pos + j
+                if r < 0 or r >= n:
+                    rc = op_fails(op, ctx, E_RUNTIME, cstr(b"index ") + to_str(r) + cstr(b" at position ") +
+                                  to_str(pos + j) + cstr(b" of '") + op.ins[1].name +
+                                  cstr(b"' is out of range for ") + to_str(n) + cstr(b" records"))
+                    break
+                for q in range(inner):
+                    ds[j * inner + q] = ss[r * inner + q]
+            if rc != 0:
+                break
             continue
         src = <char*>x.buf.data
         dst = <char*>tdata(out)
@@ -1091,12 +1109,6 @@ def _borrow_array(TensorRef ref, arr):
     t.size = size
     tensor_unlock(t)
     buf_decref(old)
-
-
-def _tensor_data_address(Workspace ws, name):
-    """The address of a blob's data (tests: zero-copy checks), or 0."""
-    cdef Blob* b = _ws_get(ws.ws, name)
-    return <size_t>tdata(&b.t)
 
 
 def _take_run_warnings(Run run):
