@@ -27,6 +27,7 @@ def test_page_examples_run(page, tmp_path):
     assert blocks, "%s has no python example" % page
     script = tmp_path / "page.py"
     script.write_text("\n\n".join(blocks))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
-                          text=True, timeout=280)
+                          text=True, timeout=280, env=env)
     assert proc.returncode == 0, "%s failed:\n%s" % (page, proc.stderr[-3000:])
