@@ -8,7 +8,7 @@ status code into one of these classes in a single place
 
 __all__ = ["FastpipeError", "OperatorDefError", "PlanError", "BlobError",
            "RunError", "QueueClosedError", "CancelledError", "GraphError",
-           "WorkspaceError", "ArgumentError", "OutOfMemoryError"]
+           "WorkspaceError", "ArgumentError", "OutOfMemoryError", "IterTimeoutError"]
 
 
 class FastpipeError(Exception):
@@ -90,3 +90,9 @@ class GraphError(FastpipeError, ValueError, AssertionError):
     (e.g. a setter on an ExecutionStep already added as a substep).  It is
     also an ``AssertionError`` so code written against Caffe2 that catches
     that keeps working."""
+
+
+class IterTimeoutError(FastpipeError, TimeoutError):
+    """``next()`` on a RecordIterator made with ``timeout=`` waited longer
+    than that for a record (or for its queue to be created).  The job keeps
+    running; call ``next()`` again, or ``close()`` to stop it."""

@@ -1,0 +1,626 @@
+# RecordIterator: a blob queue of a running job, read from Python.
+#
+# ``LocalSession.iterate`` pre-creates the queue's blob in the session
+# workspace, makes a RecordIterator over that blob and then starts the job;
+# the CreateBlobsQueue of the job's init net (in whatever child workspace)
+# lands in that blob by the create-through-parent rule.  ``next()``:
+#
+# 1. first call: waits (GIL released, on the RunState's done_cv, which
+#    rs_register_queue also signals) until the blob holds a queue of this run
+#    -- one registered with the run, or any queue other than the one it held
+#    before the start -- or until the run ended;
+# 2. fast path, GIL held: a lock-free try_read into the iterator's own
+#    tensors; the dequeued buffers are taken over by numpy arrays (no byte
+#    copy) whose one base object per record owns the buffer references;
+# 3. slow path (queue empty): queue_read without the GIL in 20 ms slices,
+#    running signal handlers and checking the run between slices;
+# 4. end (queue closed and drained, or the run finished and the queue is
+#    empty, or the run failed/cancelled): joins the run (Run.wait) and raises
+#    its error, else StopIteration.
+#
+# Threading: one RecordIterator is driven by one Python thread at a time
+# (the GIL serialises its methods; its waits release the GIL but hold no
+# lock of the iterator).  The RunState's lock protects its queue list,
+# `done` and the wait on done_cv.
+
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.object cimport PyObject_GetAttr
+import operator as _operator
+import keyword as _keyword
+from fastpipe.errors import IterTimeoutError as _IterTimeoutError
+
+cdef extern from "Python.h":
+    ctypedef struct _PyTypeObj "PyTypeObject":
+        PyObject* (*tp_alloc)(_PyTypeObj*, Py_ssize_t)
+
+DEF IT_SLICE_NS = 20000000      # 20 ms: signal / run-state checks while blocked
+DEF RESOLVE_SLICE_NS = 50000000
+
+cdef enum:
+    IT_NEW = 0          # made, run not attached yet
+    IT_RESOLVE = 1      # run attached, queue not found yet
+    IT_READ = 2         # reading the queue
+    IT_END = 3          # finished (the run joined, or closed)
+
+
+@cython.freelist(64)
+@cython.final
+cdef class _RecordBufs:
+    """The base object of a record's arrays: owns the native buffers taken
+    out of the queue (one reference each), freed with the last array."""
+    cdef Buffer* small[4]
+    cdef Buffer** bufs
+    cdef int n
+
+    cdef inline int init(self, int n) except -1:
+        self.n = 0
+        if n <= 4:
+            self.bufs = self.small
+        else:
+            self.bufs = <Buffer**>calloc(n, sizeof(Buffer*))
+            if self.bufs == NULL:
+                raise MemoryError()
+        return 0
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.n):
+            buf_decref(self.bufs[i])
+        if self.bufs != self.small and self.bufs != NULL:
+            free(self.bufs)
+        self.bufs = NULL
+        self.n = 0
+
+
+# ---- record types ---------------------------------------------------------------
+
+_RECORD_TYPES = {}      # field-name tuple -> tuple subclass (only descriptions: names)
+
+
+def _record_getitem_factory(fields):
+    index = {f: i for i, f in enumerate(fields)}
+    tuple_getitem = tuple.__getitem__
+
+    def __getitem__(self, key):
+        if key.__class__ is str:
+            i = index.get(key)
+            if i is None:
+                raise BlobError("record has no field %r (fields: %s)"
+                                % (key, ", ".join(fields)))
+            return tuple_getitem(self, i)
+        return tuple_getitem(self, key)
+    return __getitem__
+
+
+def record_type(fields):
+    """The tuple subclass of records with these field names (cached: one
+    class per name tuple).  Fields are items in order, attributes (names that
+    are identifiers) and ``rec["name"]``."""
+    fields = tuple(str(f) for f in fields)
+    cls = _RECORD_TYPES.get(fields)
+    if cls is not None:
+        return cls
+    ns = {"__slots__": (), "_fields": fields, "__module__": "fastpipe.session",
+          "__getitem__": _record_getitem_factory(fields),
+          "__doc__": "A record of fields %s (a tuple; fields also by name)." % (fields,)}
+
+    def __repr__(self):
+        return "Record(%s)" % ", ".join("%s=%r" % (f, v) for f, v in zip(fields, self))
+
+    def __reduce__(self):
+        return (_make_record, (fields, tuple(self)))
+    ns["__repr__"] = __repr__
+    ns["__reduce__"] = __reduce__
+    for i, f in enumerate(fields):
+        if f.isidentifier() and not _keyword.iskeyword(f) and not f.startswith("__") \
+                and f not in ns:
+            ns[f] = property(_operator.itemgetter(i), doc="field %r" % f)
+    cls = type("Record", (tuple,), ns)
+    _RECORD_TYPES[fields] = cls
+    return cls
+
+
+def _make_record(fields, values):
+    return record_type(fields)(values)
+
+
+# ---- helpers ----------------------------------------------------------------------
+
+cdef bint _rs_has_queue(RunState* rs, ObjHeader* h) noexcept nogil:
+    """h is registered with rs (caller holds rs.lock)."""
+    cdef size_t i
+    for i in range(rs.queues.size()):
+        if rs.queues[i] == h:
+            return True
+    return False
+
+
+cdef object _take_array(Tensor* t, _RecordBufs base):
+    """A numpy array over t's buffer; the buffer reference moves to base and t
+    becomes empty (the iterator's own tensor: no lock).  Strings: an object
+    array (copy)."""
+    cdef cnp.ndarray arr
+    cdef Buffer* b = t.buf
+    if t.dtype == DT_STRING or b == NULL:
+        out = _snapshot_to_numpy(t)
+        tensor_clear(t)
+        return out
+    arr = cnp.PyArray_SimpleNewFromData(t.ndim, <cnp.npy_intp*>t.shape, npy_type(t.dtype), b.data)
+    base.bufs[base.n] = b
+    base.n += 1
+    Py_INCREF(base)
+    cnp.PyArray_SetBaseObject(arr, base)
+    if fp_load(&b.refcnt) != 1:
+        # someone else holds this buffer too: never let Python write into it
+        cnp.PyArray_CLEARFLAGS(arr, cnp.NPY_ARRAY_WRITEABLE)
+    memset(t, 0, sizeof(Tensor))
+    return arr
+
+
+@cython.no_gc_clear     # __dealloc__ needs nrun (cancel + join)
+@cython.final
+cdef class RecordIterator:
+    """Iterates the records a running job writes into one of its queues.
+
+    Made by ``LocalSession.iterate(runnable, queue, num_records=1,
+    timeout=None)`` (see there); the job runs on native threads meanwhile.
+    Items are tuples in the queue's field order -- a tuple subclass with
+    attribute and ``["name"]`` access when the queue has field names -- of
+    numpy arrays that own the buffers moved out of the queue (no copy;
+    writable, valid forever).  Iteration ends when the job has finished and
+    the queue is drained; a failure anywhere in the job raises the job's
+    RunError from ``next()`` (after joining it), with the original exception
+    as ``__cause__``.
+
+    ``close()`` (also ``with`` exit and dropping the iterator) cancels the
+    job and joins every thread.  Ctrl-C while ``next()`` waits cancels the
+    job, joins it and raises KeyboardInterrupt.  With ``timeout`` (seconds),
+    a ``next()`` that waits longer raises IterTimeoutError and leaves the
+    job running.
+
+    Threading: drive one iterator from one Python thread at a time.
+    """
+    cdef Run nrun
+    cdef RunState* rs
+    cdef Workspace nws          # keeps `blob` alive until the queue is resolved
+    cdef Blob* blob             # the queue's blob in the session workspace
+    cdef ObjHeader* old_h       # what the blob held before the start (one ref)
+    cdef ObjHeader* qh          # the queue (one ref) once resolved
+    cdef Queue* q
+    cdef int64_t nblobs
+    cdef int64_t k              # records per item
+    cdef Tensor* outs           # k * nblobs tensors of the iterator (no locks)
+    cdef Tensor* ptrs[MAX_REC_BLOBS]
+    cdef int64_t timeout_ns     # per next(); -1: none
+    cdef int state
+    cdef QStats st
+    cdef object rec_type        # None: plain tuples
+    cdef object _fields
+    cdef str qname
+    cdef readonly object run    # the RunHandle
+    cdef object __weakref__
+
+    def __cinit__(self):
+        self.state = IT_NEW
+        self.rs = NULL
+        self.blob = NULL
+        self.old_h = NULL
+        self.qh = NULL
+        self.q = NULL
+        self.outs = NULL
+        self.nblobs = 0
+        memset(&self.st, 0, sizeof(QStats))
+
+    def __init__(self):
+        raise ArgumentError("a RecordIterator is made by LocalSession.iterate()")
+
+    @property
+    def fields(self):
+        """The queue's field names (a tuple), or None when it has none."""
+        return self._fields
+
+    @property
+    def queue_name(self):
+        return self.qname
+
+    def _attach(self, Run nrun not None, handle):
+        """Bind the started run (LocalSession.iterate, right after the start)."""
+        if self.state != IT_NEW:
+            raise ArgumentError("RecordIterator is attached already")
+        self.nrun = nrun
+        self.rs = nrun.pr.rs
+        self.run = handle
+        self.state = IT_RESOLVE
+
+    # -- teardown
+
+    cdef void _release(self):
+        """Drop the queue, the tensors and the workspace (the job is joined or
+        being cancelled).  Idempotent."""
+        cdef int64_t i
+        if self.qh != NULL:
+            qstats_flush(&self.st)
+            self.st.queue = NULL
+            obj_decref(self.qh)
+            self.qh = NULL
+            self.q = NULL
+        if self.old_h != NULL:
+            obj_decref(self.old_h)
+            self.old_h = NULL
+        if self.outs != NULL:
+            for i in range(self.k * self.nblobs):
+                tensor_clear(&self.outs[i])
+            free(self.outs)
+            self.outs = NULL
+        self.blob = NULL
+        self.nws = None
+
+    cdef object _end(self):
+        """The queue is done (or the run failed): join the run, raise its
+        error, else StopIteration."""
+        self.state = IT_END
+        self._release()
+        self.nrun.wait()
+        raise StopIteration
+
+    cdef _abort(self, exc):
+        """An exception (Ctrl-C, a signal handler's) interrupted a wait in
+        next(): stop the run everywhere and join it; the caller re-raises."""
+        self.state = IT_END
+        self._release()
+        self.nrun._abort(exc)
+
+    def cancel(self):
+        """Stop the job like a failure (non-blocking); the next ``next()``
+        joins it and raises CancelledError (unless another error came first)."""
+        if self.nrun is not None:
+            self.nrun.cancel()
+
+    def close(self):
+        """Cancel the job unless it finished, join every thread and release
+        the queue.  Idempotent; the cancellation's CancelledError is
+        suppressed (a job error that came first is raised)."""
+        if self.nrun is None:
+            self.state = IT_END
+            self._release()
+            return
+        already = self.state == IT_END
+        self.state = IT_END
+        self._release()
+        self.nrun.cancel()
+        try:
+            self.nrun.wait()
+        except CancelledError:
+            pass
+        except BaseException:
+            if not already:
+                raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            try:
+                self.close()
+            except Exception:
+                pass        # the loop body's exception wins
+        return False
+
+    def __dealloc__(self):
+        if self.nrun is not None and self.state != IT_END:
+            self.nrun._stop(True)   # cancel and join; never raises the job's error
+        self._release()
+
+    def __iter__(self):
+        return self
+
+    # -- resolving the queue
+
+    cdef int _resolve(self) except -1:
+        """Wait until the blob holds this run's queue (see the file comment)
+        or the run ended.  Returns 1 (resolved) or 0 (ended without a queue)."""
+        cdef RunState* rs = self.rs
+        cdef ObjHeader* h = NULL
+        cdef bint ok = False, done = False, registered = False
+        cdef int64_t deadline = -1, slice_end, i
+        cdef Blob* b = self.blob
+        if self.timeout_ns >= 0:
+            deadline = fp_now_ns() + self.timeout_ns
+        while True:
+            with nogil:
+                fp_lock(&rs.lock)
+                while True:
+                    # the blob is read under rs.lock: a queue registered after
+                    # this check broadcasts done_cv after we wait (no lost wake-up)
+                    h = blob_get_obj(b)
+                    registered = h != NULL and _rs_has_queue(rs, h)
+                    ok = h != NULL and h.kind == OBJ_QUEUE and (registered or h != self.old_h)
+                    done = rs.done
+                    if ok or done:
+                        break
+                    obj_decref(h)
+                    h = NULL
+                    slice_end = fp_now_ns() + RESOLVE_SLICE_NS
+                    if deadline >= 0 and deadline < slice_end:
+                        slice_end = deadline
+                    if fp_wait_until(&rs.done_cv, &rs.lock, slice_end):
+                        break       # slice over: check signals and the deadline
+                fp_unlock(&rs.lock)
+            if not ok and done and h != NULL and h.kind == OBJ_QUEUE:
+                ok = True       # the run ended; the blob holds a queue it did not register
+            if ok:
+                break
+            obj_decref(h)
+            h = NULL
+            if done:
+                return 0
+            try:
+                PyErr_CheckSignals()
+            except BaseException as e:
+                self._abort(e)
+                raise
+            if deadline >= 0 and fp_now_ns() >= deadline:
+                raise _IterTimeoutError(
+                    "RecordIterator: queue %r was not created within %.3g s (the job keeps "
+                    "running)" % (self.qname, self.timeout_ns / 1e9))
+        if not registered:
+            # make sure the run's failure or cancellation closes it
+            rs_register_queue(rs, h)
+        self.qh = h
+        self.q = <Queue*>h.impl
+        self.nblobs = self.q.nblobs
+        if self.nblobs > MAX_REC_BLOBS:
+            raise ArgumentError("queue %r holds %d blobs per record, at most %d can be iterated"
+                                % (self.qname, self.nblobs, MAX_REC_BLOBS))
+        self.outs = <Tensor*>calloc(self.k * self.nblobs if self.nblobs else 1, sizeof(Tensor))
+        if self.outs == NULL:
+            raise OutOfMemoryError("RecordIterator over queue %r" % self.qname)
+        for i in range(self.nblobs):
+            self.ptrs[i] = &self.outs[i]
+        qstats_use(&self.st, self.q)
+        obj_decref(self.old_h)
+        self.old_h = NULL
+        self.nws = None         # the queue is ours now; the blob is not needed
+        self.blob = NULL
+        self._set_fields()
+        return 1
+
+    cdef _set_fields(self):
+        cdef size_t i
+        names = None
+        if self.q.fields.size() == <size_t>self.nblobs and self.nblobs > 0:
+            names = tuple(self.q.fields[i].decode("utf-8", "replace")
+                          for i in range(self.q.fields.size()))
+        elif self._fields is not None and len(self._fields) == self.nblobs:
+            names = self._fields
+        self._fields = names
+        self.rec_type = record_type(names) if names else None
+
+    # -- reading
+
+    cdef inline object _item(self, Tensor* ts):
+        """The item for one record in ts[0..nblobs): a tuple (subclass) of
+        arrays taking over the tensors' buffers."""
+        cdef int64_t j, n = self.nblobs
+        cdef _RecordBufs base = _RecordBufs.__new__(_RecordBufs)
+        cdef object tup
+        cdef object arr
+        cdef PyObject* p
+        base.init(n)
+        if self.rec_type is None:
+            tup = PyTuple_New(n)
+        else:
+            p = (<_PyTypeObj*>self.rec_type).tp_alloc(<_PyTypeObj*>self.rec_type, n)
+            if p == NULL:
+                raise MemoryError()
+            tup = <object>p
+            Py_DECREF(tup)      # <object>p took a new reference; tp_alloc's is the one we keep
+        for j in range(n):
+            arr = _take_array(&ts[j], base)
+            Py_INCREF(arr)
+            PyTuple_SET_ITEM(tup, j, arr)
+        return tup
+
+    cdef inline void _after_read(self) noexcept nogil:
+        self.st.reads += 1
+        self.st.records += 1
+        qstats_tick(&self.st)
+        wake(self.q, &self.q.wait_writers, &self.q.not_full)
+
+    cdef int _read_one(self, Tensor** ptrs, int64_t deadline) except -1:
+        """Blocking read of one record into ptrs.  1: read; 0: nothing more
+        (queue closed and drained, run finished with the queue empty, or the
+        run failed).  Raises IterTimeoutError past deadline (>= 0), or what a
+        signal handler raised (the run then is stopped and joined)."""
+        cdef Queue* q = self.q
+        cdef RunState* rs = self.rs
+        cdef int r
+        cdef bint done
+        cdef int64_t slice_ns, now
+        while True:
+            if fp_load_relaxed(&rs.cancelled):
+                return 0
+            slice_ns = IT_SLICE_NS
+            if deadline >= 0:
+                now = fp_now_ns()
+                if now >= deadline:
+                    raise _IterTimeoutError(
+                        "RecordIterator: no record from queue %r within %.3g s (the job keeps "
+                        "running)" % (self.qname, self.timeout_ns / 1e9))
+                if deadline - now < slice_ns:
+                    slice_ns = deadline - now
+                if slice_ns < 1:
+                    slice_ns = 1
+            with nogil:
+                r = queue_read(q, ptrs, slice_ns, &self.st)
+            if r == Q_OK:
+                return 1
+            if r == Q_CLOSED:
+                return 0
+            # a slice ended: has the run finished (then nothing more comes)?
+            fp_lock(&rs.lock)
+            done = rs.done
+            fp_unlock(&rs.lock)
+            if done:
+                if try_read(q, ptrs, &self.st) == Q_OK:
+                    self._after_read()
+                    return 1
+                return 0
+            try:
+                PyErr_CheckSignals()
+            except BaseException as e:
+                self._abort(e)
+                raise
+
+    def __next__(self):
+        cdef int64_t deadline = -1
+        cdef int64_t got, j, i
+        if self.state == IT_READ:
+            # fast path: a record is waiting, the run is healthy
+            if self.k == 1 and not fp_load_relaxed(&self.rs.cancelled):
+                if try_read(self.q, self.ptrs, &self.st) == Q_OK:
+                    self._after_read()
+                    return self._item(self.outs)
+        elif self.state == IT_RESOLVE:
+            if not self._resolve():
+                self.state = IT_END
+                self._release()
+                self.nrun.wait()        # the run's error, if it failed
+                raise BlobError("queue blob %r holds no queue: the job finished without "
+                                "creating it (is it a queue of this job?)" % self.qname)
+            self.state = IT_READ
+        elif self.state == IT_END:
+            raise StopIteration
+        else:
+            raise ArgumentError("RecordIterator was never started")
+        if self.timeout_ns >= 0:
+            deadline = fp_now_ns() + self.timeout_ns
+        if self.k == 1:
+            if not self._read_one(self.ptrs, deadline):
+                return self._end()
+            return self._item(self.outs)
+        return self._next_batch(deadline)
+
+    cdef object _next_batch(self, int64_t deadline):
+        """Up to k records concatenated along dim 0 (SafeDequeueBlobs)."""
+        cdef int64_t got = 0, j, n = self.nblobs
+        cdef Tensor* ptrs[MAX_REC_BLOBS]
+        while got < self.k:
+            for j in range(n):
+                ptrs[j] = &self.outs[got * n + j]
+            if got == 0 or not fp_load_relaxed(&self.rs.cancelled):
+                if try_read(self.q, ptrs, &self.st) == Q_OK:
+                    self._after_read()
+                    got += 1
+                    continue
+            if not self._read_one(ptrs, deadline):
+                break
+            got += 1
+        if got == 0 or fp_load_relaxed(&self.rs.cancelled):
+            return self._end()
+        return self._concat(got)
+
+    cdef object _concat(self, int64_t got):
+        cdef int64_t n = self.nblobs, j, kk, d, rows, isz, off
+        cdef Tensor* first
+        cdef Tensor* r
+        cdef Tensor out
+        cdef _RecordBufs base = _RecordBufs.__new__(_RecordBufs)
+        cdef object tup
+        cdef PyObject* p
+        base.init(n)
+        arrays = []
+        try:
+            for j in range(n):
+                first = &self.outs[j]
+                if first.ndim < 1:
+                    raise RunError("RecordIterator over queue %r: record 0 has a 0-d tensor at "
+                                   "column %d; num_records > 1 needs at least 1 dim"
+                                   % (self.qname, j))
+                rows = 0
+                for kk in range(got):
+                    r = &self.outs[kk * n + j]
+                    bad = r.dtype != first.dtype or r.ndim != first.ndim
+                    for d in range(1, r.ndim):
+                        if not bad and r.shape[d] != first.shape[d]:
+                            bad = True
+                    if bad:
+                        raise RunError("RecordIterator over queue %r: cannot batch records: "
+                                       "column %d is %s in record %d but %s in record 0"
+                                       % (self.qname, j, tensor_describe(r).decode(), kk,
+                                          tensor_describe(first).decode()))
+                    rows += r.shape[0]
+                if first.dtype == DT_STRING:
+                    arrays.append(_np.concatenate(
+                        [_snapshot_to_numpy(&self.outs[kk * n + j]) for kk in range(got)]))
+                    continue
+                memset(&out, 0, sizeof(Tensor))
+                out.shape[0] = rows
+                for d in range(1, first.ndim):
+                    out.shape[d] = first.shape[d]
+                if tensor_reshape(&out, first.dtype, first.ndim, out.shape) != 0:
+                    raise OutOfMemoryError("RecordIterator over queue %r: batching %d records"
+                                           % (self.qname, got))
+                isz = dtype_itemsize(first.dtype)
+                off = 0
+                for kk in range(got):
+                    r = &self.outs[kk * n + j]
+                    if r.size:
+                        memcpy(<char*>tdata(&out) + off * isz, tdata(r), r.size * isz)
+                    off += r.size
+                arrays.append(_take_array(&out, base))
+        except BaseException:
+            self.state = IT_END
+            self._release()
+            self.nrun._stop(True)
+            raise
+        finally:
+            if self.outs != NULL:
+                for kk in range(got * n):
+                    tensor_clear(&self.outs[kk])
+        if self.rec_type is None:
+            return tuple(arrays)
+        p = (<_PyTypeObj*>self.rec_type).tp_alloc(<_PyTypeObj*>self.rec_type, n)
+        if p == NULL:
+            raise MemoryError()
+        tup = <object>p
+        Py_DECREF(tup)
+        for j in range(n):
+            arr = arrays[j]
+            Py_INCREF(arr)
+            PyTuple_SET_ITEM(tup, j, arr)
+        return tup
+
+
+def _make_iterator(Workspace ws not None, name, num_records, timeout, fields):
+    """A RecordIterator over the queue blob `name` of ws (LocalSession.iterate;
+    call before starting the job): pre-creates the blob and remembers what
+    it holds now, so a queue left by an earlier run is not taken for this
+    run's."""
+    cdef RecordIterator it = RecordIterator.__new__(RecordIterator)
+    cdef string s = _bname(name)
+    if isinstance(num_records, bool) or not isinstance(num_records, (int, _np.integer)):
+        raise ArgumentError("iterate: num_records must be an int, got %r" % (num_records,))
+    if num_records < 1:
+        raise ArgumentError("iterate: num_records=%d must be >= 1" % num_records)
+    if timeout is None:
+        it.timeout_ns = -1
+    else:
+        try:
+            t = float(timeout)
+        except (TypeError, ValueError):
+            raise ArgumentError("iterate: timeout=%r is not a number of seconds" % (timeout,))
+        if not (t >= 0):
+            raise ArgumentError("iterate: timeout=%r must be >= 0 seconds" % (timeout,))
+        it.timeout_ns = <int64_t>(min(t, 1e9) * 1e9)
+    it.k = num_records
+    it.qname = str(name)
+    it._fields = tuple(fields) if fields is not None else None
+    with nogil:
+        it.blob = ws_create(ws.ws, s)
+    it.nws = ws
+    it.old_h = blob_get_obj(it.blob)
+    return it
