@@ -43,31 +43,132 @@ cdef enum:
     IT_END = 3          # finished (the run joined, or closed)
 
 
+DEF POOL_MAX = 64        # recycled buffers kept per field
+
+
+@cython.final
+cdef class _BufPool:
+    """Buffers of records whose arrays all died, per field, handed back to
+    the queue's slots by the iterator: the producer's next record reuses
+    them (tensor_reshape keeps a private buffer that is large enough), so a
+    steady loop neither allocates on the producer nor frees on the
+    consumer.  Only buffers nobody else references are recycled.
+
+    Shared by an iterator and the base objects of its items (they may
+    outlive it).  `lock` (a spinlock: held for a push or a pop) protects
+    the stacks; any thread holding the GIL may push (an array's death)."""
+    cdef int64_t lock
+    cdef int nf
+    cdef Buffer** bufs      # nf * POOL_MAX
+    cdef int* dts           # nf * POOL_MAX: the dtype each buffer held
+    cdef int* counts        # nf
+
+    cdef int init(self, int nf) except -1:
+        self.nf = nf
+        self.bufs = <Buffer**>calloc(nf * POOL_MAX, sizeof(Buffer*))
+        self.dts = <int*>calloc(nf * POOL_MAX, sizeof(int))
+        self.counts = <int*>calloc(nf, sizeof(int))
+        if self.bufs == NULL or self.dts == NULL or self.counts == NULL:
+            raise MemoryError()
+        return 0
+
+    cdef inline void put(self, int j, Buffer* b, int dt) noexcept nogil:
+        """Take b (the caller's only reference) for field j, or free it."""
+        cdef bint kept = False
+        while not fp_cas(&self.lock, 0, 1):
+            fp_cpu_relax()
+        if self.counts[j] < POOL_MAX:
+            self.bufs[j * POOL_MAX + self.counts[j]] = b
+            self.dts[j * POOL_MAX + self.counts[j]] = dt
+            self.counts[j] += 1
+            kept = True
+        fp_store(&self.lock, 0)
+        if not kept:
+            buf_decref(b)
+
+    cdef inline void refill(self, Tensor* t, int j) noexcept nogil:
+        """Give the empty tensor t a recycled buffer of field j, if any (a
+        1-d header over the whole buffer: the writer reshapes it)."""
+        cdef Buffer* b = NULL
+        cdef int dt = 0, c
+        if self.counts[j] == 0:         # racy peek: at worst a miss
+            return
+        while not fp_cas(&self.lock, 0, 1):
+            fp_cpu_relax()
+        c = self.counts[j]
+        if c > 0:
+            b = self.bufs[j * POOL_MAX + c - 1]
+            dt = self.dts[j * POOL_MAX + c - 1]
+            self.counts[j] = c - 1
+        fp_store(&self.lock, 0)
+        if b != NULL:
+            t.buf = b
+            t.dtype = dt
+            t.ndim = 1
+            t.shape[0] = b.capacity // dtype_itemsize(dt)
+            t.size = t.shape[0]
+
+    def __dealloc__(self):
+        cdef int j, i
+        if self.counts != NULL:
+            for j in range(self.nf):
+                for i in range(self.counts[j]):
+                    buf_decref(self.bufs[j * POOL_MAX + i])
+        free(self.bufs)
+        free(self.dts)
+        free(self.counts)
+
+
 @cython.freelist(64)
 @cython.final
 cdef class _RecordBufs:
     """The base object of a record's arrays: owns the native buffers taken
-    out of the queue (one reference each), freed with the last array."""
+    out of the queue (one reference each; bufs[j] is field j's, NULL for a
+    string field), freed -- or recycled into the iterator's pool -- with the
+    last array."""
     cdef Buffer* small[4]
+    cdef int small_dt[4]
     cdef Buffer** bufs
+    cdef int* dts
     cdef int n
+    cdef PyObject* pool     # a _BufPool (one reference) or NULL; not a GC edge
 
-    cdef inline int init(self, int n) except -1:
-        self.n = 0
+    cdef inline int init(self, int n, object pool) except -1:
+        self.n = n
         if n <= 4:
             self.bufs = self.small
+            self.dts = self.small_dt
+            memset(self.small, 0, sizeof(self.small))
         else:
             self.bufs = <Buffer**>calloc(n, sizeof(Buffer*))
-            if self.bufs == NULL:
+            self.dts = <int*>calloc(n, sizeof(int))
+            if self.bufs == NULL or self.dts == NULL:
                 raise MemoryError()
+        if pool is not None:
+            Py_INCREF(pool)
+            self.pool = <PyObject*>pool
+        else:
+            self.pool = NULL
         return 0
 
     def __dealloc__(self):
         cdef int i
+        cdef Buffer* b
         for i in range(self.n):
-            buf_decref(self.bufs[i])
+            b = self.bufs[i]
+            if b == NULL:
+                continue
+            if self.pool != NULL and b.maplen == 0 and not b.is_str \
+                    and fp_load(&b.refcnt) == 1:
+                (<_BufPool>self.pool).put(i, b, self.dts[i])
+            else:
+                buf_decref(b)
+        if self.pool != NULL:
+            Py_DECREF(<object>self.pool)
+            self.pool = NULL
         if self.bufs != self.small and self.bufs != NULL:
             free(self.bufs)
+            free(self.dts)
         self.bufs = NULL
         self.n = 0
 
@@ -126,6 +227,31 @@ def _make_record(fields, values):
 
 # ---- helpers ----------------------------------------------------------------------
 
+cdef extern from "numpy/arrayobject.h":
+    object _np_new_from_descr "PyArray_NewFromDescr" (
+        _PyTypeObj* subtype, cnp.dtype descr, int nd, cnp.npy_intp* dims, cnp.npy_intp* strides,
+        void* data, int flags, PyObject* obj)
+
+# numpy dtype descriptors by fastpipe dtype code (one reference each, for
+# the life of the module): next() builds arrays without a dtype lookup.
+cdef PyObject* _it_descr[32]
+
+
+cdef _init_it_descrs():
+    cdef int dt
+    for dt in range(32):
+        _it_descr[dt] = NULL
+        if dt == DT_STRING or dt == DT_UNDEFINED:
+            continue
+        nt = npy_type(dt)
+        if nt >= 0:
+            d = _np.dtype(cnp.PyArray_TypeObjectFromType(nt))
+            Py_INCREF(d)
+            _it_descr[dt] = <PyObject*>d
+
+
+_init_it_descrs()
+
 cdef bint _rs_has_queue(RunState* rs, ObjHeader* h) noexcept nogil:
     """h is registered with rs (caller holds rs.lock)."""
     cdef size_t i
@@ -135,7 +261,7 @@ cdef bint _rs_has_queue(RunState* rs, ObjHeader* h) noexcept nogil:
     return False
 
 
-cdef object _take_array(Tensor* t, _RecordBufs base):
+cdef object _take_array(Tensor* t, _RecordBufs base, int j):
     """A numpy array over t's buffer; the buffer reference moves to base and t
     becomes empty (the iterator's own tensor: no lock).  Strings: an object
     array (copy)."""
@@ -145,9 +271,17 @@ cdef object _take_array(Tensor* t, _RecordBufs base):
         out = _snapshot_to_numpy(t)
         tensor_clear(t)
         return out
-    arr = cnp.PyArray_SimpleNewFromData(t.ndim, <cnp.npy_intp*>t.shape, npy_type(t.dtype), b.data)
-    base.bufs[base.n] = b
-    base.n += 1
+    cdef PyObject* descr = _it_descr[t.dtype] if 0 <= t.dtype < 32 else NULL
+    if descr == NULL:
+        arr = cnp.PyArray_SimpleNewFromData(t.ndim, <cnp.npy_intp*>t.shape, npy_type(t.dtype),
+                                            b.data)
+    else:
+        Py_INCREF(<object>descr)        # PyArray_NewFromDescr steals it
+        arr = <cnp.ndarray>_np_new_from_descr(<_PyTypeObj*>cnp.ndarray, <cnp.dtype>descr, t.ndim,
+                                              <cnp.npy_intp*>t.shape, NULL, b.data,
+                                              cnp.NPY_ARRAY_CARRAY, NULL)
+    base.bufs[j] = b
+    base.dts[j] = t.dtype
     Py_INCREF(base)
     cnp.PyArray_SetBaseObject(arr, base)
     if fp_load(&b.refcnt) != 1:
@@ -196,6 +330,7 @@ cdef class RecordIterator:
     cdef int state
     cdef QStats st
     cdef object rec_type        # None: plain tuples
+    cdef _BufPool pool          # recycled buffers of dead items (see _BufPool)
     cdef object _fields
     cdef str qname
     cdef readonly object run    # the RunHandle
@@ -255,6 +390,7 @@ cdef class RecordIterator:
             self.outs = NULL
         self.blob = NULL
         self.nws = None
+        self.pool = None        # items alive may still hold it
 
     cdef object _end(self):
         """The queue is done (or the run failed): join the run, raise its
@@ -383,6 +519,8 @@ cdef class RecordIterator:
         for i in range(self.nblobs):
             self.ptrs[i] = &self.outs[i]
         qstats_use(&self.st, self.q)
+        self.pool = _BufPool.__new__(_BufPool)
+        self.pool.init(<int>self.nblobs)
         obj_decref(self.old_h)
         self.old_h = NULL
         self.nws = None         # the queue is ours now; the blob is not needed
@@ -411,7 +549,7 @@ cdef class RecordIterator:
         cdef object tup
         cdef object arr
         cdef PyObject* p
-        base.init(n)
+        base.init(n, self.pool)
         if self.rec_type is None:
             tup = PyTuple_New(n)
         else:
@@ -421,10 +559,18 @@ cdef class RecordIterator:
             tup = <object>p
             Py_DECREF(tup)      # <object>p took a new reference; tp_alloc's is the one we keep
         for j in range(n):
-            arr = _take_array(&ts[j], base)
+            arr = _take_array(&ts[j], base, j)
             Py_INCREF(arr)
             PyTuple_SET_ITEM(tup, j, arr)
         return tup
+
+    cdef inline void _prime(self, Tensor* ts) noexcept:
+        """Give the empty tensors of ts recycled buffers: the read swaps them
+        into the slot, whence the producer's next record reuses them."""
+        cdef int j
+        for j in range(self.nblobs):
+            if ts[j].buf == NULL:
+                self.pool.refill(&ts[j], j)
 
     cdef inline void _after_read(self) noexcept nogil:
         """Bookkeeping after a fast-path read.  Writers parked on the full
@@ -496,6 +642,7 @@ cdef class RecordIterator:
         if self.state == IT_READ:
             # fast path: a record is waiting, the run is healthy
             if self.k == 1 and not fp_load_relaxed(&self.rs.cancelled):
+                self._prime(self.outs)
                 if try_read(self.q, self.ptrs, &self.st) == Q_OK:
                     self._after_read()
                     return self._item(self.outs)
@@ -514,6 +661,7 @@ cdef class RecordIterator:
         if self.timeout_ns >= 0:
             deadline = fp_now_ns() + self.timeout_ns
         if self.k == 1:
+            self._prime(self.outs)
             if not self._read_one(self.ptrs, deadline):
                 return self._end()
             return self._item(self.outs)
@@ -526,6 +674,7 @@ cdef class RecordIterator:
         while got < self.k:
             for j in range(n):
                 ptrs[j] = &self.outs[got * n + j]
+            self._prime(&self.outs[got * n])
             if got == 0 or not fp_load_relaxed(&self.rs.cancelled):
                 if try_read(self.q, ptrs, &self.st) == Q_OK:
                     self._after_read()
@@ -546,7 +695,7 @@ cdef class RecordIterator:
         cdef _RecordBufs base = _RecordBufs.__new__(_RecordBufs)
         cdef object tup
         cdef PyObject* p
-        base.init(n)
+        base.init(n, self.pool)
         arrays = []
         try:
             for j in range(n):
@@ -586,7 +735,7 @@ cdef class RecordIterator:
                     if r.size:
                         memcpy(<char*>tdata(&out) + off * isz, tdata(r), r.size * isz)
                     off += r.size
-                arrays.append(_take_array(&out, base))
+                arrays.append(_take_array(&out, base, j))
         except BaseException:
             self.state = IT_END
             self._release()
@@ -594,8 +743,15 @@ cdef class RecordIterator:
             raise
         finally:
             if self.outs != NULL:
+                # the records' buffers are ours alone: recycle them
                 for kk in range(got * n):
-                    tensor_clear(&self.outs[kk])
+                    r = &self.outs[kk]
+                    if r.buf != NULL and not r.buf.is_str and r.buf.maplen == 0 \
+                            and fp_load(&r.buf.refcnt) == 1 and self.pool is not None:
+                        self.pool.put(<int>(kk % n), r.buf, r.dtype)
+                        memset(r, 0, sizeof(Tensor))
+                    else:
+                        tensor_clear(r)
         if self.rec_type is None:
             return tuple(arrays)
         p = (<_PyTypeObj*>self.rec_type).tp_alloc(<_PyTypeObj*>self.rec_type, n)
