@@ -13,6 +13,12 @@
   round, so that load from other processes hits them alike).  Caffe2 runs the same source (build + LocalSession
   compile, which creates the Plan, + to_string; Caffe2 lowers a plan
   inside ``workspace.RunPlan``, which is not timed there).
+* the training job in a fresh process (N = 8): a subprocess imports
+  fastpipe, builds, compiles, prints and lowers the job once, timing that
+  inside itself; the median over several subprocesses is the figure the
+  issue's 200 ms target is about (no warmed caches, no earlier garbage).
+  Caffe2's figure from issue 7 (1.86 s) sits beside it, or the oracle's
+  own fresh-process number when it is installed.
 * pipe job: the same two pipes with a 20-op model, N = 1, 10, 100, 1000,
   built with runtime instances (``num_runtime_threads=N``: flat) and with
   static copies (``num_threads=N``: N copies built in Python, O(N)).
@@ -24,7 +30,11 @@ charged to the next one.
 Run: python -m pytest bench/test_bench_build.py --benchmark-only
 """
 import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import pytest
@@ -290,3 +300,92 @@ def test_pipe_job_instances_caffe2(benchmark, record, n, path):
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     benchmark.extra_info.update(caffe2_seconds=round(secs, 4), covers="build + compile, no lowering")
     _caffe2_row(benchmark, "caffe2 %s N=%d (no lowering)" % (path, n), secs)
+
+
+# -- 3. the training job in a fresh process ------------------------------------------
+
+FRESH = "training job (N=8) in a fresh process: build+compile+print+lower once"
+# Caffe2's build+compile+print of the same job, measured for issue 7.
+CAFFE2_ISSUE_SECONDS = 1.86
+
+FRESH_DRIVER = '''
+import json, time
+t_import = time.perf_counter()
+from fastpipe import _core, workspace
+t0 = time.perf_counter()
+ws = workspace.C.Workspace()
+tg, compiled, text, (b, c, p) = build_compile_print(ws, 8)
+t = time.perf_counter()
+prog = _core.Program.from_plan(compiled.obj.plan.Proto())
+lower = time.perf_counter() - t
+total = time.perf_counter() - t0
+assert len(prog.net_names()) == len(compiled.obj.plan.Proto().network)
+assert "num_instances=8" in text
+print(json.dumps(dict(total=total, build=b, compile=c, print=p, lower=lower,
+                      ops=sum(len(n.op) for n in compiled.obj.plan.Proto().network))))
+'''
+
+CAFFE2_FRESH_DRIVER = '''
+import json, time
+from caffe2.python import workspace
+t0 = time.perf_counter()
+ws = workspace.C.Workspace()
+tg, compiled, text, _ = build_compile_print(ws, 8)
+print(json.dumps(dict(total=time.perf_counter() - t0)))
+'''
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fresh_process_rounds(rounds=7, python=sys.executable, script=None):
+    """One subprocess per round; each times its own single build."""
+    script = script or (JOB_SRC + FRESH_DRIVER)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    out = []
+    for _ in range(rounds):
+        res = subprocess.run([python, "-c", script], cwd=_REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError("fresh-process build failed:\n" + res.stderr[-2000:])
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return out
+
+
+@pytest.mark.benchmark(group=FRESH)
+def test_training_job_fresh_process(benchmark, record):
+    rounds = fresh_process_rounds()
+    # the timed figure comes from inside the subprocesses; the benchmark
+    # itself times nothing
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    med = {k: statistics.median(r[k] for r in rounds)
+           for k in ("total", "build", "compile", "print", "lower")}
+    assert all(20 * 2000 <= r["ops"] < 20 * 2000 + 2000 for r in rounds)
+    secs = med["total"]
+    extra = dict(rounds=len(rounds), median_s=round(secs, 4),
+                 min_s=round(min(r["total"] for r in rounds), 4),
+                 max_s=round(max(r["total"] for r in rounds), 4),
+                 build_s=round(med["build"], 4), compile_s=round(med["compile"], 4),
+                 print_s=round(med["print"], 4), lower_s=round(med["lower"], 4),
+                 target_s=0.2, meets_target=secs <= 0.2,
+                 caffe2_issue7_s=CAFFE2_ISSUE_SECONDS,
+                 caffe2_over_fastpipe=round(CAFFE2_ISSUE_SECONDS / secs, 1))
+    benchmark.extra_info.update(extra)
+    _MEDIANS[(benchmark.group, "fastpipe fresh process N=8")] = (secs, dict(extra))
+    _MEDIANS[(benchmark.group, "caffe2 (issue 7 figure)")] = (
+        CAFFE2_ISSUE_SECONDS, dict(source="issue 7"))
+    print("\nfresh process, N=8: median %.4f s over %d processes (%s)"
+          % (secs, len(rounds), ", ".join("%.4f" % r["total"] for r in rounds)))
+
+
+@pytest.mark.benchmark(group=FRESH)
+def test_training_job_fresh_process_caffe2(benchmark, record):
+    from conftest import CAFFE2_PY
+    if not os.path.exists(CAFFE2_PY):
+        pytest.skip("Caffe2 oracle not installed")
+    rounds = fresh_process_rounds(
+        rounds=3, python=CAFFE2_PY,
+        script=CAFFE2_PRELUDE + JOB_SRC + CAFFE2_FRESH_DRIVER)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    secs = statistics.median(r["total"] for r in rounds)
+    benchmark.extra_info.update(caffe2_seconds=round(secs, 4), rounds=len(rounds))
+    _caffe2_row(benchmark, "caffe2 fresh process N=8 (no lowering)", secs)

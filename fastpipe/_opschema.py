@@ -185,6 +185,8 @@ def _args_key(args):
                 v = tuple(v)
             elif k == "n" or k == "nets":
                 return None
+            elif k == "s" and type(v) is not bytes:
+                v = bytes(v)    # a Python op's _pyop.Token: the key must not keep it alive
             items.append((k, v))
         key.append(tuple(items))
     return tuple(key)
@@ -575,6 +577,35 @@ register("CheckDatasetConsistency", (1, INF), 0, [A("fields", "strings", [])],
                         "fields has %d names for %d inputs"
                         % (len(a["fields"]), len(op.input))))
 
+
+
+# fastpipe.sources (private ops of ArrayReader and Dataset.epoch_reader).
+register("EpochPermutation", 2, 1,
+         doc="fastpipe: a uniform permutation of the rows of input 1 (int64 [N]) drawn "
+             "from input 0, an int64 [2] key (seed, epoch): mt19937_64 over std::seed_seq "
+             "and Fisher-Yates, the same in every process.")
+
+
+def _check_read_array(op, a):
+    first = 2 if a["permuted"] else 1
+    if len(op.input) < first or len(op.output) != len(op.input) - first + 1:
+        return ("expects inputs (cursor, %sfields...) and outputs (stop, one per field)"
+                % ("indices, " if a["permuted"] else ""))
+    if a["batch_size"] < 1:
+        return "batch_size=%d must be >= 1" % a["batch_size"]
+    if a["record"] and a["batch_size"] != 1:
+        return "record=True reads single records: batch_size=%d must be 1" % a["batch_size"]
+    return None
+
+
+register("ReadArrayBatch", (1, INF), (1, INF),
+         [A("batch_size", "int", 1), A("enforce_batch_size", "bool", False),
+          A("record", "bool", False,
+            "one record without the batch dimension (batch_size must be 1)"),
+          A("permuted", "bool", False,
+            "input 1 is an int64 permutation of the records to read through")],
+         "fastpipe: read the next batch of flat array fields through a shared cursor "
+         "(fastpipe.sources.ArrayReader); output 0 is the stop flag.", _check_read_array)
 
 # Checks that read only the op's arguments and arity (not its input/output
 # names), so parse_args may share one result between ops of equal arity.

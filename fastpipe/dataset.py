@@ -7,6 +7,9 @@ concurrently and every record is read exactly once; its writer appends
 under a mutex (``AtomicAppend``).
 """
 
+import weakref
+from typing import Optional
+
 import numpy as np
 
 from . import core
@@ -109,6 +112,98 @@ class _DatasetRandomReader(Reader):
                 loop_over=self.loop_over)
             fields = core.output_to_list(fields)
             return read_net.IsEmpty([fields[0]]), fields
+
+
+class _DatasetEpochReader(Reader):
+    def __init__(self, dataset, name, batch_size=1, shuffle=False, seed=None,
+                 enforce_batch_size=False):
+        """Use ``dataset.epoch_reader()``."""
+        from . import sources
+        Reader.__init__(self, dataset.content())
+        self.dataset = dataset
+        self.name = name or (dataset.name + "_epoch_cursor")
+        self.batch_size = batch_size
+        self.enforce_batch_size = enforce_batch_size
+        self.shuffle = bool(shuffle)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < sources.SEED_LIMIT):
+            raise GraphError("Dataset %s: epoch_reader seed=%r must be an int in [0, 2**63)"
+                             % (dataset.name, seed))
+        if seed is None and shuffle:
+            import secrets
+            seed = secrets.randbelow(sources.SEED_LIMIT)
+        self.seed = seed
+        # the epoch counter (and seed) of the shuffled order
+        self._state = sources._ArrayState([], seed if seed is not None else 0)
+        self.cursor = None
+        self.indices = None
+        self.offsets = None
+        # Flat numeric datasets (no lengths fields, no strings) are shuffled
+        # by ReadArrayBatch through the permutation: one row gather per
+        # record.  Nested or string datasets go through ComputeOffset +
+        # ReadRandomBatch (whole records, slower).
+        self.flat = not any(f.split(":")[-1] == "lengths" for f in dataset.fields) and \
+            all(np.dtype(t).base.kind not in "SUO" for t in dataset.field_types)
+
+    @property
+    def epoch(self):
+        """The next epoch (runs whose task init set this reader up so far)."""
+        return self._state.epoch
+
+    def setup_ex(self, init_net, exit_net):
+        # Everything here runs in the task init, i.e. at the start of every
+        # run: a new cursor (so every run reads from the first record) and,
+        # when shuffling, the offsets and this epoch's permutation.  Guarded:
+        # a reader shared by several pipes is set up by the first.
+        if self.cursor is not None:
+            return
+        from . import sources
+        content = self.dataset.content()
+        self.cursor = init_net.CreateTreeCursor(
+            [], init_net.NextScopedBlob(self.name), fields=self.dataset.fields)
+        if self.shuffle:
+            key = init_net.NextScopedBlob(self.name + "_epoch_key")
+            init_net.add_attribute("fastpipe.sources", self._state)
+            init_net.Python(sources._feed_arrays_fn(weakref.ref(self._state), self.name,
+                                                    True))([], [key])
+            sources._name_last_op(init_net, self.name + "/epoch_key")
+            if not self.flat:
+                self.offsets = init_net.ComputeOffset(
+                    [self.cursor] + content.field_blobs(),
+                    init_net.NextScopedBlob(self.name + "_offsets"))
+            # field 0 is always in the root domain: its rows are the records
+            self.indices = init_net.EpochPermutation(
+                [key, content.field_blobs()[0]],
+                init_net.NextScopedBlob(self.name + "_permutation"))
+
+    def read(self, read_net):
+        if self.cursor is None:
+            raise GraphError("Dataset epoch reader %s: setup_ex not called." % self.name)
+        content = self.dataset.content()
+        if self.shuffle and self.flat:
+            scope = read_net.NextName(self.name)
+            outs = core.output_to_list(read_net.ReadArrayBatch(
+                [self.cursor, self.indices] + content.field_blobs(),
+                ["%s/%s" % (scope, f) for f in ["stop"] + content.field_names()],
+                batch_size=self.batch_size, enforce_batch_size=self.enforce_batch_size,
+                permuted=True))
+            return outs[0], outs[1:]
+        with core.NameScope(read_net.NextName(self.name)):
+            if self.shuffle:
+                fields = read_net.ReadRandomBatch(
+                    [self.cursor, self.indices, self.offsets] + content.field_blobs(),
+                    content.field_names(), batch_size=self.batch_size,
+                    enforce_batch_size=self.enforce_batch_size)
+            else:
+                fields = read_net.ReadNextBatch(
+                    [self.cursor] + content.field_blobs(), content.field_names(),
+                    batch_size=self.batch_size,
+                    enforce_batch_size=self.enforce_batch_size)
+            fields = core.output_to_list(fields)
+            return read_net.IsEmpty([fields[0]]), fields
+
+    def reset(self, net):
+        net.ResetCursor([self.cursor], [])
 
 
 class _DatasetWriter(Writer):
@@ -241,13 +336,57 @@ class Dataset(object):
         ``init_net`` if given, else in the first task init it is set up in.
 
         Every read takes the next ``batch_size`` records atomically; the
-        reader stops when a read returns no record.
+        reader stops when a read returns no record.  The cursor reads the
+        data once: a later run that finds it at the end reads nothing and
+        warns (``fastpipe.errors.FastpipeWarning``); use
+        :meth:`epoch_reader` for a reader that starts afresh every run.
         """
         self._check_initialized()
         reader = _DatasetReader(self, cursor_name, batch_size, enforce_batch_size)
         if init_net is not None:
             reader.setup_ex(init_net, None)
         return reader
+
+    def epoch_reader(self, batch_size: int = 1, shuffle: bool = False,
+                     seed: Optional[int] = None,
+                     enforce_batch_size: bool = False) -> Reader:
+        """A reader that starts afresh at every run (every epoch).
+
+        Unlike :meth:`reader`, whose cursor is made once and so reads the
+        data once (a re-run whose cursor is already at the end reads nothing
+        and warns with ``FastpipeWarning``), this reader sets itself up in
+        the task init, i.e. at the start of every run: a new cursor at the
+        first record and, with ``shuffle=True``, a fresh permutation of the
+        records for this epoch (``fastpipe.sources`` defines epochs: the
+        reader's k-th run is its epoch k; the permutations follow from
+        ``seed``, the same in every process).  Nested fields (lengths)
+        are shuffled by whole records.
+
+        Args:
+            batch_size: records per read (the last batch may be shorter).
+            shuffle: read each epoch in a fresh random order.
+            seed: with ``shuffle``, fixes the sequence of permutations (an
+                int in ``[0, 2**63)``); None draws one for this reader.
+            enforce_batch_size: drop a short last batch.
+
+        Threading: any number of runtime instances read it concurrently,
+        every record exactly once per epoch (one shared cursor); reads run
+        natively without the GIL (the shuffled reader's task init makes one
+        short Python call per run to hand over the epoch).
+
+        Example::
+
+            reader = ds.epoch_reader(batch_size=64, shuffle=True, seed=0)
+            with TaskGroup() as tg:
+                pipe(reader, processor=f, num_runtime_threads=4)
+            for epoch in range(3):
+                session.run(tg)          # three epochs, three orders
+        """
+        self._check_initialized()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise GraphError("Dataset %s: epoch_reader batch_size=%r must be an int >= 1"
+                             % (self.name, batch_size))
+        return _DatasetEpochReader(self, None, batch_size, shuffle, seed, enforce_batch_size)
 
     def random_reader(self, init_net=None, indices=None, cursor_name=None,
                       batch_size=1, loop_over=False, enforce_batch_size=False):

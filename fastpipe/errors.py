@@ -8,7 +8,8 @@ status code into one of these classes in a single place
 
 __all__ = ["FastpipeError", "OperatorDefError", "PlanError", "BlobError",
            "RunError", "QueueClosedError", "CancelledError", "GraphError",
-           "WorkspaceError", "ArgumentError", "OutOfMemoryError", "IterTimeoutError"]
+           "WorkspaceError", "ArgumentError", "OutOfMemoryError", "FastpipeWarning",
+           "IterTimeoutError"]
 
 
 class FastpipeError(Exception):
@@ -90,6 +91,12 @@ class GraphError(FastpipeError, ValueError, AssertionError):
     (e.g. a setter on an ExecutionStep already added as a substep).  It is
     also an ``AssertionError`` so code written against Caffe2 that catches
     that keeps working."""
+
+
+class FastpipeWarning(UserWarning):
+    """A run did something legal but probably unintended, e.g. a
+    ``Dataset.reader()`` whose cursor was already at the end when a re-run
+    first read it (the run read nothing).  Emitted when the run ends."""
 
 
 class IterTimeoutError(FastpipeError, TimeoutError):

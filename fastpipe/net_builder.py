@@ -26,8 +26,8 @@ across threads sharing one builder.  Nothing here touches data.
 """
 
 from . import context, core
+from ._graph import registry as _graph_registry
 from .errors import GraphError
-from .task import Task, TaskGroup
 
 __all__ = ["NetBuilder", "Operations", "ops"]
 
@@ -229,27 +229,27 @@ class Operations(object):
 
     def task_init(self):
         """Ops run once per Task run, before all its instances start."""
-        return self._setup(Task.TASK_SETUP, _SetupBuilder.INIT)
+        return self._setup(TASK_SETUP, _SetupBuilder.INIT)
 
     def task_exit(self):
         """Ops run once per Task run, after all its instances finished."""
-        return self._setup(Task.TASK_SETUP, _SetupBuilder.EXIT)
+        return self._setup(TASK_SETUP, _SetupBuilder.EXIT)
 
     def task_instance_init(self):
         """Ops run once per task instance, in its workspace, after task init."""
-        return self._setup(Task.TASK_INSTANCE_SETUP, _SetupBuilder.INIT)
+        return self._setup(TASK_INSTANCE_SETUP, _SetupBuilder.INIT)
 
     def task_instance_exit(self):
         """Ops run once per task instance, in its workspace, at its end."""
-        return self._setup(Task.TASK_INSTANCE_SETUP, _SetupBuilder.EXIT)
+        return self._setup(TASK_INSTANCE_SETUP, _SetupBuilder.EXIT)
 
     def local_init(self):
         """Ops run once per node per TaskGroup run, before any task."""
-        return self._setup(TaskGroup.LOCAL_SETUP, _SetupBuilder.INIT)
+        return self._setup(LOCAL_SETUP, _SetupBuilder.INIT)
 
     def local_exit(self, name=None):
         """Ops run once per node per TaskGroup run, after every task."""
-        return self._setup(TaskGroup.LOCAL_SETUP, _SetupBuilder.EXIT, name)
+        return self._setup(LOCAL_SETUP, _SetupBuilder.EXIT, name)
 
     def task_reporter(self, interval_ms=1000, name=None):
         """Ops run every ``interval_ms`` in each task instance while it runs,
@@ -264,6 +264,18 @@ class Operations(object):
 
 ops = Operations()
 
+# The attribute keys the task layer reads setup blocks and reporters from
+# (``TASK_SETUP`` etc. are these strings; they live here so that this
+# module does not import ``task``, which imports it).
+TASK_SETUP = "task_setup"
+TASK_INSTANCE_SETUP = "task_instance_setup"
+REPORT_STEP = "report_step"
+LOCAL_SETUP = "local_setup"
+
+# core (fastpipe._graph) sits below this module: it finds the active
+# builder through its registry.
+_graph_registry.register_builder_class(NetBuilder)
+
 
 class _ReporterBuilder(NetBuilder):
     def __init__(self, interval_ms, net=None, name=None):
@@ -276,9 +288,9 @@ class _ReporterBuilder(NetBuilder):
             step = core.to_execution_step(self)
             step.RunEveryMillis(self.interval_ms)
             if self._net is not None:
-                self._net.add_attribute(Task.REPORT_STEP, step)
+                self._net.add_attribute(REPORT_STEP, step)
             else:
-                TaskGroup.current().report_step(step, interval_ms=self.interval_ms)
+                _graph_registry.task_group_class().current().report_step(step, interval_ms=self.interval_ms)
         NetBuilder.__exit__(self, etype, *args)
 
 

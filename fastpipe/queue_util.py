@@ -45,8 +45,16 @@ class _QueueReader(dataio.Reader):
         return [dequeue_net], status_blob, fields
 
     def read(self, net):
-        net, _, fields = self.read_ex(net, None)
-        return net, fields
+        """Append the dequeue to ``net``; return ``(status, fields)`` (status
+        true once the queue is closed and drained).  ``net`` also carries
+        the queue, so the task that runs it creates the queue at node
+        setup."""
+        self._wrapper._new_reader(net)
+        names = self.schema().field_names()
+        fields, status_blob = dequeue(
+            net, self._wrapper.queue(), len(names), field_names=names,
+            num_records=self._num_dequeue_records)
+        return status_blob, fields
 
 
 class _QueueWriter(dataio.Writer):

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import core
 from .core import BlobReference
+from ._graph import registry as _graph_registry
 from .errors import GraphError
 
 logger = logging.getLogger(__name__)
@@ -891,3 +892,10 @@ def schema_check(schema, previous=None):
 def attach_metadata_to_scalars(field, metadata):
     for scalar in field.all_scalars():
         scalar.set_metadata(metadata)
+
+
+# The graph layer (fastpipe._graph) sits below this module and reaches the
+# record functions it needs through its registry.
+_graph_registry.register_schema_functions(
+    NewRecord=NewRecord, from_blob_list=from_blob_list, Struct=Struct,
+    Field=Field)

@@ -20,7 +20,8 @@ per-thread stacks; build a group from one thread.
 
 from collections import OrderedDict
 
-from . import context, core
+from . import context, core, net_builder
+from ._graph import registry as _graph_registry
 from .errors import GraphError
 from .schema import Field, from_blob_list
 
@@ -188,7 +189,7 @@ class TaskGroup(context.Managed):
         LocalSession().run(tg)
     """
 
-    LOCAL_SETUP = "local_setup"
+    LOCAL_SETUP = net_builder.LOCAL_SETUP
 
     def __init__(self, workspace_type=None):
         self._plan_cache = None
@@ -443,9 +444,9 @@ class Task(context.Managed):
     blobs, queues, outputs).
     """
 
-    TASK_SETUP = "task_setup"
-    TASK_INSTANCE_SETUP = "task_instance_setup"
-    REPORT_STEP = "report_step"
+    TASK_SETUP = net_builder.TASK_SETUP
+    TASK_INSTANCE_SETUP = net_builder.TASK_INSTANCE_SETUP
+    REPORT_STEP = net_builder.REPORT_STEP
     _global_names_used = set()
 
     @staticmethod
@@ -492,7 +493,6 @@ class Task(context.Managed):
         self._num_instances = num_instances
 
     def __enter__(self):
-        from .net_builder import NetBuilder
         self._assert_not_used()
         if self._step is not None:
             raise GraphError("This Task already has an execution step.")
@@ -500,7 +500,7 @@ class Task(context.Managed):
         # temporarily remove from the pending list to keep the order right
         if self.group is not None:
             self.group._tasks_to_add.remove(self)
-        self._net_builder = NetBuilder(_fullname=self.name)
+        self._net_builder = net_builder.NetBuilder(_fullname=self.name)
         self._net_builder.__enter__()
         return self
 
@@ -618,3 +618,8 @@ class SetupNets(object):
     def __repr__(self):
         return "SetupNets(init_nets={}, exit_nets={})".format(
             self.init_nets, self.exit_nets)
+
+
+# net_builder (below this module) finds the active TaskGroup through the
+# graph registry.
+_graph_registry.register_task_group_class(TaskGroup)

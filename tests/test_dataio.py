@@ -4,6 +4,8 @@ fastpipe.workspace)."""
 import numpy as np
 import pytest
 
+from fastpipe.errors import FastpipeWarning
+
 from fastpipe import core, schema
 from fastpipe.dataio import (CompositeReader, CounterReader, CountUntil, Pipe,
                              PipedReaderBuilder, Reader, ReaderBuilder,
@@ -251,8 +253,10 @@ def test_shared_reader_and_writer_at_runtime(ws):
     session.run(tg)
     assert sorted_column(ws, dst) == list(range(60))
     # a second run re-runs the task init nets, but the cursor was made
-    # outside them: the data is exhausted and nothing more is written
-    session.run(tg)
+    # outside them: the data is exhausted, nothing more is written, and
+    # fastpipe says so instead of silently reading nothing
+    with pytest.warns(FastpipeWarning, match="epoch_reader"):
+        session.run(tg)
     assert sorted_column(ws, dst) == list(range(60))
 
 

@@ -399,6 +399,7 @@ cdef class Run:
                 return False
         self._teardown()
         _raise_status(rs)
+        _emit_run_warnings(self)    # dataset.pxi: warnings noted by kernels, once
         return True
 
     def cancel(self):

@@ -98,6 +98,12 @@ ctypedef struct Buffer:
     # > 0: data is its own anonymous mapping of maplen bytes (a growable
     # buffer, see buf_new_mapped); 0: data follows the header in one block.
     int64_t maplen
+    # Borrowed buffers (buf_new_borrowed): data is memory of this Python
+    # object (a numpy array), held by one strong reference that the last
+    # buf_decref drops.  NULL for buffers the core allocated.  A borrowed
+    # buffer is never written: buf_private() is false for it, so every
+    # writer (tensor_reshape, AtomicAppend growth) allocates its own.
+    PyObject* owner
 
 
 # Growable buffers (AtomicAppend's outputs) from this size on are their own
@@ -133,6 +139,7 @@ cdef Buffer* buf_new(int64_t n, bint is_str) noexcept nogil:
     b.is_str = is_str
     b.capacity = n
     b.maplen = 0
+    b.owner = NULL
     if is_str:
         b.data = <void*>fp_str_array_new(n)
         if b.data == NULL:
@@ -149,13 +156,68 @@ cdef inline void buf_incref(Buffer* b) noexcept nogil:
         fp_fetch_add(&b.refcnt, 1)
 
 
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030D0000
+    #define fp_py_finalizing() Py_IsFinalizing()
+    #else
+    #define fp_py_finalizing() _Py_IsFinalizing()
+    #endif
+    """
+    bint fp_py_finalizing() nogil
+
+
+cdef void buf_drop_owner(Buffer* b) noexcept nogil:
+    """Release a borrowed buffer's Python owner: the last reference may go
+    on any thread (a runtime instance, a queue consumer, the workspace's
+    teardown), so the GIL is taken here -- the only place a buffer touches
+    Python, and only for borrowed buffers.  Callers never hold a native lock
+    (ws_clear, tensor_clear and the read ops release after unlocking), so a
+    thread that holds the GIL and waits for such a lock cannot deadlock with
+    this.  While the interpreter is finalising, taking the GIL from a native
+    thread would block forever: the reference is leaked instead (the process
+    is exiting; the array's memory goes with it)."""
+    cdef PyObject* o = b.owner
+    b.owner = NULL
+    if o == NULL or fp_py_finalizing():
+        return
+    with gil:
+        Py_DECREF(<object>o)
+
+
 cdef inline void buf_decref(Buffer* b) noexcept nogil:
     if b != NULL and fp_fetch_add(&b.refcnt, -1) == 1:
-        if b.is_str:
+        if b.owner != NULL:
+            buf_drop_owner(b)
+        elif b.is_str:
             fp_str_array_delete(<string*>b.data)
         elif b.maplen:
             munmap(b.data, <size_t>b.maplen)
         free(b)
+
+
+cdef inline bint buf_private(Buffer* b) noexcept nogil:
+    """True when b may be written or recycled by its one holder: a single
+    reference and memory the core owns (not borrowed from Python)."""
+    return fp_load(&b.refcnt) == 1 and b.owner == NULL
+
+
+cdef Buffer* buf_new_borrowed(void* data, int64_t nbytes, object owner) except NULL:
+    """A numeric buffer over ``nbytes`` bytes at ``data``, memory that
+    ``owner`` (a numpy array) keeps alive: the buffer takes a strong
+    reference to it (so the GIL is held here) and drops it when its last
+    reference goes (buf_drop_owner).  The core never writes such a buffer."""
+    cdef Buffer* b = <Buffer*>fp_aligned_alloc(64, 64)
+    if b == NULL:
+        raise MemoryError("borrowing a buffer")
+    b.refcnt = 1
+    b.is_str = False
+    b.data = data
+    b.capacity = nbytes
+    b.maplen = 0
+    Py_INCREF(owner)
+    b.owner = <PyObject*>owner
+    return b
 
 
 cdef inline int64_t map_len(int64_t n) noexcept nogil:
@@ -182,6 +244,7 @@ cdef Buffer* buf_new_mapped(int64_t n) noexcept nogil:
     b.data = p
     b.capacity = ln
     b.maplen = ln
+    b.owner = NULL
     return b
 
 
@@ -278,7 +341,7 @@ cdef int tensor_reshape_hold(Tensor* t, int dtype, int ndim, const int64_t* shap
     cdef Buffer* cur = t.buf
     old[0] = NULL
     # Fast path: same dtype and dims, private buffer -> nothing to do.
-    if cur != NULL and t.dtype == dtype and t.ndim == ndim and fp_load(&cur.refcnt) == 1:
+    if cur != NULL and t.dtype == dtype and t.ndim == ndim and buf_private(cur):
         i = 0
         while i < ndim and t.shape[i] == shape[i]:
             i += 1
@@ -294,7 +357,7 @@ cdef int tensor_reshape_hold(Tensor* t, int dtype, int ndim, const int64_t* shap
     cdef bint is_str = dtype == DT_STRING
     cdef int64_t need = size if is_str else size * dtype_itemsize(dtype)
     cdef Buffer* b = t.buf
-    if b == NULL or b.is_str != is_str or b.capacity < need or fp_load(&b.refcnt) != 1:
+    if b == NULL or b.is_str != is_str or b.capacity < need or not buf_private(b):
         b = buf_new(need, is_str)
         if b == NULL:
             return -1

@@ -182,8 +182,9 @@ cdef int tree_build(FieldTree* t, const vector[string]& fields, string* err) noe
 
 cdef cppclass Cursor:
     FieldTree tree              # immutable after creation
-    fp_mutex mu                 # protects offsets
+    fp_mutex mu                 # protects offsets and last_run
     vector[int64_t] offsets     # one per domain; empty means "at start"
+    int64_t last_run            # run id of the last ReadNextBatch (0: never read)
 
 
 cdef void cursor_destroy(void* p) noexcept nogil:
@@ -222,6 +223,7 @@ cdef int k_create_tree_cursor(OpInst* op, RunCtx* ctx) noexcept nogil:
         del c
         return op_fails(op, ctx, E_RUNTIME, err)
     fp_mutex_init(&c.mu)
+    c.last_run = 0
     h = obj_new(OBJ_CURSOR, c, cursor_destroy)
     if h == NULL:
         return op_oom(op, ctx)
@@ -466,6 +468,7 @@ cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef size_t i, nf
     cdef int d, rc, bad_d = 0
     cdef int64_t bad_v = 0, have = 0
+    cdef bint stale
     if c == NULL:
         return -1
     t = &c.tree
@@ -484,6 +487,14 @@ cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     st.ends.resize(t.ndomains)
     # Advance under the lock; nothing is copied while it is held.
     fp_lock(&c.mu)
+    # The first read of a run that finds the cursor already at the end of
+    # non-empty data (a cursor made once, e.g. in a user's init net, and
+    # read to the end by an earlier run) reads nothing: note it, so the
+    # run ends with a FastpipeWarning instead of silently zero batches.
+    stale = (c.last_run != ctx.rs.run_id and c.last_run != 0 and
+             c.offsets.size() == <size_t>t.ndomains and st.limits[0] > 0 and
+             c.offsets[0] >= st.limits[0])
+    c.last_run = ctx.rs.run_id
     if c.offsets.empty():
         c.offsets.assign(t.ndomains, 0)
     if c.offsets.size() != <size_t>t.ndomains:
@@ -497,6 +508,13 @@ cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
             for d in range(t.ndomains):
                 c.offsets[d] = st.ends[d]
     fp_unlock(&c.mu)
+    if stale:
+        rs_warn(ctx.rs, op_where(op, ctx) + cstr(b": the cursor '") + op.ins[0].name +
+                cstr(b"' was already at the end of its ") + to_str(st.limits[0]) +
+                cstr(b" records when this run first read it, so this run read nothing "
+                     b"(a Dataset.reader() cursor is made once and reads the data once; "
+                     b"use Dataset.epoch_reader() to start every run afresh, or reset "
+                     b"the cursor with ResetCursor)"))
     if rc == -1:
         ds_release(st)
         return op_fails(op, ctx, E_RUNTIME, cstr(b"the cursor ('") + op.ins[0].name + cstr(b"') holds ") +
@@ -832,6 +850,291 @@ cdef int k_check_dataset_consistency(OpInst* op, RunCtx* ctx) noexcept nogil:
     return 0
 
 
+# ---- sources: epoch permutations and array reads (fastpipe.sources) -----------------
+#
+# EpochPermutation turns a key (seed, epoch) into a uniform permutation of
+# 0..N-1: mt19937_64 seeded through std::seed_seq with the key's four 32-bit
+# halves, then Fisher-Yates with rejection sampling.  Both are specified
+# exactly by the C++ standard (no implementation-defined distribution), so a
+# key gives the same permutation in every process and build.
+#
+# ReadArrayBatch is the read op of sources.ArrayReader: flat fields (no
+# lengths domains) sharing one cursor offset, optionally through an index
+# permutation, with the stop flag as its first output (no IsEmpty after it)
+# and, with record=True, single records without the batch dimension.  The
+# offset advances under the cursor's mutex; rows are copied after it is
+# released, so N instances serialise only on the offset arithmetic and read
+# every record exactly once per epoch.
+
+cdef extern from *:
+    """
+    #include <random>
+    #include <cstdint>
+    static int fp_epoch_permutation(int64_t* out, int64_t n, uint64_t seed,
+                                    uint64_t epoch) noexcept {
+        try {
+            std::seed_seq sq{(uint32_t)seed, (uint32_t)(seed >> 32),
+                             (uint32_t)epoch, (uint32_t)(epoch >> 32)};
+            std::mt19937_64 eng(sq);
+            for (int64_t i = 0; i < n; i++) out[i] = i;
+            for (int64_t i = n - 1; i > 0; i--) {
+                uint64_t bound = (uint64_t)i + 1;
+                uint64_t threshold = (0 - bound) % bound;   // 2^64 mod bound
+                uint64_t r;
+                do { r = eng(); } while (r < threshold);
+                int64_t j = (int64_t)(r % bound);
+                int64_t tmp = out[i]; out[i] = out[j]; out[j] = tmp;
+            }
+            return 0;
+        } catch (...) {
+            return -1;
+        }
+    }
+    """
+    int fp_epoch_permutation(int64_t* out, int64_t n, uint64_t seed,
+                             uint64_t epoch) noexcept nogil
+
+
+cdef enum:   # argument positions (checked against the schemas on import)
+    RAB_BATCH_SIZE = 0              # ReadArrayBatch
+    RAB_ENFORCE_BATCH_SIZE = 1
+    RAB_RECORD = 2
+    RAB_PERMUTED = 3
+kernel_args("ReadArrayBatch", batch_size=(RAB_BATCH_SIZE, "int"),
+            enforce_batch_size=(RAB_ENFORCE_BATCH_SIZE, "bool"),
+            record=(RAB_RECORD, "bool"), permuted=(RAB_PERMUTED, "bool"))
+
+
+cdef int k_epoch_permutation(OpInst* op, RunCtx* ctx) noexcept nogil:
+    # inputs: key int64 [2] = (seed, epoch), rows (any tensor: N = its dim 0)
+    cdef Tensor* key = in_t(op, ctx, 0)
+    cdef Tensor* rows
+    cdef Tensor* out
+    cdef int64_t n
+    cdef int64_t* kv
+    if key == NULL:
+        return -1
+    if key.dtype != DT_INT64 or key.size != 2:
+        return fail_dtype(op, ctx, 0, key, b"int64 [2] (seed, epoch)")
+    rows = in_t(op, ctx, 1)
+    if rows == NULL:
+        return -1
+    if rows.ndim < 1:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"input 1 ('") + op.ins[1].name + cstr(b"') is ") +
+                        tensor_describe(rows) + cstr(b"; it needs at least 1 dim (its rows are permuted)"))
+    n = rows.shape[0]
+    kv = <int64_t*>tdata(key)
+    out = blob_out(op.outs[0])
+    if out_shape(op, ctx, out, DT_INT64, 1, &n) != 0:
+        return -1
+    if fp_epoch_permutation(<int64_t*>tdata(out), n, <uint64_t>kv[0], <uint64_t>kv[1]) != 0:
+        return op_oom(op, ctx)
+    return 0
+
+
+cdef int k_read_array_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
+    # inputs: cursor, [indices (int64 [N]) when permuted], fields...
+    # outputs: stop (bool scalar), one per field
+    cdef Cursor* c = op_cursor(op, ctx)
+    cdef DsState* st = <DsState*>op.state
+    cdef int64_t batch = op.d.args[RAB_BATCH_SIZE].i
+    cdef bint enforce = op.d.args[RAB_ENFORCE_BATCH_SIZE].i != 0
+    cdef bint record = op.d.args[RAB_RECORD].i != 0
+    cdef bint permuted = op.d.args[RAB_PERMUTED].i != 0
+    cdef size_t first = 2 if permuted else 1
+    cdef size_t nf, i
+    cdef int64_t n = -1, pos, take, j, r, inner, isz, rowb
+    cdef int64_t shape[MAX_DIMS]
+    cdef int nd, q, rc = 0
+    cdef Tensor* x
+    cdef Tensor snap
+    cdef Tensor* out
+    cdef int64_t* ix = NULL
+    cdef char* src
+    cdef char* dst
+    cdef string* ss
+    cdef string* ds
+    if c == NULL:
+        return -1
+    if op.ins.size() < first or op.outs.size() != op.ins.size() - first + 1:
+        return op_fail(op, ctx, E_RUNTIME, b"expects inputs (cursor, [indices], fields...) "
+                       b"and outputs (stop, one per field)")
+    nf = op.ins.size() - first
+    ds_release(st)
+    # st.ins[k] is input k + 1 (the indices, if permuted, then the fields)
+    for i in range(1, op.ins.size()):
+        x = in_t(op, ctx, i)
+        if x == NULL:
+            ds_release(st)
+            return -1
+        tensor_snapshot(x, &snap)   # pinned: the copy below reads it unlocked
+        st.ins.push_back(snap)
+    for i in range(1, op.ins.size()):
+        x = &st.ins[i - 1]
+        if i == 1 and permuted:
+            if x.dtype != DT_INT64 or x.ndim != 1:
+                rc = fail_dtype(op, ctx, 1, x, b"int64 1-D (record indices)")
+                break
+            ix = <int64_t*>x.buf.data
+            continue
+        if x.ndim < 1:
+            rc = op_fails(op, ctx, E_RUNTIME, cstr(b"field input ") + to_str(i) + cstr(b" ('") +
+                          op.ins[i].name + cstr(b"') is ") + tensor_describe(x) +
+                          cstr(b"; array fields need at least 1 dim (the records)"))
+            break
+        if n >= 0 and x.shape[0] != n:
+            rc = op_fails(op, ctx, E_RUNTIME, cstr(b"field input ") + to_str(i) + cstr(b" ('") +
+                          op.ins[i].name + cstr(b"') has ") + to_str(x.shape[0]) +
+                          cstr(b" rows but the first field has ") + to_str(n))
+            break
+        n = x.shape[0]
+    if rc == 0 and permuted and st.ins[0].size != n:
+        rc = op_fails(op, ctx, E_RUNTIME, cstr(b"the indices ('") + op.ins[1].name + cstr(b"') hold ") +
+                      to_str(st.ins[0].size) + cstr(b" entries for ") + to_str(n) + cstr(b" records"))
+    if rc != 0:
+        ds_release(st)
+        return -1
+    if n < 0:
+        n = 0
+    fp_lock(&c.mu)
+    if c.offsets.empty():
+        c.offsets.push_back(0)
+    pos = c.offsets[0]
+    if pos > n:
+        pos = n
+    take = n - pos if n - pos < batch else batch
+    if enforce and take < batch:
+        take = 0            # a short tail is consumed and not returned
+        pos = n
+    c.offsets[0] = pos + take
+    fp_unlock(&c.mu)
+    if scalar_out_bool(op, ctx, 0, take == 0) != 0:
+        ds_release(st)
+        return -1
+    if take == 0 and record:
+        ds_release(st)      # the step stops on the flag; outputs keep their last record
+        return 0
+    for i in range(nf):
+        x = &st.ins[i + first - 1]
+        isz = dtype_itemsize(x.dtype)
+        inner = 1
+        for q in range(1, x.ndim):
+            inner *= x.shape[q]
+        rowb = inner * isz
+        if record:
+            nd = x.ndim - 1
+            for q in range(nd):
+                shape[q] = x.shape[q + 1]
+        else:
+            nd = x.ndim
+            shape[0] = take
+            for q in range(1, nd):
+                shape[q] = x.shape[q]
+        out = blob_out(op.outs[i + 1])
+        if out_shape(op, ctx, out, x.dtype, nd, shape) != 0:
+            rc = -1
+            break
+        if take == 0 or rowb == 0:
+            continue
+        if x.dtype == DT_STRING:
+            # std::string elements (isz is sizeof(string)): assign, never memcpy
+            ss = <string*>x.buf.data
+            ds = <string*>tdata(out)
+            for j in range(take):
+                r = ix[pos + j] if ix != NULL else pos + j
+                if r < 0 or r >= n:
+                    rc = op_fails(op, ctx, E_RUNTIME, cstr(b"index ") + to_str(r) + cstr(b" at position ") +
+                                  to_str(pos + j) + cstr(b" of '") + op.ins[1].name +
+                                  cstr(b"' is out of range for ") + to_str(n) + cstr(b" records"))
+                    break
+                for q in range(inner):
+                    ds[j * inner + q] = ss[r * inner + q]
+            if rc != 0:
+                break
+            continue
+        src = <char*>x.buf.data
+        dst = <char*>tdata(out)
+        if ix == NULL:
+            memcpy(dst, src + pos * rowb, take * rowb)
+        else:
+            for j in range(take):
+                r = ix[pos + j]
+                if r < 0 or r >= n:
+                    rc = op_fails(op, ctx, E_RUNTIME, cstr(b"index ") + to_str(r) + cstr(b" at position ") +
+                                  to_str(pos + j) + cstr(b" of '") + op.ins[1].name +
+                                  cstr(b"' is out of range for ") + to_str(n) + cstr(b" records"))
+                    break
+                memcpy(dst + j * rowb, src + r * rowb, rowb)
+            if rc != 0:
+                break
+    ds_release(st)
+    return rc
+
+
+# ---- Python-side helpers of fastpipe.sources and the run warnings ---------------------
+
+def _borrow_array(TensorRef ref, arr):
+    """Make the tensor of ``ref`` (an output of a Python op) view ``arr``'s
+    memory without copying: its buffer holds a reference to ``arr`` and is
+    never written by the core (a writer of that blob gets a new buffer).
+    ``arr`` must be a C-contiguous numeric array in native byte order (the
+    caller, fastpipe.sources, makes one copy of any other array)."""
+    cdef cnp.ndarray a = arr
+    cdef Tensor* t
+    cdef Buffer* nb
+    cdef Buffer* old
+    cdef int i
+    cdef int64_t size = 1
+    ref._check()
+    name = ref.blob.name.decode("utf-8", "replace")
+    dt = _NP_TO_DT.get(a.dtype, -1)
+    if dt < 0 or dt == DT_STRING:
+        raise ArgumentError("blob %r: cannot borrow a %s array (numeric dtypes only)" % (name, a.dtype))
+    if not a.flags.c_contiguous or not a.dtype.isnative:
+        raise ArgumentError("blob %r: a borrowed array must be C-contiguous in native byte order" % name)
+    if a.ndim > MAX_DIMS:
+        raise ArgumentError("blob %r: %d dims, at most %d are supported" % (name, a.ndim, MAX_DIMS))
+    for i in range(a.ndim):
+        size *= a.shape[i]
+    nb = buf_new_borrowed(cnp.PyArray_DATA(a), a.nbytes, a)
+    t = blob_out(ref.blob)
+    # the header changes under the owner's lock (a fetch sees old or new)
+    tensor_lock(t)
+    old = t.buf
+    t.buf = nb
+    t.dtype = dt
+    t.ndim = a.ndim
+    for i in range(a.ndim):
+        t.shape[i] = a.shape[i]
+    t.size = size
+    tensor_unlock(t)
+    buf_decref(old)
+
+
+def _take_run_warnings(Run run):
+    """The warnings the run's kernels noted (rs_warn), each returned once:
+    the list is emptied.  Called when a run has finished."""
+    cdef vector[string] w
+    if run.pr == NULL:
+        return []
+    with nogil:
+        fp_lock(&run.pr.rs.lock)
+        w.swap(run.pr.rs.warnings)
+        fp_unlock(&run.pr.rs.lock)
+    return [m.decode("utf-8", "replace") for m in w]
+
+
+def _emit_run_warnings(Run run):
+    """Emit the run's noted warnings as fastpipe.errors.FastpipeWarning (the
+    hook Run.wait calls once a run has finished)."""
+    msgs = _take_run_warnings(run)
+    if msgs:
+        import warnings
+        from fastpipe.errors import FastpipeWarning
+        for m in msgs:
+            warnings.warn(m, FastpipeWarning, stacklevel=3)
+
+
 reg("CreateTreeCursor", k_create_tree_cursor)
 reg("ResetCursor", k_reset_cursor)
 reg("ReadNextBatch", k_read_next_batch, ds_init, ds_fini)
@@ -839,6 +1142,8 @@ reg("ComputeOffset", k_compute_offset, ds_init, ds_fini)
 reg("SortAndShuffle", k_sort_and_shuffle)
 reg("ReadRandomBatch", k_read_random_batch, ds_init, ds_fini)
 reg("CheckDatasetConsistency", k_check_dataset_consistency, ds_check_init, ds_fini)
+reg("EpochPermutation", k_epoch_permutation)
+reg("ReadArrayBatch", k_read_array_batch, ds_init, ds_fini)
 
 
 # Last include of _core.pyx: every kernel and its argument table is

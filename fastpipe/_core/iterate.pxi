@@ -158,8 +158,7 @@ cdef class _RecordBufs:
             b = self.bufs[i]
             if b == NULL:
                 continue
-            if self.pool != NULL and b.maplen == 0 and not b.is_str \
-                    and fp_load(&b.refcnt) == 1:
+            if self.pool != NULL and b.maplen == 0 and not b.is_str and buf_private(b):
                 (<_BufPool>self.pool).put(i, b, self.dts[i])
             else:
                 buf_decref(b)
@@ -284,8 +283,10 @@ cdef object _take_array(Tensor* t, _RecordBufs base, int j):
     base.dts[j] = t.dtype
     Py_INCREF(base)
     cnp.PyArray_SetBaseObject(arr, base)
-    if fp_load(&b.refcnt) != 1:
-        # someone else holds this buffer too: never let Python write into it
+    if not buf_private(b):
+        # someone else holds this buffer too, or it is borrowed memory of a
+        # Python object (a source's array read in place): never let Python
+        # write into it
         cnp.PyArray_CLEARFLAGS(arr, cnp.NPY_ARRAY_WRITEABLE)
     memset(t, 0, sizeof(Tensor))
     return arr
@@ -747,7 +748,7 @@ cdef class RecordIterator:
                 for kk in range(got * n):
                     r = &self.outs[kk]
                     if r.buf != NULL and not r.buf.is_str and r.buf.maplen == 0 \
-                            and fp_load(&r.buf.refcnt) == 1 and self.pool is not None:
+                            and buf_private(r.buf) and self.pool is not None:
                         self.pool.put(<int>(kk % n), r.buf, r.dtype)
                         memset(r, 0, sizeof(Tensor))
                     else:

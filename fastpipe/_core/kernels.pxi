@@ -827,7 +827,7 @@ cdef inline int scalar_out_bool(OpInst* op, RunCtx* ctx, size_t k, bint v) noexc
     cdef Tensor* out = blob_out(op.outs[k])
     cdef Buffer* b = out.buf
     # fast path: already a private bool scalar
-    if b != NULL and out.dtype == DT_BOOL and out.ndim == 0 and b.refcnt == 1:
+    if b != NULL and out.dtype == DT_BOOL and out.ndim == 0 and buf_private(b):
         (<uint8_t*>b.data)[0] = v
         return 0
     if tensor_scalar(out, DT_BOOL) != 0:
@@ -938,7 +938,7 @@ cdef int tensor_append(Tensor* a, Tensor* b) noexcept nogil:
     cdef bint is_str = a.dtype == DT_STRING
     cdef int64_t need_units = need if is_str else need * isz
     cdef Buffer* prev = NULL
-    cdef bint private = cur != NULL and fp_load(&cur.refcnt) == 1
+    cdef bint private = cur != NULL and buf_private(cur)
     cdef bint grown = False
     cdef int rc = 0
     cdef string* os

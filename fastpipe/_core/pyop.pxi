@@ -32,6 +32,8 @@ cdef object tensor_view(Tensor* t):
     for i in range(snap.ndim):
         dims[i] = snap.shape[i]
     arr = cnp.PyArray_SimpleNewFromData(snap.ndim, dims, npy_type(snap.dtype), snap.buf.data)
+    if snap.buf.owner != NULL:     # borrowed from a user's array: never written
+        cnp.PyArray_CLEARFLAGS(arr, cnp.NPY_ARRAY_WRITEABLE)
     Py_INCREF(ref)
     cnp.PyArray_SetBaseObject(arr, ref)
     return arr

@@ -100,6 +100,9 @@ cdef cppclass RunState:
     PyObject* err_exc       # owned; set with the GIL by the Python kernel
     vector[ObjHeader*] queues   # queues touched by this run (owned refs)
     vector[long] py_threads  # threads inside a Python op right now
+    # Warnings noted by kernels (rs_warn), each message once; Python emits
+    # them as FastpipeWarning when the run ends (run_warnings in dataset.pxi).
+    vector[string] warnings
 
 
 ctypedef struct RunCtx:
@@ -175,6 +178,18 @@ cdef void rs_register_queue(RunState* rs, ObjHeader* q) noexcept nogil:
     # A run cancelled before this queue was registered must still close it.
     if fp_load(&rs.cancelled):
         queue_cancel_obj(q, rs.run_id)
+
+
+cdef void rs_warn(RunState* rs, const string& msg) noexcept nogil:
+    """Note a warning for the run (a kernel, any thread; duplicates dropped)."""
+    cdef size_t i
+    fp_lock(&rs.lock)
+    for i in range(rs.warnings.size()):
+        if rs.warnings[i] == msg:
+            fp_unlock(&rs.lock)
+            return
+    rs.warnings.push_back(msg)
+    fp_unlock(&rs.lock)
 
 
 cdef void rs_py_enter(RunState* rs, long tid) noexcept nogil:
