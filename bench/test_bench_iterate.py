@@ -6,7 +6,10 @@ threads + queue.Queue (1 and 2 workers).  Also: break -> every thread
 joined, failure -> raised at next(), and the per-item cost of next().
 
 The job: source -> y = 2x + 1 as native ops (Mul/Add, broadcast=1) on 2
-runtime instances -> queue (capacity CAPACITY) -> iterate.  The source is
+runtime instances -> queue (capacity CAPACITY) -> iterate.  The fastpipe
+cell runs last in its group; its extra_info holds the ratios to the best
+peer and to the limit of the same run, and whether the issue's targets
+(>= 1.3x the best peer; >= 0.6x / 0.8x of the limit) were met.  The source is
 ``fastpipe.sources.ArrayReader`` when it exists (batch_size=None for
 records); otherwise a Dataset reader (batch 1 for records, whose items are
 (id (1,), y (1,16)): the consumer then sees them through the adapter
@@ -207,6 +210,14 @@ def test_fastpipe_iterate(benchmark, record, workload):
     lim_a = _MED.get((workload, "limit: consumer + adapter over pre-made items"))
     if lim_a and job.adapt:
         extra["x_limit_with_adapter"] = round(lim_a / med, 2)
+    # the targets: >= 1.3x the best peer, >= 0.6x (records) / 0.8x
+    # (batches) of the consumer-alone limit (with the adapter's own limit
+    # when the fallback source needs one)
+    want_limit = 0.6 if workload == "W_pipe_record" else 0.8
+    got_limit = extra.get("x_limit_with_adapter", extra.get("x_limit"))
+    if "x_best_peer" in extra and got_limit is not None:
+        extra["targets"] = "x_best_peer >= 1.3, x_limit >= %.1f" % want_limit
+        extra["meets_targets"] = bool(extra["x_best_peer"] >= 1.3 and got_limit >= want_limit)
     _record(record, benchmark, workload, "fastpipe: iterate (%d instances)" % INSTANCES,
             job.n, **extra)
 

@@ -13,7 +13,10 @@ carry an attribute (a plain list of nets) is compiled anew by every call.
 
 :class:`LocalSession` is the embedded default: every node collapses onto
 one, the group becomes a single plan (``fastpipe._lower``), and the plan
-runs on the session's workspace on native threads.
+runs on the session's workspace on native threads.  ``run`` waits for the
+job; ``start`` returns a :class:`RunHandle` at once; ``iterate`` starts the
+job and returns a :class:`RecordIterator` over one of its queues, so a
+Python training loop consumes records while the job runs.
 """
 
 import threading
