@@ -444,6 +444,75 @@ def test_ctrl_c_while_next_waits_cancels_and_joins(ws):
     assert _extra_tids(before) == set()
 
 
+def _waiting_plan(name):
+    """A plan that creates queue `name` and then blocks (natively, so a
+    cancel wakes it) on another, empty queue: `name` never gets a record."""
+    init = core.Net(name + "_init")
+    init.CreateBlobsQueue([], name, capacity=2, num_blobs=1, field_names=["v"])
+    init.CreateBlobsQueue([], name + "_other", capacity=1, num_blobs=1)
+    wait = core.Net(name + "_wait")
+    wait.DequeueBlobs([name + "_other"], [name + "_out"], timeout_secs=0.0)
+    plan = core.Plan(name + "_plan")
+    plan.AddStep(core.execution_step(name + "_s0", init))
+    plan.AddStep(core.execution_step(name + "_s1", wait))
+    return plan
+
+
+@pytest.mark.timeout(30)
+def test_close_from_another_thread_while_next_waits(ws):
+    """A training thread waits in next() (nothing ever comes); the main
+    thread closes the iterator: the waiting next() raises CancelledError (or,
+    if close() came first, the loop just ends), nothing crashes and every
+    thread is joined."""
+    before = _native_tids()
+    it = session.LocalSession(ws).iterate(_waiting_plan("waitq"), "waitq")
+    entered = threading.Event()
+    outcome = []
+
+    def loop():
+        entered.set()
+        try:
+            for _ in it:
+                pass
+            outcome.append("ended")
+        except CancelledError:
+            outcome.append("cancelled")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            outcome.append(e)
+    t = threading.Thread(target=loop)
+    t.start()
+    assert entered.wait(10)
+    it.close()
+    t.join(10)
+    assert not t.is_alive()
+    assert outcome in (["cancelled"], ["ended"]), outcome
+    assert it.run.done()
+    assert _extra_tids(before) - {t.native_id} == set()
+
+
+@pytest.mark.timeout(30)
+def test_close_interrupts_a_python_op_and_joins(ws):
+    """close() while a Python op of the job runs user code: the op is
+    interrupted (as when the iterator is dropped) and the job joined."""
+    started = threading.Event()
+
+    def spin(inputs, outputs):
+        started.set()
+        while True:         # pure Python: interruptible at any bytecode
+            pass
+
+    def proc(rec):
+        ops.Python(spin)([rec.id()], [])
+        return _affine(rec)
+    tg, q = _job(ws, 10, processor=proc, instances=1)
+    before = _native_tids()
+    it = session.LocalSession(ws).iterate(tg, q)
+    assert started.wait(10)
+    it.close()
+    assert it.run.done()
+    assert _extra_tids(before) == set()
+
+
 @pytest.mark.timeout(60)
 def test_interpreter_exit_with_a_live_iterator_does_not_hang(tmp_path):
     script = tmp_path / "live_iter.py"

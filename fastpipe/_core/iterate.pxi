@@ -313,7 +313,10 @@ cdef class RecordIterator:
     a ``next()`` that waits longer raises IterTimeoutError and leaves the
     job running.
 
-    Threading: drive one iterator from one Python thread at a time.
+    Threading: drive one iterator from one Python thread at a time (a
+    second thread's ``next()`` while one waits raises ArgumentError).  Any
+    thread may call ``cancel()`` or ``close()``: a ``next()`` waiting in
+    another thread then raises CancelledError.
     """
     cdef Run nrun
     cdef RunState* rs
@@ -329,6 +332,7 @@ cdef class RecordIterator:
     cdef int64_t timeout_ns     # per next(); -1: none
     cdef int64_t wake_mark      # wake parked writers once the fill is <= this
     cdef int state
+    cdef bint busy              # a next() is in its slow path (GIL released at times)
     cdef QStats st
     cdef object rec_type        # None: plain tuples
     cdef _BufPool pool          # recycled buffers of dead items (see _BufPool)
@@ -339,6 +343,7 @@ cdef class RecordIterator:
 
     def __cinit__(self):
         self.state = IT_NEW
+        self.busy = False
         self.rs = NULL
         self.blob = NULL
         self.old_h = NULL
@@ -422,10 +427,16 @@ cdef class RecordIterator:
             self.state = IT_END
             self._release()
             return
+        if self.busy:
+            # another thread waits in next(): stop the job (which wakes it; it
+            # releases the queue and raises CancelledError there) and join
+            self.nrun._stop(True)
+            return
         already = self.state == IT_END
         self.state = IT_END
         self._release()
-        self.nrun.cancel()
+        # cancel, interrupt Python ops (as dropping the iterator does) and join
+        self.nrun._stop(True)
         try:
             self.nrun.wait()
         except CancelledError:
@@ -639,7 +650,10 @@ cdef class RecordIterator:
 
     def __next__(self):
         cdef int64_t deadline = -1
-        cdef int64_t got, j, i
+        if self.busy:
+            raise ArgumentError("RecordIterator over queue %r: next() is already waiting in "
+                                "another thread (drive one iterator from one thread)"
+                                % self.qname)
         if self.state == IT_READ:
             # fast path: a record is waiting, the run is healthy
             if self.k == 1 and not fp_load_relaxed(&self.rs.cancelled):
@@ -647,6 +661,18 @@ cdef class RecordIterator:
                 if try_read(self.q, self.ptrs, &self.st) == Q_OK:
                     self._after_read()
                     return self._item(self.outs)
+        # the slow path releases the GIL: `busy` keeps other threads' next()
+        # and close() off the iterator's tensors meanwhile
+        self.busy = True
+        try:
+            return self._next_slow()
+        finally:
+            self.busy = False
+
+    cdef object _next_slow(self):
+        cdef int64_t deadline = -1
+        if self.state == IT_READ:
+            pass
         elif self.state == IT_RESOLVE:
             if not self._resolve():
                 self.state = IT_END
