@@ -99,6 +99,26 @@ def test_every_record_exactly_once(ws, batch, instances, capacity):
     assert _extra_tids(before) == set()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("capacity", [1, 2, 64])
+@pytest.mark.parametrize("instances", [1, 2, 8])
+def test_every_single_record_exactly_once(ws, instances, capacity):
+    """Single records (ArrayReader(batch_size=None)): items are (id 0-d,
+    y (FEAT,)), each record exactly once."""
+    from fastpipe import sources
+    n = 257
+    ids = np.arange(n, dtype=np.int64)
+    xs = np.arange(n * FEAT, dtype=np.float32).reshape(n, FEAT)
+    with task.TaskGroup() as tg:
+        q = pipe(sources.ArrayReader({"id": ids, "x": xs}, batch_size=None),
+                 processor=_affine, num_runtime_threads=instances, capacity=capacity)
+    before = _native_tids()
+    items = list(session.LocalSession(ws).iterate(tg, q))
+    assert all(i.shape == () and y.shape == (FEAT,) for i, y in items)
+    _check_items(items, n)
+    assert _extra_tids(before) == set()
+
+
 @pytest.mark.timeout(30)
 def test_items_are_records_with_field_access(ws):
     tg, q = _job(ws, 20, batch=4)
