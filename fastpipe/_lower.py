@@ -91,16 +91,21 @@ class CompiledJob(object):
             outputs.append(core.BlobReference(str(name)))
         self.output_list.set_values(outputs, _fetch_func=fetch_func)
 
-    def run(self, ws, fetch_func):
-        """Bind the outputs to ``ws`` and run the plan on it; returns when
-        the run finished (raises the run's error otherwise).
+    def start(self, ws, fetch_func):
+        """Bind the outputs to ``ws`` and start the plan on it on native
+        threads; returns the native ``_core.Run`` at once.
 
         The plan runs on ``ws`` whatever the group's workspace type (as in
         Caffe2, where the PRIVATE check never matched): isolation comes from
         the per-task ``create_workspace`` flag of each step."""
         self.bind_outputs(ws, fetch_func)
         program = self.native_program()
-        ws._native.run_program(program)
+        return ws._native.start_program(program)
+
+    def run(self, ws, fetch_func):
+        """``start(ws, fetch_func).wait()``: returns when the run finished
+        (raises the run's error otherwise)."""
+        self.start(ws, fetch_func).wait()
 
     def __repr__(self):
         return "CompiledJob(plan=%r, outputs=%d, workspace_type=%r, lowered=%s)" % (

@@ -8,7 +8,8 @@ status code into one of these classes in a single place
 
 __all__ = ["FastpipeError", "OperatorDefError", "PlanError", "BlobError",
            "RunError", "QueueClosedError", "CancelledError", "GraphError",
-           "WorkspaceError", "ArgumentError", "OutOfMemoryError", "FastpipeWarning"]
+           "WorkspaceError", "ArgumentError", "OutOfMemoryError", "FastpipeWarning",
+           "IterTimeoutError"]
 
 
 class FastpipeError(Exception):
@@ -96,3 +97,9 @@ class FastpipeWarning(UserWarning):
     """A run did something legal but probably unintended, e.g. a
     ``Dataset.reader()`` whose cursor was already at the end when a re-run
     first read it (the run read nothing).  Emitted when the run ends."""
+
+
+class IterTimeoutError(FastpipeError, TimeoutError):
+    """``next()`` on a RecordIterator made with ``timeout=`` waited longer
+    than that for a record (or for its queue to be created).  The job keeps
+    running; call ``next()`` again, or ``close()`` to stop it."""

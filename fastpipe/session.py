@@ -13,17 +13,26 @@ carry an attribute (a plain list of nets) is compiled anew by every call.
 
 :class:`LocalSession` is the embedded default: every node collapses onto
 one, the group becomes a single plan (``fastpipe._lower``), and the plan
-runs on the session's workspace on native threads.
+runs on the session's workspace on native threads.  ``run`` waits for the
+job; ``start`` returns a :class:`RunHandle` at once; ``iterate`` starts the
+job and returns a :class:`RecordIterator` over one of its queues, so a
+Python training loop consumes records while the job runs.
 """
 
 import threading
 import weakref
+from typing import Any, Optional, Tuple, Union
 
+from . import _core
 from . import _lower
 from . import proto as _proto
-from .errors import FastpipeError, GraphError
+from .errors import ArgumentError, CancelledError, FastpipeError, GraphError
 
-__all__ = ["CompiledRunnable", "Session", "LocalSession", "SessionGoneError"]
+__all__ = ["CompiledRunnable", "Session", "LocalSession", "SessionGoneError",
+           "RunHandle", "RecordIterator"]
+
+#: The iterator ``LocalSession.iterate`` returns (native; see its docstring).
+RecordIterator = _core.RecordIterator
 
 
 class SessionGoneError(FastpipeError, ReferenceError):
@@ -203,11 +212,158 @@ class LocalSession(Session):
         return _lower.lower_task_group(task_group)
 
     def _run_compiled(self, compiled):
-        compiled.run(self._ws, _WorkspaceFetch(self._ws))
+        self._start_compiled(compiled).wait()
+
+    def _start_compiled(self, compiled):
+        return RunHandle(compiled.start(self._ws, _WorkspaceFetch(self._ws)),
+                         compiled.output_list)
+
+    def _check_runnable(self, runnable):
+        if not self.is_open():
+            raise GraphError("Session is closed.")
+        if runnable is None:
+            raise GraphError("Got a none runnable.")
+
+    def start(self, runnable, workspace_type=None) -> "RunHandle":
+        """Compile (once) and start ``runnable`` on native threads; returns
+        its :class:`RunHandle` at once.  ``run(r)`` is ``start(r).wait()``.
+
+        Example::
+
+            with LocalSession(ws) as s:
+                with s.start(tg) as run:     # exit: cancel if unfinished, join
+                    ...                      # the job runs meanwhile
+                    run.wait()
+        """
+        self._check_runnable(runnable)
+        return self._start_compiled(self.compile(runnable, workspace_type).obj)
+
+    def iterate(self, runnable, queue, num_records: int = 1,
+                timeout: Optional[float] = None) -> "RecordIterator":
+        """Start ``runnable`` and iterate the records it writes into ``queue``
+        while it runs.
+
+        Args:
+            runnable: a TaskGroup (or anything ``run`` takes).
+            queue: a ``queue_util.Queue`` (what ``pipeline.pipe`` returns), a
+                ``QueueWrapper``, or a blob queue's ``BlobReference`` / name.
+                The job creates it (its init nets) or uses it.
+            num_records: records per item, concatenated along dim 0 as
+                SafeDequeueBlobs does (the last item may hold fewer).
+            timeout: seconds one ``next()`` may wait; then it raises
+                ``IterTimeoutError`` and the job keeps running.
+
+        Returns:
+            A :class:`RecordIterator`: yields every record until the job has
+            finished and the queue is drained; items are tuples of numpy
+            arrays in the queue's field order (fields also by name, e.g.
+            ``rec.x`` or ``rec["x"]``, when the queue has field names).  A
+            failure in the job raises its ``RunError`` from ``next()``.
+            ``break`` + ``close()``, leaving a ``with`` block, an exception
+            or Ctrl-C in the loop and dropping the iterator all cancel the
+            job and join its threads.
+
+        Threading: the job runs on native threads with the GIL released;
+        ``next()`` holds the GIL only to take a waiting record and wrap it
+        (no copy).  Drive one iterator from one thread.
+
+        Example::
+
+            with LocalSession(ws) as s:
+                for ids, y in s.iterate(tg, q):
+                    train_step(ids, y)
+        """
+        self._check_runnable(runnable)
+        name, fields = _queue_blob(queue)
+        compiled = self.compile(runnable).obj
+        # before the start: pre-create the queue's blob in the session
+        # workspace (the job's CreateBlobsQueue lands there) and remember what
+        # it holds now (a queue of an earlier run is not this run's)
+        it = _core._make_iterator(self._ws._native, name, num_records, timeout, fields)
+        handle = self._start_compiled(compiled)
+        it._attach(handle._run, handle)
+        return it
 
     def _fetch_output(self, output):
         return self._ws.blobs[str(output)].fetch()
 
+
+
+def _queue_blob(queue) -> Tuple[str, Optional[Tuple[str, ...]]]:
+    """(blob name, field names or None) of what ``iterate`` was given."""
+    from . import core, queue_util
+    if isinstance(queue, queue_util.QueueWrapper):
+        schema = getattr(queue, "_schema", None)
+        fields = tuple(schema.field_names()) if schema is not None else None
+        return str(queue.queue()), fields
+    if isinstance(queue, (core.BlobReference, str)):
+        return str(queue), None
+    raise ArgumentError("iterate: queue must be a queue_util.Queue, a QueueWrapper, or a "
+                        "queue blob's BlobReference or name; got %s"
+                        % type(queue).__name__)
+
+
+class RunHandle(object):
+    """A job started by ``LocalSession.start`` (or the one a RecordIterator
+    reads from).  It runs on native threads; this handle only waits for it
+    or stops it.
+
+    ``wait(timeout=None)`` returns True once the job has finished (every
+    thread joined; TaskOutputs are fetchable) and raises the job's error
+    (``RunError``; ``CancelledError`` after ``cancel()``) -- the same error
+    on every later call; False when ``timeout`` seconds passed first.
+    Ctrl-C while waiting cancels the job, joins it and raises
+    KeyboardInterrupt.  ``cancel()`` stops the job like a failure and does
+    not wait.  As a context manager, exit cancels an unfinished job and
+    joins it (CancelledError suppressed).  A finished handle keeps no
+    workspace or data alive.
+
+    Threading: every method may be called from any thread.
+
+    Example::
+
+        run = session.start(tg)
+        ...
+        run.wait()
+    """
+
+    __slots__ = ("_run", "_outputs", "__weakref__")
+
+    def __init__(self, native_run, outputs=None):
+        self._run = native_run
+        self._outputs = outputs
+
+    @property
+    def outputs(self) -> Any:
+        """The job's ``TaskOutputList`` (fetch them after ``wait()``)."""
+        return self._outputs
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._run.wait(timeout)
+
+    def cancel(self) -> None:
+        self._run.cancel()
+
+    def done(self) -> bool:
+        return self._run.done()
+
+    def __enter__(self) -> "RunHandle":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self._run.done():
+            self._run.cancel()
+        try:
+            self._run.wait()
+        except CancelledError:
+            pass
+        except Exception:
+            if exc_type is None:
+                raise
+        return False
+
+    def __repr__(self):
+        return "<RunHandle %s>" % ("done" if self._run.done() else "running")
 
 
 class _WorkspaceFetch(object):

@@ -83,7 +83,8 @@ cdef cppclass RunState:
     int64_t cancelled       # atomic, sticky
     int64_t run_id
     fp_mutex lock           # protects err_*, queues, done
-    fp_cond done_cv         # signalled when the driver thread finishes
+    fp_cond done_cv         # signalled when the driver thread finishes and when a
+                            # queue is registered (RecordIterator waits for its queue)
     bint done
     int err_code
     string err_msg
@@ -171,6 +172,8 @@ cdef void rs_register_queue(RunState* rs, ObjHeader* q) noexcept nogil:
     obj_incref(q)
     fp_lock(&rs.lock)
     rs.queues.push_back(q)
+    # a RecordIterator waits on done_cv for its queue to appear (iterate.pxi)
+    fp_broadcast(&rs.done_cv)
     fp_unlock(&rs.lock)
     # A run cancelled before this queue was registered must still close it.
     if fp_load(&rs.cancelled):
