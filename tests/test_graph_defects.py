@@ -267,3 +267,19 @@ def test_gc_paused_regions_do_not_let_garbage_cycles_pile_up():
                 first = [weakref.ref(a) for a in objs[:100]]
             del objs, a, b      # now only the cycles hold them
     assert all(w() is None for w in first)
+
+
+def test_numpy_method_on_a_blob_points_at_python_processor():
+    """A numpy method called on a BlobReference (a name, at build time)
+    says why it cannot work and what to use instead."""
+    import pytest as _pytest
+    from fastpipe import core as _core
+    net = _core.Net("np_hint")
+    b = net.ConstantFill([], "np_hint_b", shape=[2], value=1.0)
+    with _pytest.raises(AttributeError, match="PythonProcessor"):
+        b.mean()
+    with _pytest.raises(AttributeError, match="PythonProcessor"):
+        _core.BlobReference("detached").sum()
+    with _pytest.raises(AttributeError) as info:
+        b.NoSuchOp()
+    assert "PythonProcessor" not in str(info.value)

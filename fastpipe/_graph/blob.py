@@ -1,5 +1,7 @@
 """BlobReference and the rules that turn op inputs/outputs into names."""
 
+import numpy as _np
+
 from .. import _opschema
 from .scope import _NAMESCOPE_SEPARATOR, CurrentNameScope, ScopedName
 
@@ -107,9 +109,10 @@ class BlobReference(object):
             raise AttributeError(
                 "You cannot use a blob reference that does not have a net "
                 "source to create operators (%s.%s). Create the operator from "
-                "an explicit net object." % (self._name, op_type))
+                "an explicit net object.%s" % (self._name, op_type, _numpy_hint(op_type)))
         if not _opschema.is_operator(op_type):
-            raise AttributeError("Method %s is not a registered operator." % op_type)
+            raise AttributeError("Method %s is not a registered operator.%s"
+                                 % (op_type, _numpy_hint(op_type)))
 
         def create(*args, **kwargs):
             return self._CreateAndAddToNet(op_type, *args, **kwargs)
@@ -154,3 +157,14 @@ def _rectify(blobs):
     raise TypeError("Unknown input/output type: %r of type %s"
                     % (blobs, type(blobs).__name__))
 
+
+def _numpy_hint(name):
+    """For a numpy method called on a blob reference: the graph is built
+    once, before any data exists, so per-record Python belongs in a
+    PythonProcessor."""
+    if not hasattr(_np.ndarray, name):
+        return ""
+    return (" %r is a numpy method, but a BlobReference is a name in the graph, not an "
+            "array: a processor that builds ops runs once, at build time. To run numpy "
+            "code on every record, use pipeline.PythonProcessor(fn), which calls fn with "
+            "the record's arrays at run time." % name)
