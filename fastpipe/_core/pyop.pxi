@@ -201,16 +201,102 @@ cdef int k_python(OpInst* op, RunCtx* ctx) noexcept nogil:
     return rc
 
 
+# ---- Print -----------------------------------------------------------------------
+#
+# Caffe2's PrintOp/TensorPrinter: `limit` elements at most (0: 1000), printed on
+# the 1st, (n+1)th, (2n+1)th... run of the op instance (`every_n`), to stdout or
+# (`to_file`) to <cwd>/<input blob>.log, truncated when the op instance is
+# created, one line per printed run.  Runs that print nothing never take the
+# GIL.
+
+cdef enum:
+    PRINT_TO_FILE = 0
+    PRINT_LIMIT = 1
+    PRINT_EVERY_N = 2
+
+DEF PRINT_DEFAULT_LIMIT = 1000
+
+
+cdef cppclass PrintState:
+    # Touched only by the thread running the op: an op instance runs on one
+    # thread at a time (net_run refuses a shared net that is already running).
+    int64_t runs        # runs of this op instance so far
+    int64_t limit       # elements per line (> 0)
+    int64_t every_n     # >= 1 (the schema rejects less)
+    PyObject* file      # to_file: the open log file (owned, GIL to touch), else NULL
+
+
+cdef int print_init(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef PrintState* ps = new PrintState()
+    ps.runs = 0
+    ps.limit = op.d.args[PRINT_LIMIT].i if op.d.args[PRINT_LIMIT].present else 0
+    if ps.limit <= 0:
+        ps.limit = PRINT_DEFAULT_LIMIT
+    ps.every_n = op.d.args[PRINT_EVERY_N].i if op.d.args[PRINT_EVERY_N].present else 1
+    if ps.every_n < 1:
+        ps.every_n = 1
+    ps.file = NULL
+    if op.d.args[PRINT_TO_FILE].present and op.d.args[PRINT_TO_FILE].i:
+        with gil:
+            try:
+                path = op.d.inputs[0].decode("utf-8", "replace") + ".log"
+                f = open(path, "w")     # truncated at creation, as Caffe2 does
+                Py_INCREF(f)
+                ps.file = <PyObject*>f
+            except BaseException as e:
+                python_fail(op, ctx, e, "opening the log file of to_file=True")
+                del ps
+                return -1
+    op.state = <void*>ps
+    return 0
+
+
+cdef void print_fini(OpInst* op) noexcept nogil:
+    cdef PrintState* ps = <PrintState*>op.state
+    if ps == NULL:
+        return
+    if ps.file != NULL:
+        with gil:
+            f = <object>ps.file
+            try:
+                f.close()
+            except BaseException:
+                pass        # a failed close of a log file must not fail a teardown
+            Py_DECREF(f)
+        ps.file = NULL
+    del ps
+    op.state = NULL
+
+
+cdef int print_write(OpInst* op, RunCtx* ctx, Tensor* t, PrintState* ps) noexcept:
+    """Print one line (called with the GIL held).  0, or -1 after recording
+    the error."""
+    try:
+        flat = tensor_view(t).reshape(-1)[:ps.limit]   # no copy (strings: a copy)
+        line = "%s: %s" % (op.ins[0].name.decode("utf-8", "replace"),
+                           ",".join([str(x) for x in flat]))
+        flat = None
+        if ps.file != NULL:
+            f = <object>ps.file
+            f.write(line + "\n")
+            f.flush()
+        else:
+            print(line)
+        return 0
+    except BaseException as e:
+        python_fail(op, ctx, e, "printing")
+        return -1
+
+
 cdef int k_print(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef PrintState* ps = <PrintState*>op.state
     cdef Tensor* t = in_t(op, ctx, 0)
+    cdef int rc
     if t == NULL:
         return -1
+    ps.runs += 1
+    if (ps.runs - 1) % ps.every_n != 0:
+        return 0
     with gil:
-        try:
-            arr = tensor_to_numpy(t)
-            print("%s: %s" % (op.ins[0].name.decode("utf-8", "replace"),
-                              ",".join(str(x) for x in arr.reshape(-1)[:1000])))
-            return 0
-        except BaseException as e:
-            python_fail(op, ctx, e, "printing")
-            return -1
+        rc = print_write(op, ctx, t, ps)
+    return rc

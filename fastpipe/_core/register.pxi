@@ -31,7 +31,7 @@ reg("Sum", k_sum)
 reg("Scale", k_scale)
 reg("Cast", k_cast)
 reg("IsEmpty", k_is_empty)
-reg("Print", k_print)
+reg("Print", k_print, print_init, print_fini)
 reg("CreateCounter", k_create_counter)
 reg("ResetCounter", k_reset_counter)
 reg("CountDown", k_count_down)
@@ -56,12 +56,9 @@ reg("StatRegistryExport", k_stat_export)
 reg("StatRegistryUpdate", k_stat_update)
 
 
-# Kernels in pyop.pxi (Print, Python) do not index their arguments; their
-# tables pin the schema order they were written against.
-cdef enum:
-    PRINT_TO_FILE = 0
-    PRINT_LIMIT = 1
-    PRINT_EVERY_N = 2
+# Kernels in pyop.pxi: Print reads its arguments by the named positions
+# declared next to it there; Python does not index its arguments (its table
+# pins the schema order it was written against).
 kernel_args("Print", to_file=(PRINT_TO_FILE, "bool"), limit=(PRINT_LIMIT, "int"),
             every_n=(PRINT_EVERY_N, "int"))
 cdef enum:
