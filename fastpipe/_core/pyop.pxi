@@ -300,3 +300,307 @@ cdef int k_print(OpInst* op, RunCtx* ctx) noexcept nogil:
     with gil:
         rc = print_write(op, ctx, t, ps)
     return rc
+
+
+# ---- PythonStage: the per-record stage of pipeline.PythonProcessor ----------------------
+#
+# One GIL acquisition per record: with the GIL held the kernel builds numpy
+# views of the inputs (no copy; each pins its buffer, so the runtime never
+# writes under a view), calls fn(*views), checks the result and sizes the
+# outputs; then, without the GIL, it copies the result's bytes into the
+# outputs and sets `keep`.  The result arrays stay referenced by the op until
+# its next call (or its end), so their memory is valid during that copy.  A
+# result array that is exactly an input's view (a field passed through)
+# shares the input's buffer instead of being copied.
+
+cdef enum:
+    PS_TOKEN = 0
+    PS_FIELDS = 1
+    PS_STAGE = 2
+    PS_INSTANCE = 3
+    PS_NUM_INSTANCES = 4
+
+
+ctypedef struct StageCopy:
+    void* dst
+    const void* src
+    int64_t nbytes
+
+
+cdef class _StageState:
+    """The Python half of one PythonStage op instance (so one per runtime
+    instance).  Touched only by the thread running the op, with the GIL."""
+    cdef object fn
+    cdef str stage              # the stage's name, for messages
+    cdef tuple fields           # output field names
+    cdef int64_t instance
+    cdef int64_t num_instances
+    cdef int64_t count          # records this op instance was called on
+    cdef list pending           # result arrays whose bytes are copied without the GIL
+
+
+cdef cppclass StageNative:
+    PyObject* py                # the _StageState (owned reference)
+    vector[StageCopy] copies    # filled with the GIL, done without it
+
+
+class _StageBadResult(Exception):
+    """Internal: fn returned something the stage cannot write (message only)."""
+
+
+cdef str _stage_pos(_StageState st, int64_t k):
+    return "record #%d read by instance %d (counting from 0)" % (k, st.instance)
+
+
+cdef str _callable_name(object f):
+    name = getattr(f, "__qualname__", None)
+    if isinstance(name, str) and name:
+        return name
+    return type(f).__qualname__
+
+
+cdef int stage_init(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef StageNative* sn
+    cdef int64_t inst, n
+    cdef size_t i
+    if ctx.instance >= 0:
+        inst = ctx.instance
+        n = ctx.num_instances
+    elif op.d.args[PS_NUM_INSTANCES].i >= 1:     # a static copy (pipe num_threads=N)
+        inst = op.d.args[PS_INSTANCE].i
+        n = op.d.args[PS_NUM_INSTANCES].i
+    else:
+        inst = 0
+        n = 1
+    with gil:
+        st = _StageState()
+        st.stage = op.d.args[PS_STAGE].s.decode("utf-8", "replace") or "PythonStage"
+        st.fields = tuple([op.d.args[PS_FIELDS].strings[i].decode("utf-8", "replace")
+                           for i in range(op.d.args[PS_FIELDS].strings.size())])
+        st.instance = inst
+        st.num_instances = n
+        st.count = 0
+        st.pending = None
+        tid = PyThread_get_thread_ident()
+        rs_py_enter(ctx.rs, tid)    # a slow factory can be interrupted (Ctrl-C)
+        try:
+            try:
+                entry, _ = _pyop.lookup(op.d.args[PS_TOKEN].s.decode("utf-8", "replace"))
+            except KeyError as e:
+                python_fail(op, ctx, e, "looking up the function of Python stage %r"
+                            % st.stage)
+                return -1
+            if isinstance(entry, tuple):
+                try:
+                    fn = entry[0](inst, n)
+                except BaseException as e:
+                    python_fail(op, ctx, e, "the factory of Python stage %r (called for "
+                                "instance %d of %d)" % (st.stage, inst, n))
+                    return -1
+                if not callable(fn):
+                    python_fail(op, ctx, TypeError(
+                        "factory(%d, %d) returned %r, which is not callable"
+                        % (inst, n, type(fn).__name__)),
+                        "the factory of Python stage %r" % st.stage)
+                    return -1
+            else:
+                fn = entry
+            st.fn = fn
+        finally:
+            rs_py_exit(ctx.rs, tid)
+        sn = new StageNative()
+        Py_INCREF(st)
+        sn.py = <PyObject*>st
+        op.state = <void*>sn
+    return 0
+
+
+cdef void stage_fini(OpInst* op) noexcept nogil:
+    cdef StageNative* sn = <StageNative*>op.state
+    if sn == NULL:
+        return
+    with gil:
+        Py_DECREF(<object>sn.py)
+    del sn
+    op.state = NULL
+
+
+cdef inline void tensor_adopt(Tensor* t, int dtype, int ndim, const int64_t* shape,
+                              int64_t size, Buffer* b) noexcept nogil:
+    """Make t a tensor of this header over buffer b (a new reference, stolen)."""
+    cdef Buffer* old
+    cdef int i
+    tensor_lock(t)
+    old = t.buf
+    t.buf = b
+    t.dtype = dtype
+    t.ndim = ndim
+    for i in range(ndim):
+        t.shape[i] = shape[i]
+    t.size = size
+    tensor_unlock(t)
+    buf_decref(old)
+
+
+cdef object stage_output(OpInst* op, _StageState st, StageNative* sn, Py_ssize_t j,
+                         object value):
+    """Size output j for `value` and queue the copy of its bytes (or share an
+    input's buffer).  Returns the array whose memory the copy reads (the
+    caller keeps it alive); raises _StageBadResult for a value it cannot
+    write, ArgumentError/OutOfMemoryError from feeding strings."""
+    cdef cnp.ndarray arr
+    cdef int64_t dims[MAX_DIMS]
+    cdef int i, dt, rc
+    cdef int64_t nbytes
+    cdef Tensor* t
+    cdef _BufRef ref
+    cdef StageCopy c
+    field = st.fields[j]
+    if not isinstance(value, (_np.ndarray, _np.generic)):
+        raise _StageBadResult("returned %s for output field %r: expected a numpy array"
+                              % (type(value).__name__, field))
+    arr = _np.asarray(value)
+    kind = arr.dtype.kind
+    if kind == "O":
+        raise _StageBadResult("returned an object array (dtype object) for output field %r: "
+                              "return arrays of numbers, bools or strings" % (field,))
+    if arr.ndim > MAX_DIMS:
+        raise _StageBadResult("returned a %d-d array for output field %r: at most %d "
+                              "dimensions are supported" % (arr.ndim, field, MAX_DIMS))
+    if kind in "SU":
+        feed_tensor(op.outs[j], arr)        # a string tensor: converted with the GIL
+        return None
+    dt = _NP_TO_DT.get(arr.dtype, -1)
+    if dt < 0:
+        raise _StageBadResult("returned dtype %s for output field %r, which is not supported "
+                              "(float16/32/64, int8/16/32/64, uint8/16, bool or strings)"
+                              % (arr.dtype, field))
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        arr = _np.ascontiguousarray(arr)
+    for i in range(arr.ndim):
+        dims[i] = arr.shape[i]
+    nbytes = arr.nbytes
+    t = blob_out(op.outs[j])
+    base = (<object>arr).base
+    if type(base) is _BufRef:
+        ref = <_BufRef>base
+        if ref.buf != NULL and ref.buf.data == cnp.PyArray_DATA(arr) and not ref.buf.is_str \
+                and nbytes <= ref.buf.capacity:
+            buf_incref(ref.buf)     # an input passed through: share its buffer
+            tensor_adopt(t, dt, arr.ndim, dims, arr.size, ref.buf)
+            return None
+    rc = tensor_reshape(t, dt, arr.ndim, dims)
+    if rc == -1:
+        raise OutOfMemoryError("output field %r of Python stage %r (%d bytes)"
+                               % (field, st.stage, nbytes))
+    if rc != 0:
+        raise _StageBadResult("returned shape %r for output field %r, which is too large"
+                              % ((<object>arr).shape, field))
+    if nbytes:
+        c.dst = t.buf.data
+        c.src = cnp.PyArray_DATA(arr)
+        c.nbytes = nbytes
+        sn.copies.push_back(c)
+    return arr
+
+
+cdef int stage_call(OpInst* op, RunCtx* ctx, StageNative* sn) noexcept:
+    """The GIL half of one record (called with the GIL held): 1 = write the
+    queued copies and keep the record, 0 = drop it (fn returned None), -1 =
+    failed (recorded in the run's error slot)."""
+    cdef _StageState st = <_StageState>sn.py
+    cdef Py_ssize_t nin = op.ins.size()
+    cdef Py_ssize_t nout = op.outs.size() - 1
+    cdef Py_ssize_t i
+    cdef int64_t k = st.count
+    cdef string msg
+    st.count += 1
+    st.pending = None       # the last call's copies are done
+    if rs_cancelled(ctx):
+        return -1
+    tid = PyThread_get_thread_ident()
+    rs_py_enter(ctx.rs, tid)    # Ctrl-C reaches the user's code (see k_python)
+    try:
+        try:
+            views = [tensor_view(&op.ins[i].t) for i in range(nin)]
+            result = st.fn(*views)
+            del views
+        except BaseException as e:
+            python_fail(op, ctx, e, "Python stage %r on %s" % (st.stage, _stage_pos(st, k)))
+            return -1
+    finally:
+        rs_py_exit(ctx.rs, tid)
+    if result is None:
+        return 0
+    try:
+        fields = st.fields
+        if isinstance(result, (tuple, list)):
+            if len(result) != nout:
+                raise _StageBadResult(
+                    "returned a %s of %d item(s) for %d output field(s) (%s)%s"
+                    % (type(result).__name__, len(result), nout, ", ".join(fields),
+                       "; name the outputs with PythonProcessor(outputs=...)"
+                       if len(result) else ""))
+            items = result
+        elif isinstance(result, dict):
+            missing = [f for f in fields if f not in result]
+            if missing:
+                raise _StageBadResult("returned a dict without output field(s) %s (its keys: "
+                                      "%s)" % (", ".join(map(repr, missing)),
+                                               ", ".join(map(repr, result)) or "none"))
+            if len(result) != nout:
+                extra = [key for key in result if key not in fields]
+                raise _StageBadResult("returned a dict with unknown field(s) %s (the output "
+                                      "fields: %s)" % (", ".join(map(repr, extra)),
+                                                       ", ".join(fields)))
+            items = [result[f] for f in fields]
+        else:
+            if nout != 1:
+                raise _StageBadResult(
+                    "returned one %s for %d output fields (%s): return a tuple, or a dict "
+                    "by field name, or name one output with PythonProcessor(outputs=...)"
+                    % (type(result).__name__, nout, ", ".join(fields)))
+            items = (result,)
+        keep = []
+        for i in range(nout):
+            arr = stage_output(op, st, sn, i, items[i])
+            if arr is not None:
+                keep.append(arr)
+        st.pending = keep
+        return 1
+    except _StageBadResult as e:
+        sn.copies.clear()
+        text = "Python stage %r on %s %s" % (st.stage, _stage_pos(st, k), e.args[0])
+        msg = text.encode("utf-8", "replace")
+        with nogil:
+            op_fails(op, ctx, E_RUNTIME, msg)
+        return -1
+    except BaseException as e:
+        sn.copies.clear()
+        python_fail(op, ctx, e, "writing the result of Python stage %r on %s"
+                    % (st.stage, _stage_pos(st, k)))
+        return -1
+
+
+cdef int k_python_stage(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef StageNative* sn = <StageNative*>op.state
+    cdef size_t i
+    cdef int rc
+    cdef Tensor* keep
+    for i in range(op.ins.size()):
+        if in_t(op, ctx, i) == NULL:
+            return -1
+    sn.copies.clear()
+    with gil:
+        rc = stage_call(op, ctx, sn)
+    if rc < 0:
+        return -1
+    # the result's bytes, without the GIL (other instances run Python meanwhile)
+    for i in range(sn.copies.size()):
+        memcpy(sn.copies[i].dst, sn.copies[i].src, <size_t>sn.copies[i].nbytes)
+    sn.copies.clear()
+    keep = blob_out(op.outs[op.outs.size() - 1])
+    if tensor_scalar(keep, DT_BOOL) != 0:
+        return op_oom(op, ctx)
+    (<uint8_t*>keep.buf.data)[0] = 1 if rc == 1 else 0
+    return 0
