@@ -5,6 +5,7 @@ the call.
 Jobs here read a Dataset and write a Dataset (through a queue), and the
 test fetches the written columns after the run."""
 import collections
+import ctypes
 import os
 import threading
 
@@ -330,6 +331,46 @@ def test_the_gil_is_released_around_the_call():
     got_ids, _ = _run(ws, src, PythonProcessor(factory=factory), ID_X, 2, batch_size=1)
     assert sorted(met) == [0, 1]
     assert sorted(got_ids.tolist()) == ids.tolist()
+
+
+def _thread_states():
+    """How many Python thread states the interpreter has."""
+    api = ctypes.pythonapi
+    api.PyInterpreterState_Get.restype = ctypes.c_void_p
+    api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
+    api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
+    api.PyThreadState_Next.restype = ctypes.c_void_p
+    api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
+    n = 0
+    ts = api.PyInterpreterState_ThreadHead(api.PyInterpreterState_Get())
+    while ts:
+        n += 1
+        ts = api.PyThreadState_Next(ts)
+    return n
+
+
+@pytest.mark.timeout(60)
+def test_an_instance_keeps_one_python_thread_state(ws):
+    """Each native thread calls the stage under one Python thread state for
+    its life (thread-local data survives from record to record), and gives
+    it back when it exits."""
+    src, ids, xs = _source(ws, 120)
+    local = threading.local()
+    seen = collections.Counter()
+    lock = threading.Lock()
+
+    def count(i, x):
+        local.n = getattr(local, "n", 0) + 1
+        with lock:
+            seen[threading.get_ident()] = local.n
+        return i, x
+
+    before = _thread_states()
+    for _ in range(3):
+        seen.clear()
+        _run(ws, src, PythonProcessor(count), ID_X, 2, batch_size=1)
+        assert sum(seen.values()) == 120            # the last count of each thread
+    assert _thread_states() == before
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -5,6 +5,54 @@
 # __cause__.
 
 
+# ---- a Python thread state per native thread ------------------------------------------
+#
+# `with gil` on a thread Python does not know creates a thread state and
+# deletes it again when the block ends: a fresh frame stack is mapped and
+# unmapped each time (a page fault, and a TLB shootdown across cores), several
+# microseconds per Python call -- and thread-local data (threading.local, numpy
+# error state) never survives from one record to the next.  So the first GIL
+# kernel that runs on a native thread gives the thread one thread state,
+# released by a pthread key destructor when the thread exits.  Threads that
+# Python made (the main thread, threading.Thread) have their own and are left
+# alone.  Every native thread the runtime starts is joined before its run
+# returns (with the GIL released), so each destructor runs before that and
+# before interpreter exit (_stop_live_runs).
+
+cdef extern from *:
+    """
+    #include <pthread.h>
+    static pthread_key_t fp_py_tstate_key;
+    static pthread_once_t fp_py_tstate_once = PTHREAD_ONCE_INIT;
+
+    static void fp_py_tstate_release(void* p) {
+        /* thread exit: take the GIL on the kept state, clear it and delete
+           it (which releases the GIL).  Not PyGILState_Release: glibc has
+           already cleared Python's own key for this thread by now. */
+        PyEval_RestoreThread((PyThreadState*)p);
+        PyThreadState_Clear((PyThreadState*)p);
+        PyThreadState_DeleteCurrent();
+    }
+
+    static void fp_py_tstate_key_init(void) {
+        pthread_key_create(&fp_py_tstate_key, fp_py_tstate_release);
+    }
+
+    /* Without the GIL.  Give this thread a lasting thread state unless it has
+       one (a Python thread, or an earlier call). */
+    static void fp_py_keep_thread_state(void) {
+        PyThreadState* ts;
+        if (PyGILState_GetThisThreadState() != NULL)
+            return;
+        pthread_once(&fp_py_tstate_once, fp_py_tstate_key_init);
+        (void)PyGILState_Ensure();
+        ts = PyEval_SaveThread();   /* GIL released; ts stays this thread's */
+        pthread_setspecific(fp_py_tstate_key, ts);
+    }
+    """
+    void fp_py_keep_thread_state() nogil
+
+
 cdef class _BufRef:
     """Keeps a native buffer alive while a numpy array views it."""
     cdef Buffer* buf
@@ -102,6 +150,7 @@ cdef object make_tensor_ref(Blob* b):
 cdef int pyop_init(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef size_t i
     cdef string msg
+    fp_py_keep_thread_state()
     with gil:
         try:
             entry = <object>op.d.pyobj
@@ -176,6 +225,7 @@ cdef void python_fail(OpInst* op, RunCtx* ctx, object exc, str what) noexcept:
 
 cdef int k_python(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int rc = 0
+    fp_py_keep_thread_state()
     with gil:
         st = <_PyOpState>op.state
         # While user code runs, Ctrl-C can reach it: the run's driver raises
@@ -297,6 +347,7 @@ cdef int k_print(OpInst* op, RunCtx* ctx) noexcept nogil:
     ps.runs += 1
     if (ps.runs - 1) % ps.every_n != 0:
         return 0
+    fp_py_keep_thread_state()
     with gil:
         rc = print_write(op, ctx, t, ps)
     return rc
@@ -372,6 +423,7 @@ cdef int stage_init(OpInst* op, RunCtx* ctx) noexcept nogil:
     else:
         inst = 0
         n = 1
+    fp_py_keep_thread_state()
     with gil:
         st = _StageState()
         st.stage = op.d.args[PS_STAGE].s.decode("utf-8", "replace") or "PythonStage"
@@ -591,6 +643,7 @@ cdef int k_python_stage(OpInst* op, RunCtx* ctx) noexcept nogil:
         if in_t(op, ctx, i) == NULL:
             return -1
     sn.copies.clear()
+    fp_py_keep_thread_state()
     with gil:
         rc = stage_call(op, ctx, sn)
     if rc < 0:
