@@ -214,13 +214,16 @@ cdef void python_fail(OpInst* op, RunCtx* ctx, object exc, str what) noexcept:
     except BaseException:
         msg = where
         msg.append(b": a Python exception was raised")
-    with nogil:
-        first = rs_record(rs, E_PYTHON, msg, op.d, ctx)
+    # The GIL stays held until the run is cancelled, so a thread of the run
+    # waiting for the GIL (woken by this one's code, say) sees the cancel
+    # before it runs any more Python.  Lock order GIL -> rs.lock -> queue
+    # locks, as in Run.done(): no holder of those native locks waits for the
+    # GIL.
+    first = rs_record(rs, E_PYTHON, msg, op.d, ctx)
     if first:
         Py_INCREF(exc)
         rs.err_exc = <PyObject*>exc
-    with nogil:
-        rs_cancel(rs)
+    rs_cancel(rs)
 
 
 cdef int k_python(OpInst* op, RunCtx* ctx) noexcept nogil:
@@ -624,8 +627,7 @@ cdef int stage_call(OpInst* op, RunCtx* ctx, StageNative* sn) noexcept:
         sn.copies.clear()
         text = "Python stage %r on %s %s" % (st.stage, _stage_pos(st, k), e.args[0])
         msg = text.encode("utf-8", "replace")
-        with nogil:
-            op_fails(op, ctx, E_RUNTIME, msg)
+        op_fails(op, ctx, E_RUNTIME, msg)      # with the GIL, as python_fail
         return -1
     except BaseException as e:
         sn.copies.clear()
