@@ -154,6 +154,27 @@ def test_views_kept_by_the_function_stay_valid(ws):
 
 
 @pytest.mark.timeout(60)
+def test_scalars_strided_arrays_and_longlong(ws):
+    """A numpy scalar is a 0-d array (and a 0-d input of the next stage), a
+    strided view is copied contiguously, and int64 is int64 whichever C type
+    numpy names it."""
+    src, ids, xs = _source(ws, 30)
+    first = PythonProcessor(lambda i, x: (np.float32(x.sum()), x[:, ::2], i.astype(np.longlong)),
+                            outputs=("s", "half", "k"))
+    second = PythonProcessor(lambda s, half, k: (s.reshape(1), half, k))
+    dst = _dataset(ws, "dst", [("s", np.float32), ("half", (np.float32, (FEAT // 2,))),
+                               ("k", np.int64)])
+    with TaskGroup() as tg:
+        q = pipe(ProcessingReader(src.reader(batch_size=1), first), processor=second,
+                 num_runtime_threads=2)
+        pipe(q, dst.writer())
+    local_session(ws).run(tg)
+    got_s, got_half, got_k = _columns(ws, dst)
+    assert got_k.dtype == np.int64
+    assert _rows(got_s, got_half, got_k) == _rows(xs.sum(axis=1), xs[:, ::2], ids)
+
+
+@pytest.mark.timeout(60)
 def test_string_output(ws):
     src, ids, xs = _source(ws, 20)
     proc = PythonProcessor(lambda i, x: np.array([b"r%d" % v for v in i]), outputs="name")
@@ -469,6 +490,10 @@ def test_factory_error_fails_the_run_naming_the_stage(ws):
     (lambda i, x: {"id": i, "x": x, "z": x}, None, r"returned a dict with unknown field\(s\) "
                                                    r"'z'"),
     (lambda i, x: "y", ("y",), r"returned str for output field 'y'"),
+    (lambda i, x: (i, x.astype(">f4")), None, r"returned dtype >f4 for output field 'x', "
+                                               r"which is not supported"),
+    (lambda i, x: (i.astype(np.uint32), x), None, r"returned dtype uint32 for output field "
+                                                  r"'id', which is not supported"),
 ])
 def test_a_bad_result_fails_naming_the_stage(ws, fn, outputs, match):
     src, ids, xs = _source(ws, 5)

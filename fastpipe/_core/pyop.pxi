@@ -497,6 +497,26 @@ cdef inline void tensor_adopt(Tensor* t, int dtype, int ndim, const int64_t* sha
     buf_decref(old)
 
 
+cdef int stage_dtype(cnp.ndarray arr) noexcept:
+    """The DT_ code of a numeric array in native byte order, else -1 (by kind
+    and size: int64 is one type whether numpy calls it long or longlong)."""
+    cdef char kind = (<cnp.dtype>cnp.PyArray_DESCR(arr)).kind
+    cdef Py_ssize_t size = cnp.PyArray_ITEMSIZE(arr)
+    if size > 1 and not cnp.PyArray_ISNOTSWAPPED(arr):
+        return -1
+    if kind == b"f":
+        return DT_FLOAT if size == 4 else DT_DOUBLE if size == 8 else \
+            DT_FLOAT16 if size == 2 else -1
+    if kind == b"i":
+        return DT_INT64 if size == 8 else DT_INT32 if size == 4 else \
+            DT_INT16 if size == 2 else DT_INT8 if size == 1 else -1
+    if kind == b"u":
+        return DT_UINT8 if size == 1 else DT_UINT16 if size == 2 else -1
+    if kind == b"b":
+        return DT_BOOL
+    return -1
+
+
 cdef object stage_output(OpInst* op, _StageState st, StageNative* sn, Py_ssize_t j,
                          object value):
     """Size output j for `value` and queue the copy of its bytes (or share an
@@ -505,52 +525,58 @@ cdef object stage_output(OpInst* op, _StageState st, StageNative* sn, Py_ssize_t
     write, ArgumentError/OutOfMemoryError from feeding strings."""
     cdef cnp.ndarray arr
     cdef int64_t dims[MAX_DIMS]
-    cdef int i, dt, rc
+    cdef int i, dt, rc, ndim
     cdef int64_t nbytes
     cdef Tensor* t
-    cdef _BufRef ref
+    cdef Buffer* b
+    cdef PyObject* base
     cdef StageCopy c
-    field = st.fields[j]
-    if not isinstance(value, (_np.ndarray, _np.generic)):
+    if cnp.PyArray_Check(value):
+        arr = <cnp.ndarray>value
+    elif isinstance(value, _np.generic):
+        arr = _np.asarray(value)
+    else:
         raise _StageBadResult("returned %s for output field %r: expected a numpy array"
-                              % (type(value).__name__, field))
-    arr = _np.asarray(value)
-    kind = arr.dtype.kind
-    if kind == "O":
-        raise _StageBadResult("returned an object array (dtype object) for output field %r: "
-                              "return arrays of numbers, bools or strings" % (field,))
-    if arr.ndim > MAX_DIMS:
-        raise _StageBadResult("returned a %d-d array for output field %r: at most %d "
-                              "dimensions are supported" % (arr.ndim, field, MAX_DIMS))
-    if kind in "SU":
-        feed_tensor(op.outs[j], arr)        # a string tensor: converted with the GIL
-        return None
-    dt = _NP_TO_DT.get(arr.dtype, -1)
+                              % (type(value).__name__, st.fields[j]))
+    ndim = cnp.PyArray_NDIM(arr)
+    dt = stage_dtype(arr)
     if dt < 0:
-        raise _StageBadResult("returned dtype %s for output field %r, which is not supported "
-                              "(float16/32/64, int8/16/32/64, uint8/16, bool or strings)"
-                              % (arr.dtype, field))
+        kind = arr.dtype.kind
+        if kind == "O":
+            raise _StageBadResult("returned an object array (dtype object) for output field "
+                                  "%r: return arrays of numbers, bools or strings"
+                                  % (st.fields[j],))
+        if kind in "SU" and ndim <= MAX_DIMS:
+            feed_tensor(op.outs[j], arr)        # a string tensor: converted with the GIL
+            return None
+        if kind not in "SU":
+            raise _StageBadResult("returned dtype %s for output field %r, which is not "
+                                  "supported (float16/32/64, int8/16/32/64, uint8/16, bool or "
+                                  "strings)" % (arr.dtype, st.fields[j]))
+    if ndim > MAX_DIMS:
+        raise _StageBadResult("returned a %d-d array for output field %r: at most %d "
+                              "dimensions are supported" % (ndim, st.fields[j], MAX_DIMS))
     if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         arr = _np.ascontiguousarray(arr)
-    for i in range(arr.ndim):
-        dims[i] = arr.shape[i]
-    nbytes = arr.nbytes
+    for i in range(ndim):
+        dims[i] = cnp.PyArray_DIM(arr, i)
+    nbytes = cnp.PyArray_NBYTES(arr)
     t = blob_out(op.outs[j])
-    base = (<object>arr).base
-    if type(base) is _BufRef:
-        ref = <_BufRef>base
-        if ref.buf != NULL and ref.buf.data == cnp.PyArray_DATA(arr) and not ref.buf.is_str \
-                and nbytes <= ref.buf.capacity:
-            buf_incref(ref.buf)     # an input passed through: share its buffer
-            tensor_adopt(t, dt, arr.ndim, dims, arr.size, ref.buf)
+    base = cnp.PyArray_BASE(arr)
+    if base != NULL and type(<object>base) is _BufRef:
+        b = (<_BufRef>base).buf
+        if b != NULL and b.data == cnp.PyArray_DATA(arr) and not b.is_str \
+                and nbytes <= b.capacity:
+            buf_incref(b)           # an input passed through: share its buffer
+            tensor_adopt(t, dt, ndim, dims, cnp.PyArray_SIZE(arr), b)
             return None
-    rc = tensor_reshape(t, dt, arr.ndim, dims)
+    rc = tensor_reshape(t, dt, ndim, dims)
     if rc == -1:
         raise OutOfMemoryError("output field %r of Python stage %r (%d bytes)"
-                               % (field, st.stage, nbytes))
+                               % (st.fields[j], st.stage, nbytes))
     if rc != 0:
         raise _StageBadResult("returned shape %r for output field %r, which is too large"
-                              % ((<object>arr).shape, field))
+                              % ((<object>arr).shape, st.fields[j]))
     if nbytes:
         c.dst = t.buf.data
         c.src = cnp.PyArray_DATA(arr)
