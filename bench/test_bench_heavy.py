@@ -1,0 +1,125 @@
+"""W_heavy (the peer kit's workload, ../shared/peerbench/common.py): 2,000
+float32 (64, 1024) batches, processor ``np.cumsum(np.sort(b, axis=1),
+axis=1)`` as a ``pipeline.PythonProcessor`` with 1 and 2 runtime instances,
+beside the kit's stdlib peers (worker threads + queue.Queue, and the staged
+reader -> workers -> main pipeline) with 1 and 2 workers, in one run.
+
+fastpipe: a Dataset reader (batch 64) -> PythonProcessor(process_heavy) ->
+queue -> Dataset writer; the kit's consumer (consume_heavy) runs after the
+timed region over the written batches, as the checksum.  (Consuming through
+``LocalSession.iterate`` in the main thread replaces the writer once that is
+merged.)  The peers run the kit's consumer in the main thread inside the
+timed region, as the kit does.
+
+Run: python -m pytest bench/test_bench_heavy.py --benchmark-only
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from fastpipe import core, dataset, pipeline, schema, session, task, workspace
+
+_KIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                    "peerbench")
+if not os.path.exists(os.path.join(_KIT, "common.py")):
+    pytest.skip("the peer kit (../shared/peerbench) is not here", allow_module_level=True)
+sys.path.insert(0, _KIT)
+import common as C  # noqa: E402
+import peer_stdlib  # noqa: E402
+
+GROUP = "W_heavy: 2,000 x (64,1024) float32 sort+cumsum (batches/s)"
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def heavy():
+    data = C.make_heavy()
+    return data, C.heavy_check(data)
+
+
+@pytest.fixture(scope="module")
+def fastpipe_source(heavy):
+    """A workspace holding W_heavy as a Dataset of 128,000 rows of 1024."""
+    data, _ = heavy
+    n, rows, cols = data.shape
+    ws = workspace.C.Workspace()
+    src = dataset.Dataset(schema.Struct(("b", schema.Scalar((np.float32, (cols,))))),
+                          name="heavy_src")
+    init = core.Net("heavy_init")
+    with core.NameScope("heavy_src"):
+        src.init_empty(init)
+    ws.run(init)
+    ws.blobs[str(src.get_blobs()[0])].feed(data.reshape(n * rows, cols))
+    return ws, src
+
+
+@pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("instances", [1, 2])
+def test_heavy_fastpipe(benchmark, record, heavy, fastpipe_source, instances):
+    data, check = heavy
+    n, rows, cols = data.shape
+    ws, src = fastpipe_source
+    dst = dataset.Dataset(schema.Struct(("b", schema.Scalar((np.float32, (cols,))))),
+                          name="heavy_dst_%d" % instances)
+    init = core.Net("heavy_dst_init")
+    with core.NameScope("heavy_dst_%d" % instances):
+        dst.init_empty(init)
+    ws.run(init)
+    out_blob = ws.blobs[str(dst.get_blobs()[0])]
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(src.reader(batch_size=rows),
+                          processor=pipeline.PythonProcessor(C.process_heavy),
+                          num_runtime_threads=instances)
+        pipeline.pipe(q, dst.writer())
+    sess = session.LocalSession(ws)
+    sess.compile(tg)
+
+    def reset():
+        out_blob.feed(np.zeros((0, cols), np.float32))   # the run appends to it
+        return (), {}
+
+    def run():
+        sess.run(tg)    # the reader's cursor is created by the task's init: row 0
+
+    benchmark.pedantic(run, setup=reset, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    out = out_blob.fetch()
+    assert out.shape == (n * rows, cols)
+    ok, detail = check(C.consume_heavy(out.reshape(n, rows, cols)))
+    assert ok, detail
+    record("fastpipe PythonProcessor, %d instance(s)" % instances, batches=n,
+           instances=instances, rate_per_s=n / benchmark.stats.stats.median,
+           consumer="kit consume_heavy after the run (Dataset writer; iterate not merged)")
+
+
+@pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_heavy_stdlib_threads(benchmark, record, heavy, workers):
+    data, check = heavy
+    n = data.shape[0]
+
+    def run():
+        return C.consume_heavy(peer_stdlib.pipe_threads(data.__getitem__, C.process_heavy,
+                                                        n, workers))
+    res = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    ok, detail = check(res)
+    assert ok, detail
+    record("stdlib %d worker thread(s) + queue.Queue" % workers, batches=n, workers=workers,
+           rate_per_s=n / benchmark.stats.stats.median)
+
+
+@pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_heavy_stdlib_staged(benchmark, record, heavy, workers):
+    data, check = heavy
+    n = data.shape[0]
+
+    def run():
+        return C.consume_heavy(peer_stdlib.pipe_staged(data.__getitem__, C.process_heavy,
+                                                       n, workers))
+    res = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    ok, detail = check(res)
+    assert ok, detail
+    record("stdlib staged: reader -> %d worker(s) -> main" % workers, batches=n,
+           workers=workers, rate_per_s=n / benchmark.stats.stats.median)
