@@ -6,10 +6,11 @@ reader -> workers -> main pipeline) with 1 and 2 workers, in one run.
 
 fastpipe: a Dataset reader (batch 64) -> PythonProcessor(process_heavy) ->
 queue -> Dataset writer; the kit's consumer (consume_heavy) runs after the
-timed region over the written batches, as the checksum.  (Consuming through
-``LocalSession.iterate`` in the main thread replaces the writer once that is
-merged.)  The peers run the kit's consumer in the main thread inside the
-timed region, as the kit does.
+timed region over the written batches, as the checksum.  A second variant
+consumes with consume_heavy per item in a last 1-instance PythonProcessor
+that keeps nothing.  (Consuming through ``LocalSession.iterate`` in the main
+thread replaces both once that is merged.)  The peers run the kit's consumer
+in the main thread inside the timed region, as the kit does.
 
 Run: python -m pytest bench/test_bench_heavy.py --benchmark-only
 """
@@ -30,7 +31,7 @@ import common as C  # noqa: E402
 import peer_stdlib  # noqa: E402
 
 GROUP = "W_heavy: 2,000 x (64,1024) float32 sort+cumsum (batches/s)"
-ROUNDS = 3
+ROUNDS = 5
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,45 @@ def test_heavy_fastpipe(benchmark, record, heavy, fastpipe_source, instances):
     record("fastpipe PythonProcessor, %d instance(s)" % instances, batches=n,
            instances=instances, rate_per_s=n / benchmark.stats.stats.median,
            consumer="kit consume_heavy after the run (Dataset writer; iterate not merged)")
+
+
+@pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("instances", [1, 2])
+def test_heavy_fastpipe_consumer_stage(benchmark, record, heavy, fastpipe_source, instances):
+    """The same stage, consumed by the kit's consume_heavy applied to each
+    item in a last, 1-instance PythonProcessor that keeps nothing (on a
+    native thread, not the main thread): the consumer's work without the
+    Dataset writer's copy and page faults."""
+    data, check = heavy
+    n, rows, cols = data.shape
+    ws, src = fastpipe_source
+    acc = [0, 0.0]
+
+    def consume(c):
+        k, s = C.consume_heavy((c,))
+        acc[0] += k
+        acc[1] += s
+        return None
+
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(src.reader(batch_size=rows),
+                          processor=pipeline.PythonProcessor(C.process_heavy),
+                          num_runtime_threads=instances)
+        pipeline.pipe(q, processor=pipeline.PythonProcessor(consume, name="consume_heavy"))
+    sess = session.LocalSession(ws)
+    sess.compile(tg)
+
+    def reset():
+        acc[:] = [0, 0.0]
+        return (), {}
+
+    benchmark.pedantic(lambda: sess.run(tg), setup=reset, rounds=ROUNDS, iterations=1,
+                       warmup_rounds=1)
+    ok, detail = check(tuple(acc))
+    assert ok, detail
+    record("fastpipe PythonProcessor, %d instance(s), consumer stage" % instances, batches=n,
+           instances=instances, rate_per_s=n / benchmark.stats.stats.median,
+           consumer="kit consume_heavy per item in a 1-instance PythonProcessor sink")
 
 
 @pytest.mark.benchmark(group=GROUP)
