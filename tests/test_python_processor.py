@@ -175,6 +175,45 @@ def test_scalars_strided_arrays_and_longlong(ws):
 
 
 @pytest.mark.timeout(60)
+def test_views_are_writable_unless_their_buffer_is_shared(ws):
+    """A stage may change its arguments in place -- unless the buffer is
+    shared (here: the previous stage passed its input on without a copy, so
+    the next stage's view is read-only and the write fails naming it)."""
+    src, ids, xs = _source(ws, 20)
+    flags = []
+
+    def first(i, x):
+        flags.append(x.flags.writeable)
+        x += 1                          # in place: a private buffer
+        return i, x                     # passed on without a copy
+
+    def second(i, x):
+        flags.append(x.flags.writeable)
+        return i, x * 2
+
+    reader = ProcessingReader(src.reader(batch_size=5), PythonProcessor(first))
+    dst = _dataset(ws, "dst", ID_X)
+    with TaskGroup() as tg:
+        q = pipe(reader, processor=PythonProcessor(second))
+        pipe(q, dst.writer())
+    local_session(ws).run(tg)
+    assert flags == [True, False] * 4
+    got_ids, got_x = _columns(ws, dst)
+    assert _rows(got_ids, got_x) == _rows(ids, (xs + 1) * 2)
+
+    def write_shared(i, x):
+        x[:] = 0
+        return i, x
+
+    reader = ProcessingReader(src.reader(batch_size=5), PythonProcessor(lambda i, x: (i, x)))
+    with pytest.raises(RunError, match=r"Python stage 'writer' on record #0 .* raised "
+                                       r"ValueError: .*read-only"):
+        with TaskGroup() as tg:
+            pipe(reader, processor=PythonProcessor(write_shared, name="writer"))
+        local_session(ws).run(tg)
+
+
+@pytest.mark.timeout(60)
 def test_string_output(ws):
     src, ids, xs = _source(ws, 20)
     proc = PythonProcessor(lambda i, x: np.array([b"r%d" % v for v in i]), outputs="name")

@@ -497,6 +497,19 @@ cdef inline void tensor_adopt(Tensor* t, int dtype, int ndim, const int64_t* sha
     buf_decref(old)
 
 
+cdef object stage_view(Tensor* t):
+    """An argument of the stage's function: tensor_view, read-only when
+    something besides the blob and this view holds the buffer (another
+    blob that shares it, a view Python kept, a source that aliases user
+    memory): writing into it would change their data."""
+    arr = tensor_view(t)
+    base = cnp.PyArray_BASE(<cnp.ndarray>arr)
+    if base != NULL and type(<object>base) is _BufRef and \
+            fp_load(&(<_BufRef><object>base).buf.refcnt) > 2:
+        cnp.PyArray_CLEARFLAGS(<cnp.ndarray>arr, cnp.NPY_ARRAY_WRITEABLE)
+    return arr
+
+
 cdef int stage_dtype(cnp.ndarray arr) noexcept:
     """The DT_ code of a numeric array in native byte order, else -1 (by kind
     and size: int64 is one type whether numpy calls it long or longlong)."""
@@ -603,7 +616,7 @@ cdef int stage_call(OpInst* op, RunCtx* ctx, StageNative* sn) noexcept:
     rs_py_enter(ctx.rs, tid)    # Ctrl-C reaches the user's code (see k_python)
     try:
         try:
-            views = [tensor_view(&op.ins[i].t) for i in range(nin)]
+            views = [stage_view(&op.ins[i].t) for i in range(nin)]
             result = st.fn(*views)
             del views
         except BaseException as e:
