@@ -8,9 +8,10 @@ fastpipe: a Dataset reader (batch 64) -> PythonProcessor(process_heavy) ->
 queue -> Dataset writer; the kit's consumer (consume_heavy) runs after the
 timed region over the written batches, as the checksum.  A second variant
 consumes with consume_heavy per item in a last 1-instance PythonProcessor
-that keeps nothing.  (Consuming through ``LocalSession.iterate`` in the main
-thread replaces both once that is merged.)  The peers run the kit's consumer
-in the main thread inside the timed region, as the kit does.
+that keeps nothing.  A third consumes in the main thread through
+``LocalSession.iterate`` (skipped where iterate is not merged yet).  The
+peers run the kit's consumer in the main thread inside the timed region, as
+the kit does.
 
 Run: python -m pytest bench/test_bench_heavy.py --benchmark-only
 """
@@ -131,6 +132,34 @@ def test_heavy_fastpipe_consumer_stage(benchmark, record, heavy, fastpipe_source
     record("fastpipe PythonProcessor, %d instance(s), consumer stage" % instances, batches=n,
            instances=instances, rate_per_s=n / benchmark.stats.stats.median,
            consumer="kit consume_heavy per item in a 1-instance PythonProcessor sink")
+
+
+@pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("instances", [1, 2])
+def test_heavy_fastpipe_iterate(benchmark, record, heavy, fastpipe_source, instances):
+    """The stage's queue consumed in the main thread through
+    LocalSession.iterate by the kit's consume_heavy (items are 1-tuples: it
+    gets their one field).  Skipped where iterate is not merged yet."""
+    if not hasattr(session.LocalSession, "iterate"):
+        pytest.skip("LocalSession.iterate is not in this tree yet")
+    data, check = heavy
+    n, rows, cols = data.shape
+    ws, src = fastpipe_source
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(src.reader(batch_size=rows),
+                          processor=pipeline.PythonProcessor(C.process_heavy),
+                          num_runtime_threads=instances)
+    sess = session.LocalSession(ws)
+    sess.compile(tg)
+
+    def run():
+        return C.consume_heavy(rec[0] for rec in sess.iterate(tg, q))
+    res = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    ok, detail = check(res)
+    assert ok, detail
+    record("fastpipe PythonProcessor, %d instance(s), iterate" % instances, batches=n,
+           instances=instances, rate_per_s=n / benchmark.stats.stats.median,
+           consumer="kit consume_heavy in the main thread through LocalSession.iterate")
 
 
 @pytest.mark.benchmark(group=GROUP)
