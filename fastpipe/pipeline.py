@@ -523,9 +523,11 @@ class PythonProcessor(object):
     With ``fn`` every instance calls the same function, so it must be safe to
     call from several threads at once.  With ``factory``,
     ``factory(instance_id, num_instances)`` is called once per runtime
-    instance when the instance starts (on that instance's thread) and returns
-    that instance's function: per-instance state (an RNG, a tokenizer, a file
-    handle) needs no locking.
+    instance in every run, when the run sets the instance up (with
+    ``num_runtime_threads > 1`` on the instance's own thread), and returns
+    that instance's function: per-instance state (an RNG, a tokenizer, a
+    file handle) needs no locking.  In the static copies of ``num_threads=N``
+    it gets the copy's index and N.
 
     An exception in the function fails the run: ``run``/``iterate`` raise a
     :class:`fastpipe.errors.RunError` naming the stage (``name``, else the

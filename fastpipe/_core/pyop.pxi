@@ -383,7 +383,8 @@ ctypedef struct StageCopy:
 
 cdef class _StageState:
     """The Python half of one PythonStage op instance (so one per runtime
-    instance).  Touched only by the thread running the op, with the GIL."""
+    instance).  Touched with the GIL by one thread at a time: the one that
+    compiles the op (init), runs it, or frees it."""
     cdef object fn
     cdef str stage              # the stage's name, for messages
     cdef tuple fields           # output field names
@@ -404,13 +405,6 @@ class _StageBadResult(Exception):
 
 cdef str _stage_pos(_StageState st, int64_t k):
     return "record #%d read by instance %d (counting from 0)" % (k, st.instance)
-
-
-cdef str _callable_name(object f):
-    name = getattr(f, "__qualname__", None)
-    if isinstance(name, str) and name:
-        return name
-    return type(f).__qualname__
 
 
 cdef int stage_init(OpInst* op, RunCtx* ctx) noexcept nogil:
