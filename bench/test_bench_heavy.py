@@ -17,6 +17,7 @@ Run: python -m pytest bench/test_bench_heavy.py --benchmark-only
 """
 import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -192,3 +193,29 @@ def test_heavy_stdlib_staged(benchmark, record, heavy, workers):
     assert ok, detail
     record("stdlib staged: reader -> %d worker(s) -> main" % workers, batches=n,
            workers=workers, rate_per_s=n / benchmark.stats.stats.median)
+
+
+@pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_heavy_limit_bare_threads(benchmark, record, heavy, threads):
+    """The ceiling of any pipeline that runs the kit's processor under the
+    GIL in one process: ``threads`` plain threads each call process_heavy on
+    a strided shard, with no queue and no consumer.  Its 2/1 ratio is how far
+    the processor itself runs in parallel (np.sort releases the GIL, np.cumsum
+    here does not)."""
+    data, _ = heavy
+    n = data.shape[0]
+
+    def work(w):
+        for i in range(w, n, threads):
+            C.process_heavy(data[i])
+
+    def run():
+        ts = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    record("limit: %d bare thread(s) calling process_heavy, no queue" % threads, batches=n,
+           threads=threads, rate_per_s=n / benchmark.stats.stats.median)
