@@ -13,8 +13,12 @@ that keeps nothing.  A third consumes in the main thread through
 peers run the kit's consumer in the main thread inside the timed region, as
 the kit does.
 
+A second group runs a stage that does release the GIL (sha256 of each batch)
+the same two ways, to show what N instances give when the function allows it.
+
 Run: python -m pytest bench/test_bench_heavy.py --benchmark-only
 """
+import hashlib
 import os
 import sys
 import threading
@@ -219,3 +223,73 @@ def test_heavy_limit_bare_threads(benchmark, record, heavy, threads):
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     record("limit: %d bare thread(s) calling process_heavy, no queue" % threads, batches=n,
            threads=threads, rate_per_s=n / benchmark.stats.stats.median)
+
+
+GROUP_GIL_FREE = "W_heavy data, a stage that releases the GIL: sha256 of each batch (batches/s)"
+
+
+def _digest(b):
+    """sha256 of the batch's bytes (hashlib releases the GIL on big buffers)."""
+    return np.frombuffer(hashlib.sha256(b).digest(), dtype=np.uint8)
+
+
+def _digest_sum(items):
+    n = 0
+    acc = 0
+    for d in items:
+        n += 1
+        acc += int(d.sum())
+    return n, acc
+
+
+@pytest.fixture(scope="module")
+def heavy_digests(heavy):
+    data, _ = heavy
+    return _digest_sum(_digest(b) for b in data)
+
+
+@pytest.mark.benchmark(group=GROUP_GIL_FREE)
+@pytest.mark.parametrize("instances", [1, 2])
+def test_gil_free_stage_fastpipe(benchmark, record, heavy, heavy_digests, fastpipe_source,
+                                 instances):
+    data, _ = heavy
+    n, rows, cols = data.shape
+    ws, src = fastpipe_source
+    acc = [0, 0]
+
+    def consume(d):
+        k, s = _digest_sum((d,))
+        acc[0] += k
+        acc[1] += s
+
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(src.reader(batch_size=rows),
+                          processor=pipeline.PythonProcessor(_digest, outputs="digest"),
+                          num_runtime_threads=instances)
+        pipeline.pipe(q, processor=pipeline.PythonProcessor(consume, name="digest_sum"))
+    sess = session.LocalSession(ws)
+    sess.compile(tg)
+
+    def reset():
+        acc[:] = [0, 0]
+        return (), {}
+
+    benchmark.pedantic(lambda: sess.run(tg), setup=reset, rounds=ROUNDS, iterations=1,
+                       warmup_rounds=1)
+    assert tuple(acc) == heavy_digests
+    record("fastpipe PythonProcessor(sha256), %d instance(s)" % instances, batches=n,
+           instances=instances, rate_per_s=n / benchmark.stats.stats.median)
+
+
+@pytest.mark.benchmark(group=GROUP_GIL_FREE)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_gil_free_stage_stdlib_threads(benchmark, record, heavy, heavy_digests, workers):
+    data, _ = heavy
+    n = data.shape[0]
+
+    def run():
+        return _digest_sum(peer_stdlib.pipe_threads(data.__getitem__, _digest, n, workers))
+    res = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    assert res == heavy_digests
+    record("stdlib %d worker thread(s) + queue.Queue (sha256)" % workers, batches=n,
+           workers=workers, rate_per_s=n / benchmark.stats.stats.median)
