@@ -430,6 +430,38 @@ register("Python", (0, INF), (0, INF),
           A("grad_output_indices", "ints", [])],
          "Call a Python function f(inputs, outputs) (takes the GIL).", _check_python)
 
+
+def _check_python_stage(op, a):
+    if not a["token"]:
+        return "argument 'token' is required"
+    fields = a["fields"]
+    if len(fields) != len(op.output) - 1:
+        return ("%d output field name(s) %r for %d output blob(s): the outputs are the "
+                "fields plus a last bool 'keep' blob" % (len(fields), list(fields),
+                                                        len(op.output)))
+    if len(set(fields)) != len(fields):
+        return "output field names %r are not unique" % (list(fields),)
+    inst, n = a["instance"], a["num_instances"]
+    if (inst < 0) != (n < 1):
+        return ("instance=%d and num_instances=%d: give both (a static copy) or "
+                "neither (the runtime instance)" % (inst, n))
+    if n >= 1 and not 0 <= inst < n:
+        return "instance=%d must be in [0, num_instances=%d)" % (inst, n)
+    return None
+
+
+register("PythonStage", (1, INF), (2, INF),
+         [A("token", "str", "", "the stage's function or factory (fastpipe._pyop)"),
+          A("fields", "strings", [], "output field names, one per output but the last"),
+          A("stage", "str", "", "the stage's name, for messages"),
+          A("instance", "int", -1, "static copy index (-1: the runtime instance)"),
+          A("num_instances", "int", 0, "static copy count (0: the runtime's)")],
+         "A per-record Python stage (pipeline.PythonProcessor): calls fn(*input arrays) "
+         "with the GIL held for the call only and writes its result into the outputs "
+         "(the fields, then a bool 'keep': false when fn returned None).  A factory "
+         "token is called as factory(instance, num_instances) once per op instance.",
+         _check_python_stage)
+
 # --- queues -----------------------------------------------------------------
 
 
@@ -613,4 +645,4 @@ register("ReadArrayBatch", (1, INF), (1, INF),
 _ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_counter,
                     _check_python, _check_create_queue, _check_weighted,
                     _check_read_next, _check_read_random, _check_sort_and_shuffle,
-                    _check_print}
+                    _check_print, _check_python_stage}

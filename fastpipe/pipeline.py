@@ -16,17 +16,20 @@ The deprecated ``num_threads=N`` builds N copies of the pipe in Python
 shared workspace; it costs N times the build work.
 """
 
-from . import core, queue_util
+import threading
+from typing import Any, Callable, Optional, Sequence, Union
+
+from . import _pyop, core, queue_util
 from .dataio import Reader, Writer
 from .errors import GraphError
 from .net_builder import NetBuilder, ops
 from .proto import gc_paused
-from .schema import Field, as_record
+from .schema import Field, Scalar, as_record, from_column_list
 from .task import Node, Task, TaskGroup
 
 __all__ = ["Output", "pipe", "pipe_and_output", "ProcessingReader",
-           "NetProcessor", "normalize_processor_output", "make_processor",
-           "processor_name", "DEFAULT_QUEUE_CAPACITY"]
+           "NetProcessor", "PythonProcessor", "normalize_processor_output",
+           "make_processor", "processor_name", "DEFAULT_QUEUE_CAPACITY"]
 
 DEFAULT_QUEUE_CAPACITY = 100
 
@@ -38,9 +41,14 @@ class Output(object):
     Must be created inside the processor's NetBuilder (``pipe`` provides
     one): with ``nets=None`` it takes (and freezes) that builder's
     children, i.e. what the processor built with ``ops``.
+
+    ``keep`` (fastpipe, not Caffe2): a bool scalar blob the processor's nets
+    set; false drops the record -- :func:`pipe` then skips the rest of the
+    iteration (later processors and the write) and reads the next record.
+    :class:`PythonProcessor` uses it for a function that returns None.
     """
 
-    def __init__(self, nets=None, record=None, should_stop=None):
+    def __init__(self, nets=None, record=None, should_stop=None, keep=None):
         builder = NetBuilder.current(required=False)
         if builder is None:
             raise GraphError("pipeline.Output needs an active NetBuilder "
@@ -55,6 +63,7 @@ class Output(object):
         self.nets = [] if nets is None else list(nets)
         self.record = None if record is None else as_record(record)
         self.should_stop = should_stop
+        self.keep = keep
 
 
 def _init_output(output, capacity, global_init_net, global_exit_net):
@@ -113,16 +122,16 @@ def normalize_processor_output(output):
 
 
 def processor_name(processor):
-    """A name for tasks and profiler counters (``function`` for plain
-    functions, as in Caffe2 under Python 3)."""
-    if hasattr(processor, "name"):
-        return processor.name
-    if hasattr(processor, "func_name"):
-        if processor.func_name == "<lambda>":
-            return processor.__module__
-        if hasattr(processor, "im_class"):
-            return "%s.%s" % (processor.im_class.__name__, processor.func_name)
-        return processor.func_name
+    """A name for tasks and profiler counters: the processor's ``name``
+    (NetProcessor, PythonProcessor), a function's or method's
+    ``__qualname__`` (Caffe2 under Python 3 said ``function``), otherwise
+    the class name (readers, writers, queues)."""
+    name = getattr(processor, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    qualname = getattr(processor, "__qualname__", None)
+    if isinstance(qualname, str) and qualname:
+        return qualname
     return processor.__class__.__name__
 
 
@@ -189,10 +198,44 @@ def _timed_body(read_nets, write_nets, status, profiler_name):
     timer = timer_start_net.TimerBegin([], counter_name=profiler_name)
     timer_end_net = core.Net("timer_end")
     timer_end_net.TimerEnd(timer, [])
+    items = _nest_drops(list(read_nets) + list(write_nets), status)
     body = core.execution_step(
-        "body", [timer_start_net] + list(read_nets) + list(write_nets) + [timer_end_net],
+        "body", [timer_start_net] + items + [timer_end_net],
         should_stop_blob=status)
     return body, timer_end_net
+
+
+# The attribute of a drop guard (ProcessingReader.read_ex): the step running a
+# processor's nets whose last net computes this bool blob, true when the
+# record is dropped.
+_DROPPED_ATTR = "_fastpipe_dropped"
+
+
+def _nest_drops(items, status):
+    """Make each drop guard in ``items`` (nets and steps of one iteration)
+    skip what follows it when it drops the record.
+
+    A guard G is replaced by a step [G, rest] with ``should_stop_blob`` =
+    G's dropped blob and ``only_once``: the stop blob is checked after each
+    substep, so after G has computed it.  ``rest`` runs the following items
+    as a step with ``should_stop_blob=status``, ``only_once``, so the
+    reader's or writer's status still ends the iteration after any net, as
+    in the flat body; the enclosing loop then sees the status.  A dropped
+    record leaves the status false: the loop goes on with the timer end and
+    the next read."""
+    for i, item in enumerate(items):
+        dropped = getattr(item, _DROPPED_ATTR, None)
+        if dropped is None:
+            continue
+        rest = _nest_drops(items[i + 1:], status)
+        substeps = [item]
+        if rest:
+            substeps.append(core.execution_step(item.Name() + ":rest", rest,
+                                                should_stop_blob=status, only_once=True))
+        guarded = core.execution_step(item.Name() + ":unless_dropped", substeps,
+                                      should_stop_blob=dropped, only_once=True)
+        return items[:i] + [guarded]
+    return items
 
 
 def _reset_status(init_net, status):
@@ -255,7 +298,12 @@ def _static_threads_task(name, group, final_outputs, reader, num_threads,
             with NetBuilder(name="t:%d" % thread_id) as nb:
                 init_net = core.Net("init")
                 exit_net = core.Net("exit")
-                read_nets, status, rec = reader.read_record_ex(init_net, exit_net)
+                # a PythonProcessor built here gives its factory this copy's index
+                _static_copy.value = (thread_id, num_threads)
+                try:
+                    read_nets, status, rec = reader.read_record_ex(init_net, exit_net)
+                finally:
+                    _static_copy.value = None
                 _reset_status(init_net, status)
                 if rec is not None:
                     if writer is None:
@@ -346,7 +394,10 @@ class ProcessingReader(Reader):
         # The processor may use `ops`; Output() takes this builder's children.
         with NetBuilder() as nb:
             result = normalize_processor_output(self.processor(rec))
-        read_nets += result.nets
+        if result.keep is not None:
+            read_nets.append(_drop_guard(result, status, processor_name(self.processor)))
+        else:
+            read_nets += result.nets
         if result.should_stop is not None or nb._stop_blob is not None:
             stop_net = core.Net("stop_net")
             if result.should_stop is not None:
@@ -423,3 +474,145 @@ class NetProcessor(object):
     def blob_maps(self):
         self._frozen = True
         return self._blob_maps
+
+
+def _drop_guard(result, status, name):
+    """The step running ``result.nets`` and then computing ``dropped`` =
+    not (keep or status): a record is dropped when the processor cleared
+    ``keep``, unless the reader has already ended (then the rest of the
+    iteration must still run to pass the end on, e.g. ReaderWithLimit's
+    post net).  pipe() nests the rest of the iteration under it
+    (:func:`_nest_drops`); elsewhere it runs as a plain step."""
+    check = core.Net("drop_check")
+    alive = check.Or([result.keep, status], check.NextName("alive"))
+    dropped = check.Not(alive, check.NextName("dropped"))
+    guard = core.execution_step("%s:stage" % name, list(result.nets) + [check])
+    setattr(guard, _DROPPED_ATTR, dropped)
+    return guard
+
+
+# (index, count) of the static pipe copy (num_threads=N) being built on this
+# thread, or None: read by PythonProcessor so each copy's factory gets its index.
+_static_copy = threading.local()
+_static_copy.value = None
+
+
+def _callable_name(f):
+    name = getattr(f, "__qualname__", None)
+    if isinstance(name, str) and name:
+        return name
+    return type(f).__qualname__
+
+
+class PythonProcessor(object):
+    """A per-record Python stage for :func:`pipe` (beside :class:`NetProcessor`).
+
+    At run time ``fn`` is called with the record's field arrays as positional
+    arguments -- numpy views of the blobs, no copy -- and returns one array,
+    a tuple of arrays, a dict by output field name, or ``None`` to drop the
+    record (a filter).  The output fields keep the input's names when
+    ``outputs`` is not given (``fn`` must then return as many arrays as the
+    record has fields); ``outputs=("y",)`` names them otherwise.  Returned
+    arrays are copied into the output blobs without the GIL (an input array
+    returned unchanged is passed on without a copy).
+
+    Threading: each runtime instance (``pipe(..., num_runtime_threads=N)``)
+    runs the stage on its own native thread; only the call of ``fn`` (and
+    the check of its result) holds the GIL, so a function that releases the
+    GIL (numpy sorting and reductions, zlib, file reads) runs N-way parallel.
+    With ``fn`` every instance calls the same function, so it must be safe to
+    call from several threads at once.  With ``factory``,
+    ``factory(instance_id, num_instances)`` is called once per runtime
+    instance in every run, when the run sets the instance up (with
+    ``num_runtime_threads > 1`` on the instance's own thread), and returns
+    that instance's function: per-instance state (an RNG, a tokenizer, a
+    file handle) needs no locking.  In the static copies of ``num_threads=N``
+    it gets the copy's index and N.
+
+    An exception in the function fails the run: ``run``/``iterate`` raise a
+    :class:`fastpipe.errors.RunError` naming the stage (``name``, else the
+    function's ``__qualname__``), the runtime instance and the record's
+    position (``record #k read by instance i``), with the exception as
+    ``__cause__``.
+
+    Example::
+
+        def make(instance_id, num_instances):
+            rng = np.random.default_rng(instance_id)
+            return lambda ids, x: (ids, x + rng.normal(size=x.shape).astype(np.float32))
+
+        with TaskGroup() as tg:
+            q = pipe(reader, processor=PythonProcessor(factory=make),
+                     num_runtime_threads=4)
+    """
+
+    def __init__(self, fn: Optional[Callable[..., Any]] = None, *,
+                 factory: Optional[Callable[[int, int], Callable[..., Any]]] = None,
+                 outputs: Optional[Union[str, Sequence[str]]] = None,
+                 name: Optional[str] = None) -> None:
+        if (fn is None) == (factory is None):
+            raise GraphError("PythonProcessor: give exactly one of fn or factory=, got %s"
+                             % ("both" if fn is not None else "neither"))
+        target = fn if fn is not None else factory
+        if not callable(target):
+            raise GraphError("PythonProcessor: %s=%r is not callable"
+                             % ("fn" if fn is not None else "factory", target))
+        if name is not None and (not isinstance(name, str) or not name):
+            raise GraphError("PythonProcessor: name=%r must be a non-empty str" % (name,))
+        if outputs is not None:
+            if isinstance(outputs, str):
+                outputs = (outputs,)
+            outputs = tuple(outputs)
+            if not outputs:
+                raise GraphError("PythonProcessor: outputs=() names no field")
+            for o in outputs:
+                if not isinstance(o, str) or not o:
+                    raise GraphError("PythonProcessor: output field names must be non-empty "
+                                     "strs, got %r" % (o,))
+            if len(set(outputs)) != len(outputs):
+                raise GraphError("PythonProcessor: output field names %r are not unique"
+                                 % (outputs,))
+        self.fn = fn
+        self.factory = factory
+        self.outputs = outputs
+        self.name = name if name is not None else _callable_name(target)
+        self._token = _pyop.register(fn if fn is not None else (factory, (), {}))
+        self._record = None
+
+    def schema(self) -> Optional[Field]:
+        """The output record of the last build (None before the first)."""
+        return self._record
+
+    def __call__(self, rec: Any) -> Output:
+        """Add the stage's op for the input record ``rec`` (called by pipe /
+        ProcessingReader at build time, inside its NetBuilder) and return the
+        Output: the stage net, the output record and the ``keep`` blob."""
+        if isinstance(rec, Field):
+            blobs = rec.field_blobs()
+            names = rec.field_names()
+        else:
+            blobs = list(rec)
+            names = ["field_%d" % i for i in range(len(blobs))]
+        if not blobs:
+            raise GraphError("PythonProcessor %r: the input record has no fields"
+                             % self.name)
+        out_names = list(self.outputs) if self.outputs is not None else list(names)
+        net = core.Net(self.name)
+        out_blobs = [net.NextName(n or "out") for n in out_names]
+        keep = net.NextName("keep")
+        args = {"token": self._token, "fields": out_names, "stage": self.name}
+        copy = getattr(_static_copy, "value", None)
+        if copy is not None:
+            args["instance"], args["num_instances"] = copy
+        net.PythonStage([str(b) for b in blobs], out_blobs + [keep], name=self.name,
+                        **args)
+        out_refs = [core.BlobReference(b, net=net) for b in out_blobs]
+        if out_names == [""]:
+            record = Scalar(blob=out_refs[0])   # a bare Scalar in, one out
+        else:
+            record = from_column_list(out_names, col_blobs=out_refs)
+        self._record = record
+        return Output([net], record, keep=core.BlobReference(keep, net=net))
+
+    def __repr__(self) -> str:
+        return "PythonProcessor(%r)" % self.name

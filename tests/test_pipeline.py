@@ -100,9 +100,12 @@ def test_pipe_names():
         pipe(CountUntil(3), q)
         pipe(CountUntil(3))
     names = [t.name for t in tg.tasks()]
-    assert names == ["local/function", "local/pipe_into:Queue",
+    assert names == ["local/test_pipe_names.<locals>.my_fun", "local/pipe_into:Queue",
                      "local/pipe_from:ReaderWithLimit"]
-    assert processor_name(my_fun) == "function"
+    # a function's qualified name, never Caffe2's bare 'function'
+    assert processor_name(my_fun) == "test_pipe_names.<locals>.my_fun"
+    assert processor_name(lambda rec: rec) == "test_pipe_names.<locals>.<lambda>"
+    assert processor_name(Queue(3)) == "Queue"
 
 
 def test_output_needs_builder_and_exclusive_nets():

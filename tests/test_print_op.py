@@ -10,10 +10,8 @@ PrintOp and TensorPrinter):
   one line per printed run.  (fastpipe's root folder: the working
   directory.)
 
-The Print kernel lives in pyop.pxi (the GIL trampoline), which another
-change owns: the tests of the behaviour it does not implement yet are strict
-xfails -- they start passing, and so fail as XPASS, when it does; then drop
-the marker.
+The Print kernel lives in pyop.pxi (the GIL trampoline); a run that prints
+nothing (every_n) does not take the GIL.
 """
 import numpy as np
 import pytest
@@ -21,8 +19,6 @@ import pytest
 from fastpipe import core, workspace
 from fastpipe.errors import FastpipeError, OperatorDefError
 
-NOT_YET = pytest.mark.xfail(strict=True, reason="Print ignores limit/every_n/to_file: "
-                                                "its kernel (pyop.pxi) must implement them")
 
 
 def _lines(text, name):
@@ -67,7 +63,6 @@ def test_bad_every_n_or_limit_is_rejected_naming_the_op(every_n, limit, match):
     assert isinstance(ei.value, FastpipeError) and isinstance(ei.value, ValueError)
 
 
-@NOT_YET
 def test_limit_caps_the_number_of_elements_printed(capfd):
     workspace.FeedBlob("pl", np.arange(10, dtype=np.int32).reshape(2, 5))
     net = core.Net("pl_net")
@@ -77,7 +72,6 @@ def test_limit_caps_the_number_of_elements_printed(capfd):
     assert _values(line) == [0, 1, 2]
 
 
-@NOT_YET
 @pytest.mark.timeout(30)
 def test_every_n_prints_the_first_run_and_then_every_nth(capfd):
     _print_every_run(7, every_n=3)
@@ -92,7 +86,6 @@ def test_every_n_1_prints_every_run(capfd):
     assert [_values(ln) for ln in lines] == [[0], [1], [2], [3]]
 
 
-@NOT_YET
 @pytest.mark.timeout(30)
 def test_to_file_writes_one_line_per_run_to_the_blobs_log_file(capfd, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -104,3 +97,47 @@ def test_to_file_writes_one_line_per_run_to_the_blobs_log_file(capfd, tmp_path, 
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert len(lines) == 3
     assert [ln.rsplit(":", 1)[1].strip() for ln in lines] == ["0", "1", "2"]
+
+
+def test_limit_above_the_size_prints_every_element(capfd):
+    workspace.FeedBlob("pm", np.arange(4, dtype=np.int64))
+    net = core.Net("pm_net")
+    net.Print(["pm"], [], limit=10)
+    workspace.RunNetOnce(net)
+    (line,) = _lines(capfd.readouterr().out, "pm")
+    assert _values(line) == [0, 1, 2, 3]
+
+
+@pytest.mark.timeout(30)
+def test_every_n_counts_per_op_instance(capfd):
+    """Each run of a plan makes a new op instance, whose count starts at 1."""
+    _print_every_run(3, every_n=2)     # prints runs 1 and 3 (counts 0 and 2)
+    _print_every_run(3, every_n=2)     # a new op instance: runs 1 and 3 again
+    lines = _lines(capfd.readouterr().out, "pr_count")
+    # one count across both plans would print the 1st, 3rd and 5th run: 0, 2, 1
+    assert [_values(ln) for ln in lines] == [[0], [2], [0], [2]]
+
+
+@pytest.mark.timeout(30)
+def test_to_file_with_limit_and_every_n(capfd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    workspace.FeedBlob("pf", np.arange(6, dtype=np.int32))
+    net = core.Net("pf_net")
+    net.Print(["pf"], [], to_file=True, limit=2, every_n=2)
+    plan = core.Plan("pf_plan")
+    plan.AddStep(core.execution_step("pf_step", net, num_iter=5))
+    workspace.RunPlan(plan)
+    assert _lines(capfd.readouterr().out, "pf") == []
+    lines = (tmp_path / "pf.log").read_text().splitlines()
+    assert lines == ["pf: 0,1"] * 3                                # runs 1, 3 and 5
+
+
+def test_to_file_that_cannot_be_opened_fails_naming_the_op(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pd.log").mkdir()                                   # a directory: open fails
+    workspace.FeedBlob("pd", np.arange(2, dtype=np.int32))
+    net = core.Net("pd_net")
+    net.Print(["pd"], [], to_file=True)
+    with pytest.raises(FastpipeError, match=r"Print #0 in net 'pd_net'.*log file") as ei:
+        workspace.RunNetOnce(net)
+    assert isinstance(ei.value.__cause__, OSError)

@@ -31,7 +31,7 @@ reg("Sum", k_sum)
 reg("Scale", k_scale)
 reg("Cast", k_cast)
 reg("IsEmpty", k_is_empty)
-reg("Print", k_print)
+reg("Print", k_print, print_init, print_fini)
 reg("CreateCounter", k_create_counter)
 reg("ResetCounter", k_reset_counter)
 reg("CountDown", k_count_down)
@@ -41,6 +41,7 @@ reg("RetrieveCount", k_retrieve_count)
 reg("CreateMutex", k_create_mutex)
 reg("AtomicAppend", k_atomic_append)
 reg("Python", k_python, pyop_init, pyop_fini)
+reg("PythonStage", k_python_stage, stage_init, stage_fini)
 reg("CreateBlobsQueue", k_create_queue)
 reg("EnqueueBlobs", k_enqueue, qop_init, qop_fini, True)
 reg("DequeueBlobs", k_dequeue, qop_init, qop_fini, True)
@@ -56,12 +57,9 @@ reg("StatRegistryExport", k_stat_export)
 reg("StatRegistryUpdate", k_stat_update)
 
 
-# Kernels in pyop.pxi (Print, Python) do not index their arguments; their
-# tables pin the schema order they were written against.
-cdef enum:
-    PRINT_TO_FILE = 0
-    PRINT_LIMIT = 1
-    PRINT_EVERY_N = 2
+# Kernels in pyop.pxi: Print and PythonStage read their arguments by the
+# named positions declared next to them there; Python does not index its
+# arguments (its table pins the schema order it was written against).
 kernel_args("Print", to_file=(PRINT_TO_FILE, "bool"), limit=(PRINT_LIMIT, "int"),
             every_n=(PRINT_EVERY_N, "int"))
 cdef enum:
@@ -70,6 +68,9 @@ cdef enum:
     PY_GRAD_OUTPUT_INDICES = 2
 kernel_args("Python", token=(PY_TOKEN, "str"), grad_input_indices=(PY_GRAD_INPUT_INDICES, "ints"),
             grad_output_indices=(PY_GRAD_OUTPUT_INDICES, "ints"))
+kernel_args("PythonStage", token=(PS_TOKEN, "str"), fields=(PS_FIELDS, "strings"),
+            stage=(PS_STAGE, "str"), instance=(PS_INSTANCE, "int"),
+            num_instances=(PS_NUM_INSTANCES, "int"))
 
 
 def check_kernel_args(registry, tables, kernels):

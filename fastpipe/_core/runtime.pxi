@@ -109,6 +109,7 @@ ctypedef struct RunCtx:
     RunState* rs
     const string* step      # innermost step being executed (for messages)
     int64_t instance        # runtime instance index (-1 outside instances)
+    int64_t num_instances   # instances of that step (read only when instance >= 0)
 
 
 cdef RunState* rs_new() noexcept nogil:
@@ -782,6 +783,7 @@ cdef int run_concurrent(CStep* cs, RunCtx* ctx) noexcept nogil:
         ws[k].ctx.step = &ws[k].step.d.name
         if cs.d.num_instances > 1:
             ws[k].ctx.instance = <int64_t>(k // S)
+            ws[k].ctx.num_instances = N
         ws[k].rc = 0
         if fp_thread_start(&ws[k].th, worker_main, &ws[k]) != 0:
             rc = rs_fail(ctx.rs, E_RUNTIME, b"could not start a step thread")
