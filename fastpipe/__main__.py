@@ -4,7 +4,7 @@ import sys
 
 def _main(argv):
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m fastpipe demo [--records N] [--instances K] [--batch B]")
+        print("usage: python -m fastpipe demo [--records N] [--batch B] [--instances K] [--epochs E]")
         return 0 if argv else 2
     if argv[0] == "demo":
         from fastpipe import demo
