@@ -145,7 +145,7 @@ class gc_paused(object):
 
 # gc_paused's own trigger for full collections (see its docstring)
 _FULL_COLLECTION_MIN = 500000
-_MOVE_MIN = 20000       # pauses that made fewer objects skip the move
+_MOVE_MIN = 4096        # pauses that made fewer objects skip the move
 _gc_accounting_lock = _threading.Lock()  # protects the two counters below
 _moved_since_full = 0   # objects moved to the oldest generation since the last full collection
 _live_after_full = 0    # tracked objects that survived that collection
