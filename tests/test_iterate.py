@@ -426,8 +426,17 @@ def test_dropped_iterator_cancels_and_joins(ws):
         handle.wait()
 
 
+@pytest.fixture
+def sigint_raises():
+    """A process started in the background (CI) inherits SIGINT as ignored,
+    and Python then installs no handler: make Ctrl-C raise as in a terminal."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.timeout(30)
-def test_ctrl_c_in_the_loop_body_cancels_and_joins(ws):
+def test_ctrl_c_in_the_loop_body_cancels_and_joins(ws, sigint_raises):
     tg, q = _endless(ws)
     before = _native_tids()
     with pytest.raises(KeyboardInterrupt):
@@ -439,7 +448,7 @@ def test_ctrl_c_in_the_loop_body_cancels_and_joins(ws):
 
 
 @pytest.mark.timeout(30)
-def test_ctrl_c_while_next_waits_cancels_and_joins(ws):
+def test_ctrl_c_while_next_waits_cancels_and_joins(ws, sigint_raises):
     """A Python op of the job raises SIGINT and then waits for the run's
     cancellation; next() is blocked on the empty queue and must raise
     KeyboardInterrupt, the job stopped and joined."""
