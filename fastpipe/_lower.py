@@ -34,10 +34,11 @@ from several threads (the native program is built once, under a lock).
 """
 
 import threading
+import weakref
 
 from . import core
 from . import proto as _proto
-from .errors import GraphError
+from .errors import GraphError, WorkspaceError
 from .task import Cluster, Task, TaskGroup, WorkspaceType
 
 __all__ = ["CompiledJob", "as_task_group", "lower_task_group"]
@@ -64,6 +65,10 @@ class CompiledJob(object):
         self.workspace_type = workspace_type
         self._program = None
         self._program_lock = threading.Lock()  # protects the first build of _program
+        # native workspace -> weakref to this job's latest Run on it: two runs
+        # of one job on one workspace would share its queues (records lost)
+        self._live = weakref.WeakKeyDictionary()
+        self._live_lock = threading.Lock()     # protects _live
 
     def native_program(self):
         """The native ``_core.Program`` of the plan, lowered on first use."""
@@ -98,9 +103,20 @@ class CompiledJob(object):
         The plan runs on ``ws`` whatever the group's workspace type (as in
         Caffe2, where the PRIVATE check never matched): isolation comes from
         the per-task ``create_workspace`` flag of each step."""
-        self.bind_outputs(ws, fetch_func)
         program = self.native_program()
-        return ws._native.start_program(program)
+        native = ws._native
+        with self._live_lock:
+            ref = self._live.get(native)
+            prev = ref() if ref is not None else None
+            if prev is not None and not prev.done():
+                raise WorkspaceError(
+                    "job %r is already running on this workspace: two runs of one job "
+                    "would share its queues and lose records; wait() for the previous run "
+                    "or close() its iterator first" % self.plan.Proto().name)
+            self.bind_outputs(ws, fetch_func)
+            run = native.start_program(program)
+            self._live[native] = weakref.ref(run)
+        return run
 
     def run(self, ws, fetch_func):
         """``start(ws, fetch_func).wait()``: returns when the run finished

@@ -147,7 +147,9 @@ class _DatasetEpochReader(Reader):
 
     @property
     def epoch(self):
-        """The next epoch (runs whose task init set this reader up so far)."""
+        """The next epoch: how many runs have shuffled with this reader so far
+        (it counts only when ``shuffle=True``; the permutation of epoch k is
+        derived from (seed, k))."""
         return self._state.epoch
 
     def setup_ex(self, init_net, exit_net):
@@ -155,9 +157,9 @@ class _DatasetEpochReader(Reader):
         # run: a new cursor (so every run reads from the first record) and,
         # when shuffling, the offsets and this epoch's permutation.  Guarded:
         # a reader shared by several pipes is set up by the first.
-        if self.cursor is not None:
-            return
         from . import sources
+        if sources._check_one_group(self, "Dataset.epoch_reader") or self.cursor is not None:
+            return
         content = self.dataset.content()
         self.cursor = init_net.CreateTreeCursor(
             [], init_net.NextScopedBlob(self.name), fields=self.dataset.fields)

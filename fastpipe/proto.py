@@ -124,9 +124,11 @@ class gc_paused(object):
         if self._was_enabled:
             global _moved_since_full, _live_after_full
             young = _gc.get_count()[0]  # objects made since the last collection
-            if young < _MOVE_MIN:
+            if young < _MOVE_MIN or _gc.get_freeze_count():
                 # a small build: leave its objects to the ordinary young
-                # collections, which free a small job's cycles promptly
+                # collections, which free a small job's cycles promptly.
+                # Or the user froze objects (gc.freeze() before a fork):
+                # unfreeze() would undo that, so no move either
                 _gc.enable()
                 return False
             _gc.freeze()

@@ -47,6 +47,25 @@ from .dataio import Reader
 from .errors import ArgumentError, GraphError
 from .schema import Scalar, Struct
 
+
+def _check_one_group(reader, what):
+    """A reader's run-time setup lives in the task init of the TaskGroup it
+    was first set up in; another group would run without it (a missing
+    cursor, or silently nothing).  Returns True when already set up in the
+    active group (a reader shared by its pipes), raises for another group."""
+    from .task import TaskGroup
+    group = TaskGroup.current(required=False)
+    first = reader.__dict__.get("_setup_group")
+    if first is None:
+        reader._setup_group = weakref.ref(group) if group is not None else (lambda: None)
+        return False
+    if first() is not group:
+        raise GraphError(
+            "%s %r is already set up in another TaskGroup: make one reader per TaskGroup "
+            "(a new reader over the same data costs nothing; array sources are read in "
+            "place)" % (what, getattr(reader, "name", "?")))
+    return True
+
 __all__ = ["ArrayReader", "IterableReader"]
 
 _ids = itertools.count()
@@ -220,13 +239,15 @@ class ArrayReader(Reader):
 
     @property
     def epoch(self) -> int:
-        """The next epoch (runs whose task init set this reader up so far)."""
+        """The next epoch: how many runs have shuffled with this reader so far
+        (it counts only when ``shuffle=True``; the permutation of epoch k is
+        derived from (seed, k))."""
         return self._state.epoch
 
     def setup_ex(self, init_net: core.Net, exit_net: Optional[core.Net]) -> None:
         """Add the run-time setup to ``init_net`` (once: a reader shared by
         several pipes is set up by the first)."""
-        if self._cursor is not None:
+        if _check_one_group(self, "ArrayReader") or self._cursor is not None:
             return
         prefix = "%s_%d" % (self.name, next(_ids))
         blobs = [init_net.NextScopedBlob("%s/%s" % (prefix, f)) for f in self.field_names_]
@@ -404,7 +425,7 @@ class IterableReader(Reader):
 
     def setup_ex(self, init_net: core.Net, exit_net: Optional[core.Net]) -> None:
         """Add the op that starts the iteration to ``init_net`` (once)."""
-        if self._set_up:
+        if _check_one_group(self, "IterableReader") or self._set_up:
             return
         init_net.add_attribute("fastpipe.sources", self._state)
         init_net.Python(_start_fn(weakref.ref(self._state), self.name))([], [])

@@ -393,3 +393,13 @@ def test_pipeline_record_schema_mismatch_is_a_clear_error():
         pipe(q, processor=lambda rec: rec, name="sch_read")
     with pytest.raises(FastpipeError, match="sch"):
         LocalSession().run(tg)
+
+
+def test_an_int_argument_beyond_64_bits_is_an_operator_def_error():
+    from fastpipe import core, workspace
+    from fastpipe.errors import OperatorDefError
+    net = core.Net("huge_arg")
+    c = net.ConstantFill([], "huge_arg_c", shape=[1], value=1.0)
+    net.Print([c], [], every_n=2 ** 70)
+    with pytest.raises(OperatorDefError, match="every_n"):
+        workspace.C.Workspace().run(net)

@@ -283,3 +283,21 @@ def test_numpy_method_on_a_blob_points_at_python_processor():
     with _pytest.raises(AttributeError) as info:
         b.NoSuchOp()
     assert "PythonProcessor" not in str(info.value)
+
+
+def test_gc_paused_keeps_a_users_gc_freeze():
+    """gc.freeze() before a fork is a common pattern: building a big job
+    must not unfreeze the user's objects."""
+    import gc
+    from fastpipe import core as _c
+    from fastpipe.proto import gc_paused
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with gc_paused():
+            nets = [_c.Net("freeze_%d" % i) for i in range(10000)]
+        assert gc.get_freeze_count() >= frozen
+        del nets
+    finally:
+        gc.unfreeze()

@@ -644,3 +644,96 @@ def test_run_error_from_wait_and_from_run(ws):
     assert isinstance(info.value.__cause__, ValueError)
     with pytest.raises(RunError):
         s.run(net)
+
+
+# --- review fixes --------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_batch_timeout_hands_over_partial_batch_and_loses_nothing(ws):
+    """num_records=k with a timeout: records already taken when the deadline
+    passes come out as a short item (never swapped back and lost)."""
+    from fastpipe.errors import IterTimeoutError
+    go = threading.Event()
+
+    def gate(inputs, outputs):
+        if int(np.asarray(inputs[0].data).reshape(-1)[0]) >= 2:
+            go.wait(20)         # records 2.. wait until the loop lets them go
+
+    def proc(rec):
+        ops.Python(gate)([rec.id()], [])
+        return _affine(rec)
+    tg, q = _job(ws, 10, processor=proc, instances=1, capacity=16)
+    got = []
+    with session.LocalSession(ws).iterate(tg, q, num_records=4, timeout=0.3) as it:
+        first = next(it)
+        got += first[0].tolist()
+        assert 1 <= len(got) < 4
+        with pytest.raises(IterTimeoutError):
+            while len(got) < 2:
+                got += next(it)[0].tolist()
+            next(it)
+        go.set()
+        for ids, _ in it:
+            got += ids.tolist()
+    assert sorted(got) == list(range(10))
+
+
+@pytest.mark.timeout(60)
+def test_timeout_holds_when_the_queue_is_drained_but_the_job_runs_on(ws):
+    """A second output queue nobody reads keeps the job running after the
+    iterated queue is drained: next() honours its timeout and says why."""
+    from fastpipe.errors import IterTimeoutError
+    with task.TaskGroup() as tg:
+        qa = pipe(_source(ws, 50, name="dr_a").reader(batch_size=5), capacity=100)
+        pipe(_source(ws, 5000, name="dr_b").reader(batch_size=1), capacity=2)
+    before = _native_tids()
+    it = session.LocalSession(ws).iterate(tg, qa, timeout=0.5)
+    n = 0
+    with pytest.raises(IterTimeoutError, match="nobody"):
+        for ids, _ in it:
+            n += len(ids)
+    assert n == 50
+    it.close()
+    assert _extra_tids(before) == set()
+
+
+@pytest.mark.timeout(60)
+def test_a_second_run_of_a_running_job_on_one_workspace_is_refused(ws):
+    """Two runs of one job would share its queues (records lost): refused
+    until the first has finished."""
+    from fastpipe.errors import WorkspaceError
+    tg, q = _job(ws, 10000)
+    s = session.LocalSession(ws)
+    it = s.iterate(tg, q)
+    next(it)
+    with pytest.raises(WorkspaceError, match="already running"):
+        s.iterate(tg, q)
+    with pytest.raises(WorkspaceError, match="already running"):
+        s.run(tg)
+    it.close()
+    assert sum(len(ids) for ids, _ in s.iterate(tg, q)) == 10000
+
+
+@pytest.mark.timeout(60)
+def test_queue_blob_cannot_be_freed_under_an_unresolved_iterator(ws):
+    """The iterator holds the queue's blob until it finds the queue: the
+    workspace refuses to free it meanwhile (it used to be read after free)."""
+    from fastpipe.errors import WorkspaceError
+    tg, q = _job(ws, 10)
+    it = session.LocalSession(ws).iterate(tg, q)
+    it.run.wait()
+    with pytest.raises(WorkspaceError):
+        ws._native.remove_blob(it.queue_name)
+    assert sum(len(ids) for ids, _ in it) == 10
+    ws._native.reset()          # allowed once the iterator let go
+
+
+def test_run_wait_rejects_a_bad_timeout(ws):
+    tg, q = _job(ws, 10)
+    with session.LocalSession(ws).start(tg) as run:
+        with pytest.raises(ArgumentError):
+            run.wait("soon")
+        with pytest.raises(ArgumentError):
+            run.wait([1])
+        assert run.wait(30)

@@ -513,3 +513,26 @@ def test_interpreter_exit_with_a_borrowed_tensor_alive(tmp_path):
                        timeout=100)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("kind", ["array", "iterable", "epoch"])
+def test_a_reader_reused_in_a_second_task_group_is_refused(kind):
+    """Its run-time setup lives in the first group's task init: a second
+    group would run without it (a missing cursor, or silently nothing)."""
+    from fastpipe import dataset as _dataset, pipeline as _pipeline, schema as _schema, \
+        sources as _sources, task as _task
+    from fastpipe.errors import GraphError
+    if kind == "array":
+        reader = _sources.ArrayReader({"id": np.arange(10)}, batch_size=2)
+    elif kind == "iterable":
+        reader = _sources.IterableReader(lambda: iter(range(10)), fields=["v"])
+    else:
+        from fastpipe import core as _c
+        ds = _dataset.Dataset(_schema.Struct(("v", _schema.Scalar(np.int64))), name="reuse_ds")
+        ds.init_empty(_c.Net("reuse_ds_init"))
+        reader = ds.epoch_reader(batch_size=2)
+    with _task.TaskGroup():
+        _pipeline.pipe(reader)
+    with _task.TaskGroup():
+        with pytest.raises(GraphError, match="one reader per TaskGroup"):
+            _pipeline.pipe(reader)

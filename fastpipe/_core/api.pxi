@@ -374,7 +374,11 @@ cdef class Run:
             raise RunError("this Run was never started")
         rs = self.pr.rs
         if timeout is not None:
-            t = float(timeout)
+            try:
+                t = float(timeout)
+            except (TypeError, ValueError):
+                raise ArgumentError("Run.wait: timeout=%r is not a number of seconds"
+                                    % (timeout,))
             if t != t:
                 raise ArgumentError("Run.wait: timeout=%r is not a number" % (timeout,))
             deadline = fp_now_ns() + <int64_t>(max(0.0, min(t, 1e9)) * 1e9)

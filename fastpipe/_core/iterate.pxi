@@ -41,6 +41,7 @@ cdef enum:
     IT_RESOLVE = 1      # run attached, queue not found yet
     IT_READ = 2         # reading the queue
     IT_END = 3          # finished (the run joined, or closed)
+    IT_DRAIN = 4        # the queue is done; the run has not finished yet
 
 
 DEF POOL_MAX = 64        # recycled buffers kept per field
@@ -394,16 +395,42 @@ cdef class RecordIterator:
                 tensor_clear(&self.outs[i])
             free(self.outs)
             self.outs = NULL
-        self.blob = NULL
-        self.nws = None
+        self._drop_blob()
         self.pool = None        # items alive may still hold it
 
-    cdef object _end(self):
+    cdef void _drop_blob(self):
+        """Let go of the queue's blob and of the workspace pin that keeps it
+        from being freed (see _make_iterator)."""
+        if self.nws is not None and self.blob != NULL:
+            self.nws.active -= 1
+        self.blob = NULL
+        self.nws = None
+
+    cdef object _end(self, int64_t deadline):
         """The queue is done (or the run failed): join the run, raise its
-        error, else StopIteration."""
-        self.state = IT_END
+        error, else StopIteration.  Past ``deadline`` (>= 0) with the run
+        still going (another task blocked: an output queue nobody reads?)
+        raise IterTimeoutError; a later next() waits again."""
+        cdef int64_t left
+        cdef bint finished
+        self.state = IT_DRAIN
         self._release()
-        self.nrun.wait()
+        try:
+            if deadline >= 0:
+                left = deadline - fp_now_ns()
+                finished = self.nrun.wait(left / 1e9 if left > 0 else 0.0)
+            else:
+                finished = self.nrun.wait()
+        except BaseException:
+            self.state = IT_END     # the job's error is raised once
+            raise
+        if not finished:
+            raise _IterTimeoutError(
+                    "queue %r is drained and closed, but the job is still running after "
+                    "%.3g s: another of its tasks is blocked (an output queue nobody "
+                    "reads?); the job keeps running (close() the iterator to stop it)"
+                % (self.qname, self.timeout_ns / 1e9))
+        self.state = IT_END
         raise StopIteration
 
     cdef _abort(self, exc):
@@ -535,8 +562,7 @@ cdef class RecordIterator:
         self.pool.init(<int>self.nblobs)
         obj_decref(self.old_h)
         self.old_h = NULL
-        self.nws = None         # the queue is ours now; the blob is not needed
-        self.blob = NULL
+        self._drop_blob()       # the queue is ours now; the blob is not needed
         self._set_fields()
         return 1
 
@@ -580,6 +606,8 @@ cdef class RecordIterator:
         """Give the empty tensors of ts recycled buffers: the read swaps them
         into the slot, whence the producer's next record reuses them."""
         cdef int j
+        if is_closed(self.q):
+            return      # the last records: buffers left in a drained queue's slots would stay
         for j in range(self.nblobs):
             if ts[j].buf == NULL:
                 self.pool.refill(&ts[j], j)
@@ -654,17 +682,18 @@ cdef class RecordIterator:
             raise ArgumentError("RecordIterator over queue %r: next() is already waiting in "
                                 "another thread (drive one iterator from one thread)"
                                 % self.qname)
-        if self.state == IT_READ:
-            # fast path: a record is waiting, the run is healthy
-            if self.k == 1 and not fp_load_relaxed(&self.rs.cancelled):
-                self._prime(self.outs)
-                if try_read(self.q, self.ptrs, &self.st) == Q_OK:
-                    self._after_read()
-                    return self._item(self.outs)
-        # the slow path releases the GIL: `busy` keeps other threads' next()
-        # and close() off the iterator's tensors meanwhile
+        # `busy` keeps other threads' next() and close() off the iterator's
+        # tensors while this one uses them: the slow path releases the GIL,
+        # and building an item allocates (a GC pass may run other threads)
         self.busy = True
         try:
+            if self.state == IT_READ:
+                # fast path: a record is waiting, the run is healthy
+                if self.k == 1 and not fp_load_relaxed(&self.rs.cancelled):
+                    self._prime(self.outs)
+                    if try_read(self.q, self.ptrs, &self.st) == Q_OK:
+                        self._after_read()
+                        return self._item(self.outs)
             return self._next_slow()
         finally:
             self.busy = False
@@ -683,14 +712,16 @@ cdef class RecordIterator:
             self.state = IT_READ
         elif self.state == IT_END:
             raise StopIteration
-        else:
+        elif self.state != IT_DRAIN:
             raise ArgumentError("RecordIterator was never started")
         if self.timeout_ns >= 0:
             deadline = fp_now_ns() + self.timeout_ns
+        if self.state == IT_DRAIN:
+            return self._end(deadline)
         if self.k == 1:
             self._prime(self.outs)
             if not self._read_one(self.ptrs, deadline):
-                return self._end()
+                return self._end(deadline)
             return self._item(self.outs)
         return self._next_batch(deadline)
 
@@ -707,11 +738,17 @@ cdef class RecordIterator:
                     self._after_read()
                     got += 1
                     continue
-            if not self._read_one(ptrs, deadline):
+            try:
+                more = self._read_one(ptrs, deadline)
+            except _IterTimeoutError:
+                if got == 0:
+                    raise
+                break       # hand over the records already taken (never drop them)
+            if not more:
                 break
             got += 1
         if got == 0 or fp_load_relaxed(&self.rs.cancelled):
-            return self._end()
+            return self._end(deadline)
         return self._concat(got)
 
     cdef object _concat(self, int64_t got):
@@ -820,5 +857,8 @@ def _make_iterator(Workspace ws not None, name, num_records, timeout, fields):
     with nogil:
         it.blob = ws_create(ws.ws, s)
     it.nws = ws
+    # the raw Blob* must not be freed under us (Workspace.reset/remove_blob
+    # refuse while `active`): count the iterator as a user until it lets go
+    ws.active += 1
     it.old_h = blob_get_obj(it.blob)
     return it

@@ -214,7 +214,12 @@ cdef class Program:
         d.type = _utf8(od.type)
         d.args.resize(len(schema.args))
         for k, (spec, value) in enumerate(zip(schema.args, values)):
-            fill_arg(&d.args[k], spec, value)
+            try:
+                fill_arg(&d.args[k], spec, value)
+            except OverflowError:
+                del d
+                raise OperatorDefError("%s in net %r: argument %s=%r is out of range for a "
+                                       "64-bit value" % (od.type, net_name, spec.name, value))
         self.template_index[id(parsed)] = (parsed, self.templates.size())
         self.templates.push_back(d)
         return self.templates.size() - 1
