@@ -642,7 +642,9 @@ register("ReadArrayBatch", (1, INF), (1, INF),
 # --- data ops (fastpipe/_core/dataops.pxi) -----------------------------------
 
 
-def _check_order(a):
+def _check_order(op, a):
+    if "axis" in _arg_names(op) and "order" in _arg_names(op):
+        return "give 'axis' or 'order', not both"
     if a["order"] not in ("NCHW", "NHWC"):
         return "order=%r must be 'NCHW' or 'NHWC'" % (a["order"],)
     return None
@@ -662,7 +664,7 @@ register("Concat", (1, INF), (1, 2),
           A("add_axis", "bool", False, "stack along a new dimension at 'axis' instead")],
          "Join the inputs along 'axis' (equal dtype, equal dims elsewhere); optional "
          "output 1 (split_info): int32 sizes of each input along the axis. Any dtype.",
-         lambda op, a: _check_order(a))
+         lambda op, a: _check_order(op, a))
 
 
 def _check_split(op, a):
@@ -673,7 +675,7 @@ def _check_split(op, a):
                 % (len(a["split"]), len(op.output)))
     if any(x < 0 for x in a["split"]):
         return "split sizes must be >= 0"
-    return _check_order(a)
+    return _check_order(op, a)
 
 
 register("Split", (1, 2), (1, INF),
@@ -739,7 +741,9 @@ register("ExpandDims", 1, 1, [A("dims", "ints", [], "positions of the new size-1
          lambda op, a: _check_dims(op, a) or (
              None if a["dims"] else "argument 'dims' is required"))
 register("Squeeze", 1, 1, [A("dims", "ints", [], "size-1 dims to drop")],
-         "A view without the size-1 dims 'dims' (each must be 1).", _check_dims)
+         "A view without the size-1 dims 'dims' (each must be 1).",
+         lambda op, a: _check_dims(op, a) or (
+             None if a["dims"] else "argument 'dims' is required"))
 
 
 def _check_transpose(op, a):
@@ -798,5 +802,4 @@ register("GaussianFill", (0, 1), 1,
 _ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_counter,
                     _check_python, _check_create_queue, _check_weighted,
                     _check_read_next, _check_read_random, _check_sort_and_shuffle,
-                    _check_print, _check_python_stage, _check_split,
-                    _check_transpose, _check_dims}
+                    _check_print, _check_python_stage, _check_transpose}

@@ -192,6 +192,8 @@ def test_concat_errors():
         run("Concat", {"a": np.zeros(2), "b": np.zeros(3)}, axis=0, add_axis=1)
     with pytest.raises(RunError, match=r"Concat.*'axis'=2 is out of range for 2 dimension"):
         run("Concat", {"a": np.zeros((2, 2)), "b": np.zeros((2, 2))}, axis=2)
+    with pytest.raises(OperatorDefError, match="Concat.*'axis' or 'order', not both"):
+        core.Net("x").Concat(["a", "b"], ["o"], axis=0, order="NHWC")
     with pytest.raises(OperatorDefError, match="Concat.*order='NCWH'"):
         core.Net("x").Concat(["a", "b"], ["o"], order="NCWH")
 
@@ -335,7 +337,7 @@ def test_expand_dims(dtype, dims, want):
     assert_same(run("ExpandDims", {"d": data}, dims=dims), data.reshape(want))
 
 
-@pytest.mark.parametrize("dims,want", [([0], (3, 1, 2)), ([2], (1, 3, 2)), ([0, 2], (3, 2)), ([], (1, 3, 1, 2))])
+@pytest.mark.parametrize("dims,want", [([0], (3, 1, 2)), ([2], (1, 3, 2)), ([0, 2], (3, 2)), ([2, 0, 2], (3, 2))])
 def test_squeeze(dims, want):
     data = sample(np.int64, (1, 3, 1, 2))
     assert_same(run("Squeeze", {"d": data}, dims=dims), data.reshape(want))
@@ -346,6 +348,8 @@ def test_expand_squeeze_errors():
         run("ExpandDims", {"d": np.zeros((2, 2))}, dims=[3])
     with pytest.raises(OperatorDefError, match="ExpandDims.*'dims' is required"):
         core.Net("x").ExpandDims(["d"], ["o"])
+    with pytest.raises(OperatorDefError, match="Squeeze.*'dims' is required"):
+        core.Net("x").Squeeze(["d"], ["o"])
     with pytest.raises(OperatorDefError, match=r"Squeeze.*dims \[-1\] must be >= 0"):
         core.Net("x").Squeeze(["d"], ["o"], dims=[-1])
     with pytest.raises(RunError, match=r"Squeeze.*dimension 1 must be 1 to squeeze it, not 3"):
@@ -376,6 +380,12 @@ def test_slice_matches_caffe2_rules(dtype, starts, ends):
     assert_same(run("Slice", {"d": data}, starts=starts, ends=ends), want)
     got = run("Slice", {"d": data, "s": np.array(starts, np.int32), "e": np.array(ends, np.int64)})
     assert_same(got, want)
+
+
+def test_slice_of_an_empty_dim_is_empty():
+    # Caffe2: a dim of size 0 stays 0 whatever starts/ends say
+    data = np.zeros((0, 3), np.float32)
+    assert run("Slice", {"d": data}, starts=[-5, 1], ends=[7, 2]).shape == (0, 1)
 
 
 def test_slice_in_place():

@@ -738,6 +738,10 @@ cdef int k_slice(OpInst* op, RunCtx* ctx) noexcept nogil:
     last = -1   # the last dim actually narrowed
     for k in range(px.ndim):
         d = px.shape[k]
+        if d == 0:
+            st[k] = 0       # Caffe2: an empty dim stays empty, whatever the indices
+            shape[k] = 0
+            continue
         s = st[k]
         e = en[k]
         if s < 0:
