@@ -653,10 +653,13 @@ def _check_order(op, a):
 register("BooleanMask", 2, (1, 2), doc=(
     "Rows of data (dim 0) where the 1-D bool mask is true; optional output 1: their "
     "int64 indices. Any dtype, strings included."))
-register("Gather", 2, 1, [A("axis", "int", 0, "the dimension of data the indices select")],
+register("Gather", 2, 1, [A("axis", "int", 0, "the dimension of data the indices select"),
+                          A("wrap_indices", "bool", None, "a negative index counts from the "
+                            "end (not given: only for axis 0, as in Caffe2)")],
          "out = data taken at int32/int64 indices along 'axis': shape "
-         "data[:axis] + indices.shape + data[axis+1:]. An index outside [0, dim) is an "
-         "error. Any dtype, strings included.")
+         "data[:axis] + indices.shape + data[axis+1:] (data's shape when that dim is "
+         "empty). An index outside [-dim, dim) (without wrapping: [0, dim)) is an error. "
+         "Any dtype, strings included.")
 register("Concat", (1, INF), (1, 2),
          [A("axis", "int", None, "the dimension to join along (negative: from the end); "
             "not given: from 'order'"),

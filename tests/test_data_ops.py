@@ -118,6 +118,21 @@ def test_gather_axis(axis):
     assert_same(run("Gather", {"d": data, "i": idx}, axis=axis), np.take(data, idx, axis=axis))
 
 
+def test_gather_wraps_negative_indices_on_axis_0_as_caffe2():
+    data = sample(np.float64, (5, 2))
+    idx = np.array([-1, 0, -5, 2], np.int64)
+    assert_same(run("Gather", {"d": data, "i": idx}), data[idx])
+    d3 = sample(np.int32, (2, 4))
+    assert_same(run("Gather", {"d": d3, "i": np.array([-1, 1])}, axis=1, wrap_indices=True),
+                d3[:, [-1, 1]])
+
+
+def test_gather_of_an_empty_dim_keeps_the_data_shape():
+    # Caffe2 (pytorch#13781): an empty batch gathers to itself
+    data = np.zeros((0, 3), np.float32)
+    assert run("Gather", {"d": data, "i": np.array([[1, 2]], np.int64)}).shape == (0, 3)
+
+
 def test_gather_in_place_and_empty_indices():
     data = np.arange(10, dtype=np.int64) * 3
     workspace.FeedBlob("d", data)
@@ -133,8 +148,12 @@ def test_gather_errors():
     with pytest.raises(RunError, match=r"Gather.*index 7 \(element 1 of input 1 'i'\) is out of range "
                                        r"for dim 0 of data int64\[5\]"):
         run("Gather", {"d": np.arange(5), "i": np.array([0, 7])})
+    with pytest.raises(RunError, match=r"Gather.*index -6 \(element 0"):
+        run("Gather", {"d": np.arange(5), "i": np.array([-6])})
     with pytest.raises(RunError, match=r"Gather.*index -1"):
-        run("Gather", {"d": np.arange(5), "i": np.array([-1])})
+        run("Gather", {"d": np.arange(5), "i": np.array([-1])}, wrap_indices=False)
+    with pytest.raises(RunError, match=r"Gather.*index -1 .*for dim 1"):
+        run("Gather", {"d": np.zeros((2, 3)), "i": np.array([-1])}, axis=1)
     with pytest.raises(RunError, match=r"Gather.*input 1 \('i'\) has dtype float32, expected int32 or int64"):
         run("Gather", {"d": np.arange(5), "i": np.zeros(1, np.float32)})
     with pytest.raises(RunError, match=r"Gather.*'axis'=3 is out of range for 2 dimension"):

@@ -249,11 +249,15 @@ cdef int k_boolean_mask(OpInst* op, RunCtx* ctx) noexcept nogil:
 
 cdef enum:
     GA_AXIS = 0
-kernel_args("Gather", axis=(GA_AXIS, "int"))
+    GA_WRAP_INDICES = 1
+kernel_args("Gather", axis=(GA_AXIS, "int"), wrap_indices=(GA_WRAP_INDICES, "bool"))
 
 
 cdef int k_gather(OpInst* op, RunCtx* ctx) noexcept nogil:
-    """out = take(data, indices, axis): shape data[:axis] + indices + data[axis+1:]."""
+    """out = take(data, indices, axis): shape data[:axis] + indices + data[axis+1:].
+    Caffe2: a negative index counts from the end when wrap_indices is set --
+    by default only for axis 0; an empty indexed dim gives data's own
+    (empty) shape."""
     cdef Tensor* px = in_t(op, ctx, 0)
     cdef Tensor* pi
     cdef Tensor X, I
@@ -263,6 +267,7 @@ cdef int k_gather(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int rc = 0
     cdef Tensor* out
     cdef void* ip
+    cdef bint wrap
     if px == NULL:
         return -1
     pi = in_t(op, ctx, 1)
@@ -277,8 +282,19 @@ cdef int k_gather(OpInst* op, RunCtx* ctx) noexcept nogil:
         return -1
     if px.ndim - 1 + pi.ndim > MAX_DIMS:
         return op_fail(op, ctx, E_RUNTIME, b"the output would have more than 8 dimensions")
+    wrap = (op.d.args[GA_WRAP_INDICES].i != 0 if op.d.args[GA_WRAP_INDICES].present
+            else axis == 0)
     tensor_snapshot(px, &X)
     tensor_snapshot(pi, &I)
+    if X.shape[axis] == 0:
+        for k in range(X.ndim):
+            shape[k] = X.shape[k]
+        ndim = X.ndim
+        out = blob_out(op.outs[0])
+        rc = out_shape(op, ctx, out, X.dtype, ndim, shape)
+        buf_decref(X.buf)
+        buf_decref(I.buf)
+        return rc
     for k in range(<int>axis):
         shape[ndim] = X.shape[k]
         ndim += 1
@@ -297,8 +313,11 @@ cdef int k_gather(OpInst* op, RunCtx* ctx) noexcept nogil:
     # every index is checked before the output is touched
     for j in range(n):
         idx = load_index(ip, I.dtype, j)
+        if wrap and idx < 0:
+            idx += dim
         if idx < 0 or idx >= dim:
-            rc = op_fails(op, ctx, E_RUNTIME, cstr(b"index ") + to_str(idx) + cstr(b" (element ") +
+            rc = op_fails(op, ctx, E_RUNTIME, cstr(b"index ") + to_str(load_index(ip, I.dtype, j)) +
+                          cstr(b" (element ") +
                           to_str(j) + cstr(b" of input 1 '") + op.ins[1].name +
                           cstr(b"') is out of range for dim ") + to_str(axis) + cstr(b" of data ") +
                           tensor_describe(&X))
@@ -311,6 +330,8 @@ cdef int k_gather(OpInst* op, RunCtx* ctx) noexcept nogil:
             for p in range(pre):
                 for j in range(n):
                     idx = load_index(ip, I.dtype, j)
+                    if idx < 0:
+                        idx += dim      # wrap (checked above)
                     copy_elems(tdata(out), (p * n + j) * inner, tdata(&X), (p * dim + idx) * inner,
                                inner, X.dtype, isz)
     buf_decref(X.buf)
