@@ -766,16 +766,33 @@ register("Clip", 1, 1, [A("min", "float", None, "lower bound (none: unbounded)")
 
 def _check_random_fill(lo_name, hi_name, strict):
     def check(op, a):
-        msg = _check_constant_fill(op, a)
+        nin = len(op.input)
+        # (shape, min, max): the shape rules are those of one input
+        msg = _check_constant_fill(_FirstInputOnly(op) if nin == 3 else op, a)
         if msg:
             return msg
         lo, hi = a[lo_name], a[hi_name]
         if strict and not hi > lo:
             return "%s=%r must be > 0" % (hi_name, hi)
-        if not strict and lo > hi:
-            return "%s=%r must be <= %s=%r" % (lo_name, lo, hi_name, hi)
+        if not strict:
+            if nin == 3:
+                if _arg_names(op) & {lo_name, hi_name}:
+                    return ("the bounds come from inputs 1 and 2: do not also set "
+                            "argument %r or %r" % (lo_name, hi_name))
+            elif nin == 2:
+                return "takes 0 or 1 input (the shape), or 3 (shape, min, max)"
+            elif not lo < hi:
+                return "%s=%r must be < %s=%r" % (lo_name, lo, hi_name, hi)
         return None
     return check
+
+
+class _FirstInputOnly(object):
+    """An op seen with only its first input (the filler checks' shape rules)."""
+
+    def __init__(self, op):
+        self.input = list(op.input)[:1]
+        self.arg = [a for a in op.arg] if _arg_names(op) else []
 
 
 _check_uniform_fill = _check_random_fill("min", "max", False)
@@ -790,9 +807,10 @@ def _fill_args(a_name, a_default, a_doc, b_name, b_default, b_doc):
               "every run and process); not given: a random seed per run")]
 
 
-register("UniformFill", (0, 1), 1,
+register("UniformFill", (0, 3), 1,
          _fill_args("min", 0.0, "lower bound", "max", 1.0, "upper bound (exclusive)"),
-         "float32 uniform in [min, max). Shape as ConstantFill's.",
+         "float32 uniform in [min, max). Shape as ConstantFill's; with 3 inputs (shape, "
+         "min, max) the bounds are float32 scalars and min > max empties dim 0.",
          lambda op, a: _check_uniform_fill(op, a))
 register("GaussianFill", (0, 1), 1,
          _fill_args("mean", 0.0, "mean", "std", 1.0, "standard deviation (> 0)"),

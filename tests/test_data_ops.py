@@ -554,8 +554,24 @@ def test_uniform_fill_range_and_moments():
     u = _fill("UniformFill", shape=[200, 100], min=-2.0, max=3.0, seed=1)
     assert u.shape == (200, 100) and u.min() >= -2.0 and u.max() < 3.0
     assert abs(u.mean() - 0.5) < 0.05 and abs(u.std() - 5 / np.sqrt(12)) < 0.05
-    d = _fill("UniformFill", shape=[10], min=1.0, max=1.0, seed=1)
-    assert (d == 1.0).all()
+
+
+def test_uniform_fill_bounds_from_inputs():
+    feeds = {"x": np.zeros((300, 2)), "lo": np.array([5.0], np.float32),
+             "hi": np.array([6.0], np.float32)}
+    u = run("UniformFill", feeds, seed=2)
+    assert u.shape == (300, 2) and u.min() >= 5.0 and u.max() < 6.0
+    # Caffe2: min > max empties dim 0
+    feeds["lo"] = np.array([7.0], np.float32)
+    assert run("UniformFill", feeds, seed=2).shape == (0, 2)
+    feeds["lo"] = np.array([1.0, 2.0], np.float32)
+    with pytest.raises(RunError, match=r"UniformFill.*input 1 \('lo'\) is float32\[2\], expected a "
+                                       r"float32 scalar \(the min bound\)"):
+        run("UniformFill", feeds)
+    with pytest.raises(OperatorDefError, match="UniformFill.*do not also set argument 'min'"):
+        core.Net("x").UniformFill(["x", "lo", "hi"], ["o"], min=1.0)
+    with pytest.raises(OperatorDefError, match="UniformFill.*takes 0 or 1 input"):
+        core.Net("x").UniformFill(["x", "lo"], ["o"])
 
 
 def test_gaussian_fill_moments():
@@ -574,8 +590,10 @@ def test_fill_shape_from_input():
 
 
 def test_fill_errors():
-    with pytest.raises(OperatorDefError, match=r"UniformFill.*min=2.0 must be <= max=1.0"):
+    with pytest.raises(OperatorDefError, match=r"UniformFill.*min=2.0 must be < max=1.0"):
         core.Net("x").UniformFill([], ["o"], min=2.0, max=1.0)
+    with pytest.raises(OperatorDefError, match=r"UniformFill.*min=1.0 must be < max=1.0"):
+        core.Net("x").UniformFill([], ["o"], min=1.0, max=1.0)
     with pytest.raises(OperatorDefError, match=r"GaussianFill.*std=0.0 must be > 0"):
         core.Net("x").GaussianFill([], ["o"], std=0.0)
     with pytest.raises(OperatorDefError, match=r"UniformFill.*'shape'.*input"):

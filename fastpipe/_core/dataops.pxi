@@ -1134,8 +1134,25 @@ cdef int k_uniform_fill(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef float* o
     cdef Rng* r = <Rng*>op.state
     cdef Tensor* out
+    cdef Tensor* b
+    cdef size_t q
     if random_fill_shape(op, ctx, shape, &ndim) != 0:
         return -1
+    if op.ins.size() == 3:
+        # Caffe2: bounds from float scalar inputs 1 and 2; min > max gives an
+        # output whose dim 0 is 0
+        for q in range(1, 3):
+            b = in_t(op, ctx, q)
+            if b == NULL:
+                return -1
+            if b.dtype != DT_FLOAT or b.size != 1:
+                return fail_in(op, ctx, q, cstr(b"is ") + tensor_describe(b) +
+                               cstr(b", expected a float32 scalar (the ") +
+                               cstr(b"min" if q == 1 else b"max") + cstr(b" bound)"))
+        lo = (<float*>tdata(&op.ins[1].t))[0]
+        hi = (<float*>tdata(&op.ins[2].t))[0]
+        if lo > hi and ndim > 0:
+            shape[0] = 0
     out = blob_out(op.outs[0])
     if out_shape(op, ctx, out, DT_FLOAT, ndim, shape) != 0:
         return -1
