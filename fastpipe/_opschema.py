@@ -803,8 +803,10 @@ def _fill_args(a_name, a_default, a_doc, b_name, b_default, b_doc):
     return [A("shape", "ints", []), A("extra_shape", "ints", []),
             A("input_as_shape", "bool", False),
             A(a_name, "float", a_default, a_doc), A(b_name, "float", b_default, b_doc),
-            A("seed", "int", None, "fastpipe: seed the op's generator (the same values in "
-              "every run and process); not given: a random seed per run")]
+            A("seed", "int", None, "fastpipe: seed the op's generator (xoshiro256** over "
+              "splitmix64(seed)): the same values in every run and process, and in every "
+              "instance of the op (as Caffe2's random_seed); not given: a random seed per "
+              "run and instance")]
 
 
 register("UniformFill", (0, 3), 1,
