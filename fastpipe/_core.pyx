@@ -27,6 +27,7 @@ cnp.import_array()
 include "_core/base.pxi"
 include "_core/runtime.pxi"
 include "_core/kernels.pxi"
+include "_core/dataops.pxi"
 include "_core/queue.pxi"
 include "_core/lower.pxi"
 include "_core/api.pxi"

@@ -639,10 +639,190 @@ register("ReadArrayBatch", (1, INF), (1, INF),
          "fastpipe: read the next batch of flat array fields through a shared cursor "
          "(fastpipe.sources.ArrayReader); output 0 is the stop flag.", _check_read_array)
 
+# --- data ops (fastpipe/_core/dataops.pxi) -----------------------------------
+
+
+def _check_order(op, a):
+    if "axis" in _arg_names(op) and "order" in _arg_names(op):
+        return "give 'axis' or 'order', not both"
+    if a["order"] not in ("NCHW", "NHWC"):
+        return "order=%r must be 'NCHW' or 'NHWC'" % (a["order"],)
+    return None
+
+
+register("BooleanMask", 2, (1, 2), doc=(
+    "Rows of data (dim 0) where the 1-D bool mask is true; optional output 1: their "
+    "int64 indices. Any dtype, strings included."))
+register("Gather", 2, 1, [A("axis", "int", 0, "the dimension of data the indices select"),
+                          A("wrap_indices", "bool", None, "a negative index counts from the "
+                            "end (not given: only for axis 0, as in Caffe2)")],
+         "out = data taken at int32/int64 indices along 'axis': shape "
+         "data[:axis] + indices.shape + data[axis+1:] (data's shape when that dim is "
+         "empty). An index outside [-dim, dim) (without wrapping: [0, dim)) is an error. "
+         "Any dtype, strings included.")
+register("Concat", (1, INF), (1, 2),
+         [A("axis", "int", None, "the dimension to join along (negative: from the end); "
+            "not given: from 'order'"),
+          A("order", "str", "NCHW", "without 'axis': NCHW joins dim 1, NHWC dim 3"),
+          A("add_axis", "bool", False, "stack along a new dimension at 'axis' instead")],
+         "Join the inputs along 'axis' (equal dtype, equal dims elsewhere); optional "
+         "output 1 (split_info): int32 sizes of each input along the axis. Any dtype.",
+         lambda op, a: _check_order(op, a))
+
+
+def _check_split(op, a):
+    if a["split"] and len(op.input) > 1:
+        return "give the split sizes as argument 'split' or as input 1, not both"
+    if a["split"] and len(a["split"]) != len(op.output):
+        return ("argument 'split' has %d sizes for %d outputs"
+                % (len(a["split"]), len(op.output)))
+    if any(x < 0 for x in a["split"]):
+        return "split sizes must be >= 0"
+    return _check_order(op, a)
+
+
+register("Split", (1, 2), (1, INF),
+         [A("axis", "int", None, "the dimension to split (negative: from the end); "
+            "not given: from 'order'"),
+          A("split", "ints", [], "sizes along the axis, one per output (or input 1); "
+            "none: equal parts"),
+          A("order", "str", "NCHW", "without 'axis': NCHW splits dim 1, NHWC dim 3"),
+          A("add_axis", "bool", False, "drop the axis from the outputs (sizes must be 1)")],
+         "Split the input along 'axis' into the outputs. Any dtype.", _check_split)
+
+
+def _check_reshape(op, a):
+    given = "shape" in _arg_names(op)
+    if given and len(op.input) > 1:
+        return ("give the new shape as argument 'shape' or as input 1, not both")
+    if not given and len(op.input) < 2:
+        return "the new shape is required: argument 'shape' or input 1"
+    if any(x < -1 for x in a["shape"] or []):
+        return "shape %s: dims must be >= -1" % (list(a["shape"]),)
+    if sum(1 for x in a["shape"] or [] if x == -1) > 1:
+        return "shape %s has more than one -1" % (list(a["shape"]),)
+    return None
+
+
+register("Reshape", (1, 2), (1, 2), [A("shape", "ints", None,
+                                       "new dims; 0 copies the input's dim, one -1 is inferred")],
+         "A view of the data with a new shape (no bytes copied; in place when output 0 is "
+         "the input); optional output 1: the old shape (int64).", _check_reshape)
+
+
+def _check_slice(op, a):
+    given = _arg_names(op) & {"starts", "ends"}
+    if len(op.input) == 3:
+        if given:
+            return "give starts/ends as arguments or as inputs 1 and 2, not both"
+    elif len(op.input) == 1:
+        if given != {"starts", "ends"}:
+            return "arguments 'starts' and 'ends' are required (or inputs 1 and 2)"
+        if len(a["starts"]) != len(a["ends"]):
+            return ("starts %s and ends %s differ in length"
+                    % (list(a["starts"]), list(a["ends"])))
+    else:
+        return "takes 1 input (with starts/ends arguments) or 3 (data, starts, ends)"
+    return None
+
+
+register("Slice", (1, 3), 1,
+         [A("starts", "ints", None, "start per leading dim (negative: from the end + 1)"),
+          A("ends", "ints", None, "end per leading dim, exclusive (-1: through the last)")],
+         "Copy of data[starts:ends] per dim (dims past len(starts) whole; indices past "
+         "the end are clamped). Any dtype, strings included.", _check_slice)
+
+
+def _check_dims(op, a):
+    if any(d < 0 for d in a["dims"]):
+        return "dims %s must be >= 0" % (list(a["dims"]),)
+    return None
+
+
+register("ExpandDims", 1, 1, [A("dims", "ints", [], "positions of the new size-1 dims")],
+         "A view with size-1 dims inserted at 'dims' (sorted, duplicates dropped).",
+         lambda op, a: _check_dims(op, a) or (
+             None if a["dims"] else "argument 'dims' is required"))
+register("Squeeze", 1, 1, [A("dims", "ints", [], "size-1 dims to drop")],
+         "A view without the size-1 dims 'dims' (each must be 1).",
+         lambda op, a: _check_dims(op, a) or (
+             None if a["dims"] else "argument 'dims' is required"))
+
+
+def _check_transpose(op, a):
+    axes = a["axes"]
+    if axes and sorted(axes) != list(range(len(axes))):
+        return "axes %s is not a permutation of 0..%d" % (list(axes), len(axes) - 1)
+    return None
+
+
+register("Transpose", 1, 1, [A("axes", "ints", [], "output dim i is input dim axes[i]; "
+                                                     "none: reversed")],
+         "Permute the dims (a copy). Numeric and bool dtypes.", _check_transpose)
+register("Clip", 1, 1, [A("min", "float", None, "lower bound (none: unbounded)"),
+                        A("max", "float", None, "upper bound (none: unbounded)")],
+         "Y = min(max(X, min), max) element-wise, in place when Y is X. Numeric dtypes.")
+
+
+def _check_random_fill(lo_name, hi_name, strict):
+    def check(op, a):
+        nin = len(op.input)
+        # (shape, min, max): the shape rules are those of one input
+        msg = _check_constant_fill(_FirstInputOnly(op) if nin == 3 else op, a)
+        if msg:
+            return msg
+        lo, hi = a[lo_name], a[hi_name]
+        if strict and not hi > lo:
+            return "%s=%r must be > 0" % (hi_name, hi)
+        if not strict:
+            if nin == 3:
+                if _arg_names(op) & {lo_name, hi_name}:
+                    return ("the bounds come from inputs 1 and 2: do not also set "
+                            "argument %r or %r" % (lo_name, hi_name))
+            elif nin == 2:
+                return "takes 0 or 1 input (the shape), or 3 (shape, min, max)"
+            elif not lo < hi:
+                return "%s=%r must be < %s=%r" % (lo_name, lo, hi_name, hi)
+        return None
+    return check
+
+
+class _FirstInputOnly(object):
+    """An op seen with only its first input (the filler checks' shape rules)."""
+
+    def __init__(self, op):
+        self.input = list(op.input)[:1]
+        self.arg = [a for a in op.arg] if _arg_names(op) else []
+
+
+_check_uniform_fill = _check_random_fill("min", "max", False)
+_check_gaussian_fill = _check_random_fill("dummy_zero", "std", True)
+
+
+def _fill_args(a_name, a_default, a_doc, b_name, b_default, b_doc):
+    return [A("shape", "ints", []), A("extra_shape", "ints", []),
+            A("input_as_shape", "bool", False),
+            A(a_name, "float", a_default, a_doc), A(b_name, "float", b_default, b_doc),
+            A("seed", "int", None, "fastpipe: seed the op's generator (xoshiro256** over "
+              "splitmix64(seed)): the same values in every run and process, and in every "
+              "instance of the op (as Caffe2's random_seed); not given: a random seed per "
+              "run and instance")]
+
+
+register("UniformFill", (0, 3), 1,
+         _fill_args("min", 0.0, "lower bound", "max", 1.0, "upper bound (exclusive)"),
+         "float32 uniform in [min, max). Shape as ConstantFill's; with 3 inputs (shape, "
+         "min, max) the bounds are float32 scalars and min > max empties dim 0.",
+         lambda op, a: _check_uniform_fill(op, a))
+register("GaussianFill", (0, 1), 1,
+         _fill_args("mean", 0.0, "mean", "std", 1.0, "standard deviation (> 0)"),
+         "float32 normal(mean, std). Shape as ConstantFill's.",
+         lambda op, a: _check_gaussian_fill(op, dict(a, dummy_zero=0.0)))
+
 # Checks that read only the op's arguments and arity (not its input/output
 # names), so parse_args may share one result between ops of equal arity.
 # Any other check gets the names in its cache key.
 _ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_counter,
                     _check_python, _check_create_queue, _check_weighted,
                     _check_read_next, _check_read_random, _check_sort_and_shuffle,
-                    _check_print, _check_python_stage}
+                    _check_print, _check_python_stage, _check_transpose}
