@@ -8,11 +8,11 @@ USAGE = ("usage: python -m fastpipe demo [--records N] [--batch B] [--instances 
 
 
 def _load_function(spec):
-    """``MODULE:FUNCTION`` -> the function; MODULE is a module name or a
-    path to a ``.py`` file."""
-    import importlib
-    import importlib.util
+    """``MODULE:FUNCTION`` -> the function; MODULE is a module name
+    (importable from the current directory) or a path to a ``.py`` file.
+    (runpy, not importlib: fastpipe's modules never import importlib.)"""
     import os
+    import runpy
 
     module_name, sep, func_name = spec.rpartition(":")
     if not sep or not module_name or not func_name:
@@ -20,15 +20,12 @@ def _load_function(spec):
     if module_name.endswith(".py") or os.sep in module_name:
         if not os.path.isfile(module_name):
             raise SystemExit("fastpipe dot: no file %r" % module_name)
-        name = os.path.splitext(os.path.basename(module_name))[0]
-        mod_spec = importlib.util.spec_from_file_location(name, module_name)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
+        namespace = runpy.run_path(module_name)
     else:
-        if "" not in sys.path and os.getcwd() not in sys.path:
+        if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
-        module = importlib.import_module(module_name)
-    func = getattr(module, func_name, None)
+        namespace = runpy.run_module(module_name)
+    func = namespace.get(func_name)
     if not callable(func):
         raise SystemExit("fastpipe dot: module %r has no function %r"
                          % (module_name, func_name))

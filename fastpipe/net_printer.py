@@ -555,10 +555,12 @@ _GRAPHVIZ_HINT = ("install Graphviz: `apt-get install graphviz` (the Debian/Ubun
 def _dot_str(text):
     """``text`` as a quoted DOT string that renders literally: backslashes
     and quotes are escaped (a label would read ``\\n``, ``\\N``, ``\\G``
-    as escapes), line breaks become DOT's ``\\n``."""
+    as escapes), ``&`` too (Graphviz decodes ``&amp;``-style entities in
+    every label), and line breaks become DOT's ``\\n``."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
-    text = str(text).replace("\\", "\\\\").replace('"', '\\"')
+    text = str(text).replace("&", "&amp;")
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
     return '"%s"' % text
 
