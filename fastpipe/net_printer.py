@@ -648,7 +648,9 @@ class _Unit(object):
         elif t == "CreateBlobsQueue" and op.output:
             self.creates[str(op.output[0])] = _arg(op, "capacity")
         elif t in _CURSOR_READ_OPS and op.input:
-            self.sources.setdefault(str(op.input[0]), (t, _arg(op, "batch_size")))
+            # the op's name is the reader's (sources name it, for errors)
+            self.sources.setdefault(str(op.input[0]),
+                                    (t, _arg(op, "batch_size"), op.name or None))
         elif t == "PythonStage":
             _add(self.python_stages, _arg(op, "stage") or "python")
         if t not in _PLUMBING_OPS:
@@ -750,8 +752,8 @@ class _DotGraph(object):
             uid = self.new_id("t")
             self.add("%s [label=%s, shape=box, style=\"rounded,filled\", "
                      "fillcolor=\"#dbe8f6\"];" % (uid, u.label()))
-            for cursor, (op_type, batch) in u.sources.items():
-                sid = self._source(u.node, cursor, op_type, batch)
+            for cursor, (op_type, batch, reader) in u.sources.items():
+                sid = self._source(u.node, cursor, op_type, batch, reader)
                 self.edges.append((sid, uid, ""))
             for blob in u.writes:
                 self.edges.append((uid, self._queue(u.node, blob), ""))
@@ -771,11 +773,12 @@ class _DotGraph(object):
                      % (qid, _dot_label(["queue " + blob, cap_text])))
         return self.queues[key]
 
-    def _source(self, node, cursor, op_type, batch):
+    def _source(self, node, cursor, op_type, batch, reader=None):
         key = (node, cursor)
         if key not in self.sources:
             sid = self.sources[key] = self.new_id("s")
-            name = cursor[:-len("/cursor")] if cursor.endswith("/cursor") else cursor
+            name = reader or (cursor[:-len("/cursor")] if cursor.endswith("/cursor")
+                              else cursor)
             lines = ["source " + name, op_type + (", batch %s" % batch if batch else "")]
             self.add("%s [label=%s, shape=cylinder, style=filled, fillcolor=\"#dff2df\"];"
                      % (sid, _dot_label(lines)))

@@ -148,7 +148,7 @@ def test_three_stage_pipe_names_stages_queues_and_edges(tmp_path):
     assert "native: GivenTensorFill, Mul, Add" in native
     python = dot.node("augment × 2")
     assert "Python stage: augment" in python
-    src = dot.node_starting("source train")
+    src = dot.node("source train")      # the reader's name, as in its errors
     assert "ReadArrayBatch, batch 8" in src
     q1_label = dot.node("queue %s" % q1.queue())
     q2_label = dot.node("queue %s" % q2.queue())
@@ -372,7 +372,7 @@ def test_cli_prints_dot(tmp_path):
     dot = Dot(done.stdout.decode("utf-8"))
     stage = dot.node("cli_stage × 3")
     assert [q for q in dot.labels.values() if q.endswith("capacity 9")]
-    assert (dot.node_starting("source cli_src"), stage) in dot.edges
+    assert (dot.node("source cli_src"), stage) in dot.edges
     # a path to the file works too
     by_path = _cli(tmp_path, str(tmp_path / "cli_job.py") + ":build")
     assert by_path.returncode == 0 and by_path.stdout == done.stdout
