@@ -539,12 +539,14 @@ class RenderError(FastpipeError, RuntimeError):
 _ENQUEUE_OPS = {"SafeEnqueueBlobs", "EnqueueBlobs"}
 _DEQUEUE_OPS = {"SafeDequeueBlobs", "DequeueBlobs"}
 _CURSOR_READ_OPS = {"ReadNextBatch", "ReadArrayBatch", "ReadRandomBatch"}
+_APPEND_OPS = {"Append", "AtomicAppend"}   # a Dataset writer
 # Ops a pipe adds around its stage (timers, status resets, queue and cursor
 # plumbing, drop checks): not listed as the stage's own work.
 _PLUMBING_OPS = (_ENQUEUE_OPS | _DEQUEUE_OPS | _CURSOR_READ_OPS | {
     "WeightedSampleDequeueBlobs", "CreateBlobsQueue", "CloseBlobsQueue",
     "CreateTreeCursor", "ResetCursor", "TimerBegin", "TimerEnd", "ConstantFill",
-    "EpochPermutation", "Python", "PythonStage", "Or", "Not", "Copy"})
+    "EpochPermutation", "Python", "PythonStage", "Or", "Not", "Copy", "IsEmpty",
+    "CreateMutex", "CheckDatasetConsistency"} | _APPEND_OPS)
 _MAX_OP_TYPES_SHOWN = 4
 
 _RENDER_FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
@@ -632,6 +634,7 @@ class _Unit(object):
         self.creates = {}         # queue blob -> capacity (None if unknown)
         self.sources = {}         # cursor blob -> (op type, batch size)
         self.python_stages = []
+        self.sinks = []           # datasets appended to (by their fields' prefix)
         self.op_types = []
         for op in (_step_ops(step) if ops is None else ops):
             self._see(op)
@@ -648,9 +651,12 @@ class _Unit(object):
         elif t == "CreateBlobsQueue" and op.output:
             self.creates[str(op.output[0])] = _arg(op, "capacity")
         elif t in _CURSOR_READ_OPS and op.input:
-            # the op's name is the reader's (sources name it, for errors)
-            self.sources.setdefault(str(op.input[0]),
-                                    (t, _arg(op, "batch_size"), op.name or None))
+            # the op's name is the reader's (sources name it, for errors);
+            # else a Dataset's reader: its fields' common prefix
+            name = op.name or (_blob_prefix(op.input[1:]) if t == "ReadNextBatch" else None)
+            self.sources.setdefault(str(op.input[0]), (t, _arg(op, "batch_size"), name))
+        elif t in _APPEND_OPS and op.output:
+            _add(self.sinks, _blob_prefix(op.output))
         elif t == "PythonStage":
             _add(self.python_stages, _arg(op, "stage") or "python")
         if t not in _PLUMBING_OPS:
@@ -667,6 +673,23 @@ class _Unit(object):
             more = len(self.op_types) - len(shown)
             lines.append("native: " + ", ".join(shown) + (", +%d" % more if more else ""))
         return _dot_label(lines)
+
+
+def _blob_prefix(blobs):
+    """The common ``/``-separated prefix of some blob names (a Dataset's
+    name for its field blobs), or the first name if they share none."""
+    names = [str(b) for b in blobs]
+    if not names:
+        return None
+    parts = [n.split("/") for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    if len(names) == 1 and len(parts[0]) > 1:
+        common = parts[0][:-1]
+    return "/".join(common) or names[0]
 
 
 def _add(items, x):
@@ -757,6 +780,8 @@ class _DotGraph(object):
                 self.edges.append((sid, uid, ""))
             for blob in u.writes:
                 self.edges.append((uid, self._queue(u.node, blob), ""))
+            for dataset in u.sinks:
+                self.edges.append((uid, self._sink(u.node, dataset), ""))
             for blob in u.reads:
                 self.edges.append((self._queue(u.node, blob), uid, ""))
         for u in hidden:   # declare the queues setup creates, in this cluster
@@ -782,6 +807,14 @@ class _DotGraph(object):
             lines = ["source " + name, op_type + (", batch %s" % batch if batch else "")]
             self.add("%s [label=%s, shape=cylinder, style=filled, fillcolor=\"#dff2df\"];"
                      % (sid, _dot_label(lines)))
+        return self.sources[key]
+
+    def _sink(self, node, dataset):
+        key = (node, "sink", dataset)
+        if key not in self.sources:
+            sid = self.sources[key] = self.new_id("d")
+            self.add("%s [label=%s, shape=cylinder, style=filled, fillcolor=\"#f3e0ef\"];"
+                     % (sid, _dot_label(["dataset " + dataset, "written (Append)"])))
         return self.sources[key]
 
     def text(self, title):
@@ -866,7 +899,8 @@ def to_dot(obj, title="fastpipe"):
     labelled with its stage name and instance count (``normalise × 4``),
     with its Python stages and native op types; queues are boxes labelled
     with their blob name and capacity, with edges writer -> queue ->
-    reader; cursor readers (datasets, array readers) are sources.  Works
+    reader; cursor readers (datasets, array readers) are sources and
+    Dataset writers (``Append``/``AtomicAppend``) sinks.  Works
     from the description only -- nothing runs, and the group is not
     grouped by node or marked used.
 

@@ -172,9 +172,29 @@ def test_default_pipe_names_and_static_copies():
     lam = dot.node_starting("test_default_pipe_names_and_static_copies.<locals>.<lambda> × 1")
     assert "3 concurrent substeps" in lam
     into = dot.node("pipe_into:Queue × 1")
-    assert (dot.node("queue %s" % out.queue()), ) and (into, dot.node(
-        "queue %s" % out.queue())) in dot.edges
+    sink = dot.node("queue %s" % out.queue())
+    assert sink.endswith("capacity 2") and (into, sink) in dot.edges
     assert (lam, dot.node("queue %s" % q.queue())) in dot.edges
+
+
+def test_dataset_reader_is_a_source_and_writer_a_sink(ws, tmp_path):
+    from pipeline_helpers import make_dataset
+    src = make_dataset(ws, "src_ds", {"a": [1, 2, 3], "b": [4, 5, 6]})
+    dst = make_dataset(ws, "dst_ds", {"a": [], "b": []})
+    with TaskGroup() as tg:
+        q = pipeline.pipe(src.reader(batch_size=2), num_runtime_threads=2, capacity=4)
+        pipeline.pipe(q, dst.writer())
+    text = net_printer.to_dot(tg)
+    dot = Dot(text)
+    source = dot.node("source src_ds")
+    assert "ReadNextBatch, batch 2" in source
+    reader = dot.node("pipe_from:src_ds_cursor × 2")
+    writer = dot.node("pipe_into:_DatasetWriter × 1")
+    queue = dot.node("queue %s" % q.queue())
+    sink = dot.node("dataset dst_ds")
+    assert dot.edges == {(source, reader), (reader, queue), (queue, writer), (writer, sink)}
+    if HAVE_DOT:
+        _dot_accepts(text, tmp_path)
 
 
 @pytest.mark.timeout(60)
