@@ -714,8 +714,18 @@ def _step_units(step, node):
     writes a queue or a cursor, but its queues are still found."""
     p = step.Proto()
     subs = step.Substeps()
+    name = step.Name()
+    setup = [s for s in subs if s.Name() in (name + ":init", name + ":exit")]
+    bodies = [s for s in subs if s not in setup]
+    if (setup and len(bodies) == 1 and bodies[0].Name().startswith(name + "/")
+            and not p.network and not p.concurrent_substeps
+            and p.num_concurrent_instances <= 1):
+        # a node's setup around its one task ([node:init, node/task,
+        # node:exit], as TaskGroup.tasks_by_node builds it): draw the task
+        boxes, hidden = _step_units(bodies[0], node)
+        return boxes, hidden + [_Unit(s.Name(), s, node) for s in setup]
     if not subs or p.num_concurrent_instances > 1 or not _has_fanout(step):
-        return [_Unit(step.Name(), step, node)], []
+        return [_Unit(name, step, node)], []
     if p.concurrent_substeps and len(subs) > 1:
         pairs = [_step_units(s, node) for s in subs]
         return [u for b, _ in pairs for u in b], [u for _, h in pairs for u in h]
@@ -886,6 +896,10 @@ def _draw(g, obj):
     elif isinstance(obj, ExecutionStep):
         boxes, hidden = _step_units(obj, None)
         g.draw_units(boxes, hidden)
+    elif isinstance(getattr(getattr(obj, "obj", obj), "plan", None), Plan):
+        # a compiled group (Session.compile's CompiledRunnable, or the
+        # CompiledJob in it; Job.compile's groups): draw its plan
+        _draw(g, getattr(obj, "obj", obj).plan)
     else:
         raise ArgumentError(
             "to_dot: cannot draw a %s; expected a checkpoint.Job, task.TaskGroup, "

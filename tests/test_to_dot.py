@@ -278,6 +278,18 @@ def test_plan_of_a_lowered_group_shows_its_tasks():
     assert {(native, q1_label), (q1_label, python)} <= dot.edges
 
 
+def test_compiled_group_and_compiled_job_draw_their_plans():
+    tg, q1, _ = _three_stage()
+    compiled = session.LocalSession.compile(tg)
+    dot = Dot(net_printer.to_dot(compiled))
+    assert {(dot.node("local/_normalise × 2"), dot.node("queue %s" % q1.queue()))} <= dot.edges
+    with Job() as job:
+        pipeline.pipe(sources.ArrayReader({"v": np.arange(6)}, batch_size=3),
+                      processor=lambda rec: rec, name="work", num_runtime_threads=4)
+    dot = Dot(net_printer.to_dot(job.compile(session.LocalSession)))
+    assert dot.cluster_of(dot.node("local/work × 4"))[0] == "Job epoch_group"
+
+
 WEIRD = 'we"ird\\name {x} <b>&amp; \\n \u00e9\nsecond line'
 
 
