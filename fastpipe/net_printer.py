@@ -22,16 +22,17 @@ memoised; see ``TaskGroup.tasks_by_node``).
 
 from contextlib import contextmanager
 from copy import copy
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from itertools import chain
 
 from . import proto
 from .checkpoint import Job
 from .core import ExecutionStep, Net, Plan
-from .errors import GraphError
+from .errors import ArgumentError, FastpipeError, GraphError
 from .task import Task, TaskGroup, TaskOutput, WorkspaceType
 
-__all__ = ["to_string", "analyze", "debug_net", "Printer", "Analyzer", "Text",
+__all__ = ["to_string", "to_dot", "render", "GraphvizNotFoundError", "RenderError",
+           "analyze", "debug_net", "Printer", "Analyzer", "Text",
            "print_task_group", "print_job", "print_task", "print_step",
            "print_net", "print_op"]
 
@@ -517,3 +518,459 @@ def debug_net(net):
         out.LogInfo(str(text))
         out.extend_ops([op])
     return out
+
+
+# --- pictures (Graphviz DOT) --------------------------------------------------
+#
+# to_dot works from the description only: the nets' ops and the steps' fields
+# (and, for queues a TaskGroup has not set up yet, the Queue objects its
+# readers and writers registered under TaskGroup.LOCAL_SETUP).  It never calls
+# tasks_by_node() -- that is memoised per node mapping, and a session maps
+# every node onto its own, so drawing a group must not fix a mapping first.
+
+class GraphvizNotFoundError(FastpipeError, FileNotFoundError):
+    """``render`` needs the Graphviz ``dot`` program and it is not on PATH."""
+
+
+class RenderError(FastpipeError, RuntimeError):
+    """The Graphviz ``dot`` program failed on the DOT text it was given."""
+
+
+_ENQUEUE_OPS = {"SafeEnqueueBlobs", "EnqueueBlobs"}
+_DEQUEUE_OPS = {"SafeDequeueBlobs", "DequeueBlobs"}
+_CURSOR_READ_OPS = {"ReadNextBatch", "ReadArrayBatch", "ReadRandomBatch"}
+_APPEND_OPS = {"Append", "AtomicAppend"}   # a Dataset writer
+# Ops a pipe adds around its stage (timers, status resets, queue and cursor
+# plumbing, drop checks): not listed as the stage's own work.
+_PLUMBING_OPS = (_ENQUEUE_OPS | _DEQUEUE_OPS | _CURSOR_READ_OPS | {
+    "WeightedSampleDequeueBlobs", "CreateBlobsQueue", "CloseBlobsQueue",
+    "CreateTreeCursor", "ResetCursor", "TimerBegin", "TimerEnd", "ConstantFill",
+    "EpochPermutation", "Python", "PythonStage", "Or", "Not", "Copy", "IsEmpty",
+    "CreateMutex", "CheckDatasetConsistency"} | _APPEND_OPS)
+_MAX_OP_TYPES_SHOWN = 4
+
+_RENDER_FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
+_GRAPHVIZ_HINT = ("install Graphviz: `apt-get install graphviz` (the Debian/Ubuntu "
+                  "package 'graphviz'; other systems: https://graphviz.org/download/)")
+
+
+def _dot_str(text):
+    """``text`` as a quoted DOT string that renders literally: backslashes
+    and quotes are escaped (a label would read ``\\n``, ``\\N``, ``\\G``
+    as escapes), ``&`` too (Graphviz decodes ``&amp;``-style entities in
+    every label), and line breaks become DOT's ``\\n``."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    text = str(text).replace("&", "&amp;")
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
+    return '"%s"' % text
+
+
+def _dot_label(lines):
+    """A multi-line label: each line escaped, joined by DOT line breaks."""
+    return _dot_str("\n".join(str(x) for x in lines))
+
+
+def _arg(op, name, default=None):
+    for a in op.arg:
+        if a.name == name:
+            if a.HasField("i"):
+                return a.i
+            if a.HasField("f"):
+                return a.f
+            if a.HasField("s"):
+                s = a.s
+                return s.decode("utf-8", "replace") if isinstance(s, bytes) else s
+    return default
+
+
+def _net_ops(net_def):
+    """The ops of a NetDef, and of the nets held in their arguments."""
+    for op in net_def.op:
+        yield op
+        for a in op.arg:
+            if a.HasField("n"):
+                yield from _net_ops(a.n)
+
+
+def _step_ops(step):
+    """Every op a step runs: its nets', its report net's and its substeps'."""
+    p = step.Proto()
+    names = list(p.network) + ([p.report_net] if p.report_net else [])
+    for name in names:
+        yield from _net_ops(step.get_net(name).Proto())
+    for sub in step.Substeps():
+        yield from _step_ops(sub)
+
+
+def _step_instances(step):
+    """Runtime instances of the deepest instanced path under ``step``: the
+    product of ``num_concurrent_instances`` along it."""
+    p = step.Proto()
+    own = p.num_concurrent_instances if p.num_concurrent_instances > 1 else 1
+    below = max([_step_instances(s) for s in step.Substeps()] or [1])
+    return own * below
+
+
+def _step_fanout(step):
+    """The widest set of concurrent substeps under ``step`` (1 if none)."""
+    p = step.Proto()
+    subs = step.Substeps()
+    own = len(subs) if p.concurrent_substeps and len(subs) > 1 else 1
+    return max([own] + [_step_fanout(s) for s in subs])
+
+
+class _Unit(object):
+    """One box: a task (or, in a Plan, a step) and what its ops touch."""
+
+    def __init__(self, name, step, node, instances=None, ops=None):
+        self.name = name
+        self.node = node
+        self.instances = instances or (_step_instances(step) if step is not None else 1)
+        self.fanout = _step_fanout(step) if step is not None else 1
+        self.writes = []          # queue blob names, in first-use order
+        self.reads = []
+        self.creates = {}         # queue blob -> capacity (None if unknown)
+        self.sources = {}         # cursor blob -> (op type, batch size)
+        self.python_stages = []
+        self.sinks = []           # datasets appended to (by their fields' prefix)
+        self.op_types = []
+        for op in (_step_ops(step) if ops is None else ops):
+            self._see(op)
+
+    def _see(self, op):
+        t = op.type
+        if t in _ENQUEUE_OPS and op.input:
+            _add(self.writes, op.input[0])
+        elif t in _DEQUEUE_OPS and op.input:
+            _add(self.reads, op.input[0])
+        elif t == "WeightedSampleDequeueBlobs":
+            for q in op.input:
+                _add(self.reads, q)
+        elif t == "CreateBlobsQueue" and op.output:
+            self.creates[str(op.output[0])] = _arg(op, "capacity")
+        elif t in _CURSOR_READ_OPS and op.input:
+            # the op's name is the reader's (sources name it, for errors);
+            # else a Dataset's reader: its fields' common prefix
+            name = op.name or (_blob_prefix(op.input[1:]) if t == "ReadNextBatch" else None)
+            self.sources.setdefault(str(op.input[0]), (t, _arg(op, "batch_size"), name))
+        elif t in _APPEND_OPS and op.output:
+            _add(self.sinks, _blob_prefix(op.output))
+        elif t == "PythonStage":
+            _add(self.python_stages, _arg(op, "stage") or "python")
+        if t not in _PLUMBING_OPS:
+            _add(self.op_types, t)
+
+    def label(self):
+        lines = ["%s × %d" % (self.name, self.instances)]
+        if self.fanout > 1:
+            lines.append("%d concurrent substeps" % self.fanout)
+        if self.python_stages:
+            lines.append("Python stage: " + ", ".join(self.python_stages))
+        if self.op_types:
+            shown = self.op_types[:_MAX_OP_TYPES_SHOWN]
+            more = len(self.op_types) - len(shown)
+            lines.append("native: " + ", ".join(shown) + (", +%d" % more if more else ""))
+        return _dot_label(lines)
+
+
+def _blob_prefix(blobs):
+    """The common ``/``-separated prefix of some blob names (a Dataset's
+    name for its field blobs), or the first name if they share none."""
+    names = [str(b) for b in blobs]
+    if not names:
+        return None
+    parts = [n.split("/") for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    if len(names) == 1 and len(parts[0]) > 1:
+        common = parts[0][:-1]
+    return "/".join(common) or names[0]
+
+
+def _add(items, x):
+    x = str(x)
+    if x not in items:
+        items.append(x)
+
+
+def _strip_node(name, node):
+    prefix = "%s/" % node
+    return name[len(prefix):] if node and name.startswith(prefix) else name
+
+
+def _has_fanout(step):
+    return _step_fanout(step) > 1
+
+
+def _step_units(step, node):
+    """A Plan's step as boxes: concurrent substeps each become boxes (so a
+    plan made from a TaskGroup shows its tasks); the sequential setup
+    around them ([init, body, exit]) is not drawn unless it reads or
+    writes a queue or a cursor, but its queues are still found."""
+    p = step.Proto()
+    subs = step.Substeps()
+    name = step.Name()
+    setup = [s for s in subs if s.Name() in (name + ":init", name + ":exit")]
+    bodies = [s for s in subs if s not in setup]
+    if (setup and len(bodies) == 1 and bodies[0].Name().startswith(name + "/")
+            and not p.network and not p.concurrent_substeps
+            and p.num_concurrent_instances <= 1):
+        # a node's setup around its one task ([node:init, node/task,
+        # node:exit], as TaskGroup.tasks_by_node builds it): draw the task
+        boxes, hidden = _step_units(bodies[0], node)
+        return boxes, hidden + [_Unit(s.Name(), s, node) for s in setup]
+    if not subs or p.num_concurrent_instances > 1 or not _has_fanout(step):
+        return [_Unit(name, step, node)], []
+    if p.concurrent_substeps and len(subs) > 1:
+        pairs = [_step_units(s, node) for s in subs]
+        return [u for b, _ in pairs for u in b], [u for _, h in pairs for u in h]
+    boxes, hidden = [], []
+    for name in list(p.network) + ([p.report_net] if p.report_net else []):
+        hidden.append(_Unit("%s/%s" % (step.Name(), name), None, node,
+                            ops=list(_net_ops(step.get_net(name).Proto()))))
+    for s in subs:
+        b, h = _step_units(s, node) if _has_fanout(s) else ([], [_Unit(s.Name(), s, node)])
+        boxes += b
+        hidden += h
+    keep = [u for u in hidden if u.reads or u.writes or u.sources]
+    return boxes + keep, [u for u in hidden if u not in keep]
+
+
+class _DotGraph(object):
+    """Builds the DOT text: clusters for groups and nodes, boxes for units,
+    queues and sources, then edges."""
+
+    def __init__(self):
+        self.lines = []
+        self.edges = []
+        self._ids = 0
+        self.queues = {}    # (node, blob) -> node id
+        self.capacity = {}  # (node, blob) -> capacity, from every unit seen
+        self.sources = {}   # (node, cursor) -> node id
+        self.indent = 1
+
+    def new_id(self, prefix):
+        self._ids += 1
+        return "%s%d" % (prefix, self._ids)
+
+    def add(self, text):
+        self.lines.append("  " * self.indent + text)
+
+    @contextmanager
+    def cluster(self, label, style):
+        self.add("subgraph %s {" % _dot_str("cluster_" + self.new_id("c")))
+        self.indent += 1
+        self.add("label=%s; %s;" % (_dot_str(label), style))
+        try:
+            yield
+        finally:
+            self.indent -= 1
+            self.add("}")
+
+    def draw_units(self, boxes, hidden=()):
+        """Boxes in the current cluster, plus the queues and sources they
+        use that no earlier cluster declared."""
+        for u in list(boxes) + list(hidden):
+            for blob, cap in u.creates.items():
+                if cap is not None or (u.node, blob) not in self.capacity:
+                    self.capacity[(u.node, blob)] = cap
+        if not boxes:
+            self.add('%s [label="(no tasks)", shape=plaintext];' % self.new_id("e"))
+        for u in boxes:
+            uid = self.new_id("t")
+            self.add("%s [label=%s, shape=box, style=\"rounded,filled\", "
+                     "fillcolor=\"#dbe8f6\"];" % (uid, u.label()))
+            for cursor, (op_type, batch, reader) in u.sources.items():
+                sid = self._source(u.node, cursor, op_type, batch, reader)
+                self.edges.append((sid, uid, ""))
+            for blob in u.writes:
+                self.edges.append((uid, self._queue(u.node, blob), ""))
+            for dataset in u.sinks:
+                self.edges.append((uid, self._sink(u.node, dataset), ""))
+            for blob in u.reads:
+                self.edges.append((self._queue(u.node, blob), uid, ""))
+        for u in hidden:   # declare the queues setup creates, in this cluster
+            for blob in u.creates:
+                self._queue(u.node, blob)
+
+    def _queue(self, node, blob):
+        key = (node, blob)
+        if key not in self.queues:
+            qid = self.queues[key] = self.new_id("q")
+            cap = self.capacity.get(key)
+            cap_text = "capacity %s" % cap if cap is not None else "capacity ? (not created here)"
+            self.add("%s [label=%s, shape=box, style=filled, fillcolor=\"#fdf2c6\"];"
+                     % (qid, _dot_label(["queue " + blob, cap_text])))
+        return self.queues[key]
+
+    def _source(self, node, cursor, op_type, batch, reader=None):
+        key = (node, cursor)
+        if key not in self.sources:
+            sid = self.sources[key] = self.new_id("s")
+            name = reader or (cursor[:-len("/cursor")] if cursor.endswith("/cursor")
+                              else cursor)
+            lines = ["source " + name, op_type + (", batch %s" % batch if batch else "")]
+            self.add("%s [label=%s, shape=cylinder, style=filled, fillcolor=\"#dff2df\"];"
+                     % (sid, _dot_label(lines)))
+        return self.sources[key]
+
+    def _sink(self, node, dataset):
+        key = (node, "sink", dataset)
+        if key not in self.sources:
+            sid = self.sources[key] = self.new_id("d")
+            self.add("%s [label=%s, shape=cylinder, style=filled, fillcolor=\"#f3e0ef\"];"
+                     % (sid, _dot_label(["dataset " + dataset, "written (Append)"])))
+        return self.sources[key]
+
+    def text(self, title):
+        out = ["digraph %s {" % _dot_str(title),
+               "  rankdir=LR; compound=true; fontname=\"Helvetica\";",
+               "  node [fontname=\"Helvetica\"]; edge [fontname=\"Helvetica\"];"]
+        out += self.lines
+        seen = set()
+        for a, b, label in self.edges:
+            if (a, b) in seen:
+                continue
+            seen.add((a, b))
+            out.append("  %s -> %s;" % (a, b))
+        out.append("}")
+        return "\n".join(out) + "\n"
+
+
+_NODE_STYLE = 'style="dashed"; color="#7a7a7a"'
+_GROUP_STYLE = 'style="rounded"; color="#3a6ea5"'
+
+
+def _group_tasks(tg):
+    """The tasks of ``tg`` without marking it used (``tasks()`` would)."""
+    return list(tg._tasks) + list(tg._tasks_to_add)
+
+
+def _draw_tasks(g, tasks):
+    by_node = OrderedDict()
+    for t in tasks:
+        by_node.setdefault(t.node, []).append(t)
+    if not by_node:
+        g.draw_units([])
+    for node, node_tasks in by_node.items():
+        units = []
+        for t in node_tasks:
+            step = t.get_step()
+            u = _Unit(_strip_node(t.name, node), step, node,
+                      instances=t.num_instances() or None)
+            for obj in step.get_all_attributes(TaskGroup.LOCAL_SETUP):
+                blob = getattr(obj, "queue", None)
+                cap = getattr(obj, "capacity", None)
+                if callable(blob) and isinstance(cap, int):
+                    u.creates.setdefault(str(blob()), cap)
+            units.append(u)
+        with g.cluster("node %s" % node, _NODE_STYLE):
+            g.draw_units(units)
+
+
+def _draw(g, obj):
+    if isinstance(obj, Job):
+        for label, group in (("init_group", obj.init_group),
+                             ("epoch_group", obj.epoch_group),
+                             ("download_group", obj.download_group),
+                             ("exit_group", obj.exit_group)):
+            with g.cluster("Job %s" % label, _GROUP_STYLE):
+                _draw(g, group)
+    elif isinstance(obj, TaskGroup):
+        _draw_tasks(g, _group_tasks(obj))
+    elif isinstance(obj, Task):
+        _draw_tasks(g, [obj])
+    elif isinstance(obj, Plan):
+        with g.cluster("Plan %s" % obj.Proto().name, _GROUP_STYLE):
+            boxes, hidden = [], []
+            for step in obj.Steps():
+                b, h = _step_units(step, None)
+                boxes += b
+                hidden += h
+            g.draw_units(boxes, hidden)
+    elif isinstance(obj, ExecutionStep):
+        boxes, hidden = _step_units(obj, None)
+        g.draw_units(boxes, hidden)
+    elif isinstance(getattr(getattr(obj, "obj", obj), "plan", None), Plan):
+        # a compiled group (Session.compile's CompiledRunnable, or the
+        # CompiledJob in it; Job.compile's groups): draw its plan
+        _draw(g, getattr(obj, "obj", obj).plan)
+    else:
+        raise ArgumentError(
+            "to_dot: cannot draw a %s; expected a checkpoint.Job, task.TaskGroup, "
+            "task.Task, core.Plan or core.ExecutionStep" % type(obj).__name__)
+
+
+def to_dot(obj, title="fastpipe"):
+    """A Job, TaskGroup, Task, Plan or ExecutionStep as Graphviz DOT text.
+
+    Job groups and nodes are clusters; each task (each pipe) is a box
+    labelled with its stage name and instance count (``normalise × 4``),
+    with its Python stages and native op types; queues are boxes labelled
+    with their blob name and capacity, with edges writer -> queue ->
+    reader; cursor readers (datasets, array readers) are sources and
+    Dataset writers (``Append``/``AtomicAppend``) sinks.  Works
+    from the description only -- nothing runs, and the group is not
+    grouped by node or marked used.
+
+    Example::
+
+        with TaskGroup() as tg:
+            q = pipe(reader, processor=decode, num_runtime_threads=4)
+            pipe(q, writer)
+        open("job.dot", "w").write(net_printer.to_dot(tg))
+    """
+    g = _DotGraph()
+    with proto.gc_paused():
+        _draw(g, obj)
+    return g.text(title)
+
+
+def render(obj, path, timeout=60.0):
+    """Draw ``obj`` (anything :func:`to_dot` takes) into ``path``: SVG, PNG
+    or PDF by the path's suffix, made by the Graphviz ``dot`` program
+    (``.dot``/``.gv`` write the DOT text itself).
+
+    Raises:
+        GraphvizNotFoundError: ``dot`` is not on PATH (``apt-get install
+            graphviz``).
+        ArgumentError: an unsupported suffix.
+        RenderError: ``dot`` failed.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".dot", ".gv"):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(to_dot(obj))
+        return path
+    fmt = _RENDER_FORMATS.get(suffix)
+    if fmt is None:
+        raise ArgumentError("render: cannot tell the format of %r from its suffix %r; "
+                            "use one of %s" % (path, suffix, ", ".join(
+                                sorted(list(_RENDER_FORMATS) + [".dot", ".gv"]))))
+    dot = shutil.which("dot")
+    if dot is None:
+        raise GraphvizNotFoundError(
+            "render(%r): the Graphviz 'dot' program is not on PATH; %s"
+            % (path, _GRAPHVIZ_HINT))
+    text = to_dot(obj)
+    try:
+        done = subprocess.run([dot, "-T" + fmt, "-o", path], input=text.encode("utf-8"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RenderError("render(%r): dot took longer than %s s" % (path, timeout)) from None
+    if done.returncode != 0:
+        raise RenderError("render(%r): dot -T%s exited with %d: %s"
+                          % (path, fmt, done.returncode,
+                             done.stderr.decode("utf-8", "replace").strip()))
+    return path
