@@ -55,6 +55,8 @@ reg("TimerGetAndEnd", k_timer_get_and_end)
 reg("TimerGet", k_timer_get)
 reg("StatRegistryExport", k_stat_export)
 reg("StatRegistryUpdate", k_stat_update)
+reg("CreateTextFileReader", k_create_text_file_reader)
+reg("TextFileReaderRead", k_text_file_reader_read, tf_init, tf_fini)
 
 
 # Kernels in pyop.pxi: Print and PythonStage read their arguments by the
