@@ -88,7 +88,7 @@ def test_round_trip_every_field_type(ws, tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("instances", [1, 2, 4])
+@pytest.mark.parametrize("instances", [1, 2, 4, 8])
 @pytest.mark.parametrize("batch_size", [1, 7, 1000])
 @pytest.mark.parametrize("num_passes", [1, 2])
 def test_exact_multiset_through_pipe(ws, tmp_path, instances, batch_size, num_passes):
