@@ -167,6 +167,14 @@ def test_empty_file(ws, tmp_path, num_passes):
 
 
 @pytest.mark.timeout(30)
+def test_empty_file_with_a_huge_num_passes_ends_at_once(ws, tmp_path):
+    # a billion passes over an empty file: ends without a billion rewinds
+    path = write(tmp_path, "")
+    reader = make_reader(ws, path, ID_VALUE, batch_size=4, num_passes=10 ** 9)
+    assert iterate_all(ws, reader, 2) == []
+
+
+@pytest.mark.timeout(30)
 def test_read_net_loop_caffe2_style(ws, tmp_path):
     # Caffe2's own test shape: string and float fields, a read net run
     # until should_stop, the outputs empty at the end

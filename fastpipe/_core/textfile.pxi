@@ -384,6 +384,10 @@ cdef int tf_take(TextReader* r, TfState* st, int64_t want) noexcept nogil:
                 r.line_no += 1
                 continue
             r.pass_no += 1          # this pass is done
+            if r.line_no == 0:
+                # an empty file: every later pass is empty too (do not
+                # rewind num_passes times under the lock)
+                r.pass_no = r.num_passes
             if r.pass_no < r.num_passes:
                 eno = fp_tsv_rewind(r.fd)
                 if eno != 0:
