@@ -640,7 +640,8 @@ register("ReadArrayBatch", (1, INF), (1, INF),
          "(fastpipe.sources.ArrayReader); output 0 is the stop flag.", _check_read_array)
 
 # --- text files (fastpipe.text_file_reader; kernels in _core/textfile.pxi) -----
-TEXT_FIELD_TYPES = {INT32: "int32", INT64: "int64", FLOAT: "float32", DOUBLE: "float64",
+TEXT_FIELD_TYPES = {INT8: "int8", INT16: "int16", INT32: "int32", INT64: "int64",
+                    UINT8: "uint8", UINT16: "uint16", FLOAT: "float32", DOUBLE: "float64",
                     STRING: "string"}
 
 

@@ -28,8 +28,9 @@ class TextFileReader(Reader):
             file fails it with an error naming the file).
         filename: the path of the file.
         schema: a ``schema.Struct`` of ``Scalar`` fields, in file order;
-            each field's dtype is int32, int64, float32, float64 or a
-            string type (``str``/``bytes``/object).
+            each field's dtype is int8, int16, int32, int64, uint8,
+            uint16, float32, float64 or a string type
+            (``str``/``bytes``/object).
         num_passes: how many times the file is read.
         batch_size: lines per read (the last batch of the last pass may be
             shorter).
@@ -82,7 +83,8 @@ class TextFileReader(Reader):
                 dt = None
             if dt not in TEXT_FIELD_TYPES:
                 raise GraphError("TextFileReader: field %r has dtype %s; supported are "
-                                 "int32, int64, float32, float64 and strings" % (name, dtype))
+                                 "int8/16/32/64, uint8/16, float32, float64 and strings"
+                                 % (name, dtype))
             field_types.append(int(dt))
         for arg, value in (("num_passes", num_passes), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -87,6 +87,28 @@ def test_round_trip_every_field_type(ws, tmp_path):
     assert [x.decode("utf-8") for x in got[4]] == [r[4] for r in rows]
 
 
+SMALL_INTS = [(np.int8, "int8"), (np.int16, "int16"), (np.uint8, "uint8"),
+              (np.uint16, "uint16")]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("dtype,name", SMALL_INTS)
+def test_small_integer_fields_round_trip_and_check_their_range(ws, tmp_path, dtype, name):
+    info = np.iinfo(dtype)
+    values = [info.min, info.max, 0, 1, info.max // 3]
+    path = write(tmp_path, "".join("%d\n" % v for v in values))
+    got = iterate_all(ws, make_reader(ws, path, (("x", dtype),), batch_size=8))
+    assert got[0][0].dtype == dtype and got[0][0].tolist() == values
+    for bad in (info.min - 1, info.max + 1):
+        path = write(tmp_path, "%d\n%d\n" % (info.max, bad), name="bad.tsv")
+        with pytest.raises(RunError, match=re.escape(
+                "line 2: field 'x' (1 of 1, %s): '%d' is out of range for %s" % (name, bad, name))):
+            iterate_all(ws, make_reader(ws, path, (("x", dtype),)))
+    path = write(tmp_path, "1.5\n", name="frac.tsv")
+    with pytest.raises(RunError, match="line 1: field 'x' .*'1.5' is not an integer"):
+        iterate_all(ws, make_reader(ws, path, (("x", dtype),)))
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("instances", [1, 2, 4, 8])
 @pytest.mark.parametrize("batch_size", [1, 7, 1000])

@@ -21,6 +21,7 @@
 cdef extern from *:
     """
     #include <charconv>
+    #include <limits>
     #include <system_error>
     #include <cstring>
     #include <cstdint>
@@ -57,6 +58,18 @@ cdef extern from *:
         std::from_chars_result r = std::from_chars(p, e, *out, 10);
         if (r.ec == std::errc::invalid_argument || r.ptr != e) return FP_TSV_NOTNUM;
         if (r.ec == std::errc::result_out_of_range) return FP_TSV_RANGE;
+        return FP_TSV_OK;
+    }
+
+    /* An integer field of a type narrower than int64, range-checked. */
+    template <typename T>
+    static inline int fp_tsv_small_int(const char* b, const char* e, T* out) {
+        int64_t v = 0;
+        int rc = fp_tsv_int(b, e, &v);
+        if (rc != FP_TSV_OK) return rc;
+        if (v < (int64_t)std::numeric_limits<T>::min() ||
+            v > (int64_t)std::numeric_limits<T>::max()) return FP_TSV_RANGE;
+        *out = (T)v;
         return FP_TSV_OK;
     }
 
@@ -111,13 +124,21 @@ cdef extern from *:
                 }
                 int rc = FP_TSV_OK;
                 switch (types[f]) {
-                case 2: {   /* INT32 */
-                    int64_t v = 0;
-                    rc = fp_tsv_int(fb, fe, &v);
-                    if (rc == FP_TSV_OK && (v < INT32_MIN || v > INT32_MAX)) rc = FP_TSV_RANGE;
-                    if (rc == FP_TSV_OK) ((int32_t*)outs[f])[i] = (int32_t)v;
+                case 2:     /* INT32 */
+                    rc = fp_tsv_small_int<int32_t>(fb, fe, &((int32_t*)outs[f])[i]);
                     break;
-                }
+                case 7:     /* INT8 */
+                    rc = fp_tsv_small_int<int8_t>(fb, fe, &((int8_t*)outs[f])[i]);
+                    break;
+                case 9:     /* INT16 */
+                    rc = fp_tsv_small_int<int16_t>(fb, fe, &((int16_t*)outs[f])[i]);
+                    break;
+                case 6:     /* UINT8 */
+                    rc = fp_tsv_small_int<uint8_t>(fb, fe, &((uint8_t*)outs[f])[i]);
+                    break;
+                case 8:     /* UINT16 */
+                    rc = fp_tsv_small_int<uint16_t>(fb, fe, &((uint16_t*)outs[f])[i]);
+                    break;
                 case 10:    /* INT64 */
                     rc = fp_tsv_int(fb, fe, &((int64_t*)outs[f])[i]);
                     break;
@@ -487,7 +508,7 @@ cdef int tf_parse_fail(OpInst* op, RunCtx* ctx, TextReader* r, TfState* st, int 
         if code == FP_TSV_RANGE:
             msg.append(b"' is out of range for ")
             msg.append(dtype_name(r.types[err.field]))
-        elif r.types[err.field] == DT_INT32 or r.types[err.field] == DT_INT64:
+        elif r.types[err.field] != DT_FLOAT and r.types[err.field] != DT_DOUBLE:
             msg.append(b"' is not an integer")
         else:
             msg.append(b"' is not a number")
