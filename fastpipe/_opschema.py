@@ -818,6 +818,47 @@ register("GaussianFill", (0, 1), 1,
          _fill_args("mean", 0.0, "mean", "std", 1.0, "standard deviation (> 0)"),
          "float32 normal(mean, std). Shape as ConstantFill's.",
          lambda op, a: _check_gaussian_fill(op, dict(a, dummy_zero=0.0)))
+# --- text files (fastpipe.text_file_reader; kernels in _core/textfile.pxi) -----
+TEXT_FIELD_TYPES = {INT8: "int8", INT16: "int16", INT32: "int32", INT64: "int64",
+                    UINT8: "uint8", UINT16: "uint16", FLOAT: "float32", DOUBLE: "float64",
+                    STRING: "string"}
+
+
+def _check_create_text_file_reader(op, a):
+    if not a["filename"]:
+        return "filename is required (the path of the TSV file to read)"
+    if a["num_passes"] < 1:
+        return "num_passes=%d must be >= 1" % a["num_passes"]
+    types = a["field_types"]
+    if not types:
+        return "field_types is empty: the file needs at least one field"
+    for i, t in enumerate(types):
+        if t not in TEXT_FIELD_TYPES:
+            return ("field_types[%d]=%r is not a supported DataType (supported: %s)"
+                    % (i, t, ", ".join("%d (%s)" % kv for kv in sorted(TEXT_FIELD_TYPES.items()))))
+    names = a["field_names"]
+    if names and len(names) != len(types):
+        return "field_names has %d names for %d field_types" % (len(names), len(types))
+    return None
+
+
+def _check_text_file_reader_read(op, a):
+    if a["batch_size"] < 1:
+        return "batch_size=%d must be >= 1" % a["batch_size"]
+    return None
+
+
+register("CreateTextFileReader", 0, 1,
+         [A("filename", "str", ""), A("num_passes", "int", 1),
+          A("field_types", "ints", []),
+          A("field_names", "strings", [],
+            "fastpipe: the fields' names, for error messages (optional)")],
+         "Open a TSV file (one record per line, fields separated by tabs, '\\n' or "
+         "'\\r\\n' line ends) as a reader object shared by every op that reads it.",
+         _check_create_text_file_reader)
+register("TextFileReaderRead", 1, (1, INF), [A("batch_size", "int", 1)],
+         "Read up to batch_size lines: one 1-D output per field; empty outputs at the "
+         "end of the last pass.", _check_text_file_reader_read)
 
 # Checks that read only the op's arguments and arity (not its input/output
 # names), so parse_args may share one result between ops of equal arity.
@@ -825,4 +866,5 @@ register("GaussianFill", (0, 1), 1,
 _ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_counter,
                     _check_python, _check_create_queue, _check_weighted,
                     _check_read_next, _check_read_random, _check_sort_and_shuffle,
-                    _check_print, _check_python_stage, _check_transpose}
+                    _check_print, _check_python_stage, _check_transpose,
+                    _check_create_text_file_reader, _check_text_file_reader_read}

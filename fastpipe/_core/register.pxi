@@ -68,6 +68,8 @@ reg("Transpose", k_transpose)
 reg("Clip", k_clip)
 reg("UniformFill", k_uniform_fill, rng_init, rng_fini)
 reg("GaussianFill", k_gaussian_fill, rng_init, rng_fini)
+reg("CreateTextFileReader", k_create_text_file_reader)
+reg("TextFileReaderRead", k_text_file_reader_read, tf_init, tf_fini)
 
 
 # Kernels in pyop.pxi: Print and PythonStage read their arguments by the
