@@ -1,0 +1,220 @@
+"""Caffe2 parity items of issue 9 (graph layer and queues), each checked
+against the behaviour of Caffe2's own code (``caffe2/python/core.py``,
+``workspace.py``, ``dataset.py``, ``caffe2/operators/dataset_ops.cc``,
+``caffe2/queue/queue_ops.h``).
+
+* Name scopes under a device scope (Detectron's ``NamedCudaScope``) are
+  applied once on every naming path.
+* ``ws.run(OperatorDef)``, ``workspace.RunOperatorOnce``, ``core.workspace``,
+  and the fills' ``run_once=`` argument.
+* ``Dataset.trim`` and the ``TrimDataset`` operator.
+* ``WeightedSampleDequeueBlobs`` with ``table_idx_blob``.
+"""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastpipe import core, workspace
+from fastpipe.errors import FastpipeError, OperatorDefError
+from fastpipe.net_builder import NetBuilder, ops
+
+
+# -- 1. NameScope under DeviceScope ------------------------------------------------
+
+GPU = core.DeviceOption(1, 0)
+
+
+def _named_cuda_scope(order):
+    """Detectron's c2_utils.NamedCudaScope(0): NameScope('gpu_0') and a CUDA
+    DeviceScope, entered in either order."""
+    import contextlib
+    stack = contextlib.ExitStack()
+    if order == "name_first":
+        stack.enter_context(core.NameScope("gpu_0"))
+        stack.enter_context(core.DeviceScope(GPU))
+    else:
+        stack.enter_context(core.DeviceScope(GPU))
+        stack.enter_context(core.NameScope("gpu_0"))
+    return stack
+
+
+ORDERS = ["name_first", "device_first"]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_net_op_calls_scope_names_once_under_device_scope(order):
+    net = core.Net("detectron")
+    with _named_cuda_scope(order):
+        x = net.ConstantFill([], "x", shape=[1], value=1.0)
+        # plain call, special kwargs (name=, engine=, arg=, control_input=),
+        # a BlobReference method, auto-named outputs
+        y = net.Add([x, "x"], "y", name="add")
+        z = net.Add([x, x], "z", engine="E")
+        c = net.Copy(["x"], ["c"], control_input=["x"])
+        r = x.Copy([], "r")
+        auto = net.Copy(["x"], 1)
+        single = net.Copy(["x"])
+    assert [str(b) for b in (x, y, z, c, r)] == [
+        "gpu_0/x", "gpu_0/y", "gpu_0/z", "gpu_0/c", "gpu_0/r"]
+    # Caffe2's NextName gives '<net>/<type>[:<i>]', then the scope is applied
+    assert str(auto) == "gpu_0/%s/Copy:0" % net.Name()
+    assert str(single) == "gpu_0/%s/Copy" % net.Name()
+    proto = net.Proto()
+    for op in proto.op:
+        assert all(n.startswith("gpu_0/") and not n.startswith("gpu_0/gpu_0")
+                   for n in list(op.input) + list(op.output) + list(op.control_input)), op
+        assert op.device_option.device_type == 1
+    assert list(proto.op[1].input) == ["gpu_0/x", "gpu_0/x"]
+    assert list(proto.op[3].control_input) == ["gpu_0/x"]
+    assert proto.op[1].name == "add" and proto.op[2].engine == "E"
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_const_under_device_scope_is_scoped_once(order):
+    net = core.Net("consts")
+    with _named_cuda_scope(order):
+        a = net.Const(1.0)
+        b = net.Const(2.0)
+        named = net.Const([1, 2], "k")
+        flag = net.Const(True, "flag")
+    n = net.Name()
+    assert str(a) == "gpu_0/%s/GivenTensorFill:0" % n
+    assert str(b) == "gpu_0/%s/GivenTensorFill_2:0" % n
+    assert str(named) == "gpu_0/k" and str(flag) == "gpu_0/flag"
+    assert all(op.device_option.device_type == 1 for op in net.Proto().op)
+    # the names run: the constants land where the names say
+    ws = workspace.C.Workspace()
+    ws.run(net)
+    assert ws.blobs["gpu_0/%s/GivenTensorFill_2:0" % n].fetch().tolist() == 2.0
+    assert ws.blobs["gpu_0/k"].fetch().tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_create_operator_scoped_names_and_next_blobs_under_device_scope(order):
+    net = core.Net("names")
+    with _named_cuda_scope(order):
+        op = core.CreateOperator("Copy", ["a"], ["b"], control_input=["a"])
+        op_ref = core.CreateOperator("Copy", [core.ScopedBlobReference("a")],
+                                     core.BlobReference("plain"))
+        op_dev = core.CreateOperator("Copy", "a", "b", device_option=core.DeviceOption(0))
+        assert core.ScopedName("w") == "gpu_0/w"
+        assert str(core.ScopedBlobReference("w")) == "gpu_0/w"
+        assert str(net.NextScopedBlob("w")) == "gpu_0/w"
+        assert str(net.NextScopedBlob("w")) == "gpu_0/w_auto_0"
+        assert str(net.NextBlob("w")) == "w"
+        assert workspace.GetNameScope() == "gpu_0/"
+        with core.NameScope("conv1"):
+            inner = net.Copy(["x"], "y")
+    assert list(op.input) == ["gpu_0/a"] and list(op.output) == ["gpu_0/b"]
+    assert list(op.control_input) == ["gpu_0/a"]
+    assert op.device_option.device_type == 1
+    assert list(op_ref.input) == ["gpu_0/a"] and list(op_ref.output) == ["plain"]
+    assert op_dev.device_option.device_type == 0
+    assert str(inner) == "gpu_0/conv1/y"
+    assert list(net.Proto().op[0].input) == ["gpu_0/conv1/x"]
+
+
+def test_net_builder_ops_under_device_scope_are_scoped_once():
+    with core.NameScope("gpu_0"), core.DeviceScope(GPU):
+        with NetBuilder("nb_scoped"):
+            one = ops.Const(1, "one")
+            two = ops.Add([one, one], "two")
+            auto = ops.Copy([two], 1)
+    assert str(one) == "gpu_0/one" and str(two) == "gpu_0/two"
+    assert str(auto).startswith("gpu_0/nb_scoped") and "gpu_0/gpu_0" not in str(auto)
+
+
+# -- 2. ws.run(OperatorDef), RunOperatorOnce, core.workspace, run_once --------------
+
+
+def test_workspace_runs_a_single_operator(ws):
+    op = core.CreateOperator("ConstantFill", [], "x", shape=[2], value=3.0)
+    assert ws.run(op) is True
+    assert ws.blobs["x"].fetch().tolist() == [3.0, 3.0]
+    add = core.CreateOperator("Add", ["x", "x"], "x")
+    ws.run(add)
+    ws.run(add, num_iter=2)
+    assert ws.blobs["x"].fetch().tolist() == [24.0, 24.0]
+
+
+def test_run_operator_once_uses_the_current_workspace():
+    op = core.CreateOperator("GivenTensorIntFill", [], "ints", shape=[3], values=[1, 2, 3])
+    assert workspace.RunOperatorOnce(op) is True
+    assert workspace.FetchBlob("ints").tolist() == [1, 2, 3]
+    assert workspace.RunOperatorsOnce([
+        core.CreateOperator("Copy", "ints", "a"),
+        core.CreateOperator("Add", ["a", "ints"], "b")]) is True
+    assert workspace.FetchBlob("b").tolist() == [2, 4, 6]
+
+
+def test_single_operator_errors_name_the_operator(ws):
+    bad = core.CreateOperator("ConstantFill", [], "x", shape=[2], valu=3.0)
+    with pytest.raises(OperatorDefError, match="ConstantFill.*'valu'"):
+        ws.run(bad)
+    with pytest.raises(FastpipeError, match="expected an OperatorDef, got str"):
+        workspace.RunOperatorOnce("x")
+    with pytest.raises(TypeError):   # ArgumentError is also a TypeError
+        ws.run(42)
+    failing = core.CreateOperator("Copy", "missing", "y")
+    with pytest.raises(FastpipeError, match="missing"):
+        ws.run(failing)
+
+
+def test_core_exposes_the_workspace_module():
+    assert core.workspace is workspace
+    assert core.workspace.FeedBlob is workspace.FeedBlob
+    with pytest.raises(AttributeError, match="no_such_name"):
+        core.no_such_name
+
+
+@pytest.mark.timeout(60)
+def test_core_workspace_loads_lazily():
+    # importing core alone still loads nothing above the graph layer;
+    # the attribute loads the workspace module on first use
+    code = ("import sys\nfrom fastpipe import core\n"
+            "assert 'fastpipe.workspace' not in sys.modules\n"
+            "assert 'fastpipe._core' not in sys.modules\n"
+            "w = core.workspace\n"
+            "assert w is sys.modules['fastpipe.workspace']\n"
+            "w.RunOperatorOnce(core.CreateOperator('ConstantFill', [], 'x', value=1.0))\n"
+            "assert w.FetchBlob('x') == 1.0\n")
+    import os
+    import fastpipe
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=50,
+                   cwd=os.path.dirname(os.path.dirname(fastpipe.__file__)))
+
+
+@pytest.mark.parametrize("fill,kwargs", [
+    ("ConstantFill", dict(shape=[2], value=5.0)),
+    ("GivenTensorFill", dict(shape=[2], values=[1.0, 2.0])),
+    ("GivenTensorDoubleFill", dict(shape=[1], values=[1.0])),
+    ("GivenTensorIntFill", dict(shape=[1], values=[7])),
+    ("GivenTensorInt64Fill", dict(shape=[1], values=[7])),
+    ("GivenTensorBoolFill", dict(shape=[1], values=[True])),
+    ("GivenTensorStringFill", dict(shape=[1], values=["s"])),
+])
+@pytest.mark.parametrize("run_once", [0, 1])
+def test_fills_accept_run_once(ws, fill, kwargs, run_once):
+    net = core.Net("fill_run_once")
+    out = getattr(net, fill)([], "out", run_once=run_once, **kwargs)
+    plain = getattr(net, fill)([], "plain", **kwargs)
+    ws.run(net)
+    np.testing.assert_array_equal(ws.blobs[str(out)].fetch(), ws.blobs[str(plain)].fetch())
+    # ignored means ignored: a net run twice fills twice either way
+    net2 = core.Net("fill_run_once_twice")
+    net2.ConstantFill([], "acc", shape=[1], value=1.0, run_once=run_once)
+    net2.Add(["acc", "acc"], "acc")
+    ws.run(net2, num_iter=2)
+    assert ws.blobs["acc"].fetch().tolist() == [2.0]
+
+
+def test_run_once_given_twice_is_still_an_error():
+    net = core.Net("fill_twice")
+    op = core.CreateOperator("ConstantFill", [], "x", value=1.0, run_once=1)
+    op.arg.append(core.MakeArgument("run_once", 0))
+    with pytest.raises(OperatorDefError, match="'run_once' given twice"):
+        workspace.C.Workspace().run(op)
+    with pytest.raises(OperatorDefError, match="unknown argument 'run_twice'"):
+        net.ConstantFill([], "y", value=1.0, run_twice=1)
