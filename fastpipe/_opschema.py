@@ -534,6 +534,11 @@ register("SafeDequeueBlobs", 1, (2, INF), [A("num_records", "int", 1)],
 
 
 def _check_weighted(op, a):
+    t = a["table_idx_blob"]
+    if t >= len(op.output) - 1:
+        # Caffe2: CAFFE_ENFORCE_LT(table_idx_blob_, OutputSize() - 1)
+        return ("table_idx_blob=%d must name one of the %d outputs before the status "
+                "(< %d), or be -1" % (t, len(op.output) - 1, len(op.output) - 1))
     w = a["weights"]
     if w and len(w) != len(op.input):
         return "weights has %d values for %d queues" % (len(w), len(op.input))
@@ -544,7 +549,11 @@ def _check_weighted(op, a):
 
 register("WeightedSampleDequeueBlobs", (1, INF), (2, INF),
          [A("weights", "floats", []), A("table_idx_blob", "int", -1)],
-         "Pick a queue by weight and read one record from it.", _check_weighted)
+         "Pick a queue by weight and read one record from it. With "
+         "table_idx_blob=t the picked queue's index goes to output t as int32[1]: "
+         "it overwrites that record column when the op has as many data outputs "
+         "as the queue has blobs (Caffe2), or is an extra output when it has one more.",
+         _check_weighted)
 
 # --- timers and stats -------------------------------------------------------
 

@@ -218,3 +218,131 @@ def test_run_once_given_twice_is_still_an_error():
         workspace.C.Workspace().run(op)
     with pytest.raises(OperatorDefError, match="unknown argument 'run_twice'"):
         net.ConstantFill([], "y", value=1.0, run_twice=1)
+
+
+# -- 4. WeightedSampleDequeueBlobs with table_idx_blob ------------------------------
+
+
+def _filled_queues(ws, num_queues, num_blobs, records):
+    """num_queues closed queues of capacity ``records``, queue q holding
+    ``records`` records whose blob b is float32 [q * 10 + b]."""
+    init = core.Net("wsd_init")
+    queues = [init.CreateBlobsQueue([], "wq%d" % q, capacity=records, num_blobs=num_blobs)
+              for q in range(num_queues)]
+    fill = core.Net("wsd_fill")
+    for q in range(num_queues):
+        blobs = [fill.ConstantFill([], "wq%d_b%d" % (q, b), shape=[1], value=float(q * 10 + b))
+                 for b in range(num_blobs)]
+        fill.SafeEnqueueBlobs([queues[q]] + blobs, blobs + ["wq%d_st" % q])
+    close = core.Net("wsd_close")
+    for q in queues:
+        close.CloseBlobsQueue([q], 0)
+    ws.run(init)
+    ws.run(fill, num_iter=records)
+    ws.run(close)
+    return queues
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("num_blobs,table_idx_blob", [
+    (n, t) for n in (1, 2, 3) for t in range(-1, n)])
+def test_weighted_sample_dequeue_caffe2_scenario(num_blobs, table_idx_blob):
+    """Caffe2's queue_ops test_weighted_sample_blobs_queue: producers
+    enqueue num_blobs blobs into each queue, one consumer reads
+    ``WeightedSampleDequeueBlobs(queues, num_blobs + 1, table_idx_blob=t)``
+    for t in [-1, num_blobs) until the status says a queue is exhausted."""
+    num_queues, num_iter, capacity = 3, 6, 2
+    init_net = core.Net("init_net")
+    queues = [init_net.CreateBlobsQueue([], 1, capacity=capacity, num_blobs=num_blobs)
+              for _ in range(num_queues)]
+    producer_steps, producer_exit_nets = [], []
+    for i in range(num_queues):
+        name = "producer_%d" % i
+        net = core.Net(name)
+        blobs = [net.ConstantFill([], 1, value=1.0, run_once=False) for _ in range(num_blobs)]
+        status = net.NextName()
+        net.SafeEnqueueBlobs([queues[i]] + blobs, blobs + [status])
+        exit_net = core.Net("producer_exit_%d" % i)
+        exit_net.CloseBlobsQueue(queues[i], 0)
+        producer_exit_nets.append(exit_net)
+        producer_steps.append(core.execution_step(name, [
+            core.execution_step("producer_%d" % i, [net], num_iter=num_iter),
+            core.execution_step("producer_exit_%d" % i, [exit_net])]))
+    producer_step = core.execution_step("producer", [
+        core.execution_step("producers", producer_steps, concurrent_substeps=True)])
+    status_lst = []
+
+    def append(ins, outs):
+        status_lst.append(bool(ins[0].data))
+
+    consumer_net = core.Net("weight_sample_dequeue_net")
+    blobs = consumer_net.WeightedSampleDequeueBlobs(
+        queues, num_blobs + 1, weights=np.random.uniform(low=0.1, high=1.0, size=(num_queues,)),
+        table_idx_blob=table_idx_blob)
+    status = blobs[-1]
+    consumer_net.Python(append)(status)
+    # Caffe2 reruns the producers' own exit nets here; fastpipe refuses to run
+    # one net in two threads at once (a producer may be closing its queue at
+    # the same moment), so the consumer closes the queues with nets of its own
+    consumer_exit_nets = []
+    for i in range(num_queues):
+        close_net = core.Net("consumer_exit_%d" % i)
+        close_net.CloseBlobsQueue(queues[i], 0)
+        consumer_exit_nets.append(close_net)
+    consumer_step = core.execution_step("consumer", [
+        core.execution_step("consumer", [consumer_net], should_stop_blob=status),
+        core.execution_step("producer_exit", consumer_exit_nets)])
+    plan = core.Plan("test")
+    plan.AddStep(core.execution_step("init", init_net))
+    plan.AddStep(core.execution_step("worker", [producer_step, consumer_step],
+                                     concurrent_substeps=True))
+    ws = workspace.C.Workspace()
+    ws.run(plan)
+    assert num_iter + 1 <= len(status_lst) <= num_iter * num_queues + 1
+    assert status_lst[-1] and not any(status_lst[:-1])
+
+
+@pytest.mark.parametrize("table_idx_blob", [0, 1])
+def test_table_index_overwrites_its_column_in_caffe2_form(ws, table_idx_blob):
+    # outputs = queue blobs + status: every output takes a record column, then
+    # output t holds the queue's index (int32[1]), as Caffe2's op does
+    _filled_queues(ws, 3, 2, records=1)
+    net = core.Net("wsd_caffe2_form")
+    net.WeightedSampleDequeueBlobs(["wq0", "wq1", "wq2"], ["o0", "o1", "st"],
+                                   weights=[0.0, 0.0, 1.0], table_idx_blob=table_idx_blob)
+    ws.run(net)
+    idx = ws.blobs["o%d" % table_idx_blob].fetch()
+    assert idx.dtype == np.int32 and idx.tolist() == [2]
+    other = 1 - table_idx_blob
+    assert ws.blobs["o%d" % other].fetch().tolist() == [20.0 + other]
+    assert not ws.blobs["st"].fetch()
+
+
+@pytest.mark.parametrize("table_idx_blob", [0, 1])
+def test_table_index_as_an_extra_output_is_not_a_data_output(ws, table_idx_blob):
+    # one more output than the queue has blobs: the index output takes no column
+    _filled_queues(ws, 2, 1, records=2)
+    outs = ["d", "d"]
+    outs[table_idx_blob] = "idx"
+    net = core.Net("wsd_extra_form")
+    net.WeightedSampleDequeueBlobs(["wq0", "wq1"], outs + ["st"], weights=[0.0, 1.0],
+                                   table_idx_blob=table_idx_blob)
+    ws.run(net)
+    assert ws.blobs["idx"].fetch().tolist() == [1]
+    assert ws.blobs["d"].fetch().tolist() == [10.0]
+    ws.run(net)
+    ws.run(net)       # wq1 exhausted: status true, the reader stops
+    assert bool(ws.blobs["st"].fetch())
+
+
+def test_table_index_output_count_errors_name_queue_and_argument(ws):
+    _filled_queues(ws, 1, 2, records=1)
+    net = core.Net("wsd_bad_count")
+    net.WeightedSampleDequeueBlobs(["wq0"], ["a", "b", "c", "d", "st"], table_idx_blob=0)
+    with pytest.raises(FastpipeError, match="queue 'wq0' holds 2 blobs per record; with "
+                       "table_idx_blob=0 the op needs 2 data outputs .* or 3 .* has 4"):
+        ws.run(net)
+    with pytest.raises(OperatorDefError, match="WeightedSampleDequeueBlobs.*table_idx_blob=2 "
+                       "must name one of the 2 outputs before the status"):
+        core.Net("wsd_bad_idx").WeightedSampleDequeueBlobs(
+            ["wq0"], ["a", "b", "st"], table_idx_blob=2)
