@@ -631,6 +631,27 @@ register("CheckDatasetConsistency", (1, INF), 0, [A("fields", "strings", [])],
                         % (len(a["fields"]), len(op.input))))
 
 
+def _check_trim_dataset(op, a):
+    if len(a["fields"]) != len(op.input):
+        return "fields has %d names for %d inputs" % (len(a["fields"]), len(op.input))
+    if len(op.output) != len(op.input):
+        return "expects one output per field input (in place), got %d" % len(op.output)
+    for i, (x, y) in enumerate(zip(op.input, op.output)):
+        if x != y:
+            return ("output %d ('%s') must be the same blob as input %d ('%s'): "
+                    "TrimDataset trims in place" % (i, y, i, x))
+    if a["multiple_of"] < 1:
+        return "multiple_of=%d must be >= 1" % a["multiple_of"]
+    return None
+
+
+register("TrimDataset", (1, INF), (1, INF),
+         [A("fields", "strings", []), A("multiple_of", "int", 1)],
+         "Trim the dataset in place to the largest number of top-level records that "
+         "is a multiple of 'multiple_of'; nested (lengths) fields are cut where the "
+         "kept records end.", _check_trim_dataset)
+
+
 
 # fastpipe.sources (private ops of ArrayReader and Dataset.epoch_reader).
 register("EpochPermutation", 2, 1,

@@ -346,3 +346,173 @@ def test_table_index_output_count_errors_name_queue_and_argument(ws):
                        "must name one of the 2 outputs before the status"):
         core.Net("wsd_bad_idx").WeightedSampleDequeueBlobs(
             ["wq0"], ["a", "b", "st"], table_idx_blob=2)
+
+
+# -- 3. Dataset.trim / TrimDataset -------------------------------------------------
+
+from fastpipe import schema  # noqa: E402
+from fastpipe.dataset import Dataset  # noqa: E402
+from fastpipe.errors import GraphError  # noqa: E402
+
+
+def _caffe2_dataset_schema():
+    # the schema of Caffe2's dataset_ops_test.test_dataset_ops
+    return schema.Struct(
+        ("dense", schema.Scalar((np.float32, 3))),
+        ("floats", schema.Map(schema.Scalar(np.int32), schema.Scalar(np.float32))),
+        ("int_lists", schema.Map(schema.Scalar(np.int32),
+                                 schema.List(schema.Scalar(np.int64)))),
+        ("text", schema.Scalar(str)))
+
+
+CAFFE2_CONTENTS = [
+    np.array([[1.1, 1.2, 1.3], [2.1, 2.2, 2.3], [3.1, 3.2, 3.3]], np.float32),  # dense
+    np.array([1, 2, 3], np.int32),                                 # floats:lengths
+    np.array([11, 21, 22, 31, 32, 33], np.int32),                  # floats:values:keys
+    np.array([1.1, 2.1, 2.2, 3.1, 3.2, 3.3], np.float32),          # floats:values:values
+    np.array([2, 0, 1], np.int32),                                 # int_lists:lengths
+    np.array([11, 12, 31], np.int32),                              # int_lists:values:keys
+    np.array([2, 4, 3], np.int32),                                 # ...:values:lengths
+    np.array([111, 112, 121, 122, 123, 124, 311, 312, 313], np.int64),
+    np.array([b"text1", b"text2", b"text3"], object),              # text
+]
+
+
+def _fed_dataset(ws, name, contents):
+    ds = Dataset(_caffe2_dataset_schema(), name=name)
+    init = core.Net(name + "_init")
+    with core.NameScope(name):
+        ds.init_empty(init)
+    ws.run(init)
+    for blob, value in zip(ds.get_blobs(), contents):
+        ws.blobs[str(blob)].feed(value)
+    return ds
+
+
+def _fetch_all(ws, ds):
+    return [ws.blobs[str(b)].fetch() for b in ds.get_blobs()]
+
+
+def _reference_trim(contents, multiple_of):
+    """Trim by walking the nesting in numpy (independent of the kernel)."""
+    (dense, f_len, f_keys, f_vals, l_len, l_keys, v_len, v_vals, text) = contents
+    n = len(dense)
+    keep = n // multiple_of * multiple_of
+    if keep == n:
+        return contents
+    f_rows = int(f_len[:keep].sum())
+    l_rows = int(l_len[:keep].sum())
+    v_rows = int(v_len[:l_rows].sum())
+    return [dense[:keep], f_len[:keep], f_keys[:f_rows], f_vals[:f_rows], l_len[:keep],
+            l_keys[:l_rows], v_len[:l_rows], v_vals[:v_rows], text[:keep]]
+
+
+def _assert_contents_equal(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if w.dtype == object:
+            assert [bytes(x) for x in g.tolist()] == [bytes(x) for x in w.tolist()]
+        else:
+            assert g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+
+
+def test_trim_caffe2_dataset_keeps_nested_fields_consistent(ws):
+    ds = _fed_dataset(ws, "trim_c2", CAFFE2_CONTENTS)
+    net = core.Net("trim_c2_net")
+    ds.trim(net, multiple_of=2)
+    op = net.Proto().op[-1]
+    assert op.type == "TrimDataset" and list(op.input) == list(op.output)
+    ws.run(net)
+    got = _fetch_all(ws, ds)
+    # two records kept: floats has 1 + 2 entries, int_lists 2 + 0 with 2 + 4 values
+    assert got[0].shape == (2, 3)
+    assert got[2].tolist() == [11, 21, 22]
+    assert got[5].tolist() == [11, 12] and got[6].tolist() == [2, 4]
+    assert got[7].tolist() == [111, 112, 121, 122, 123, 124]
+    _assert_contents_equal(got, _reference_trim(CAFFE2_CONTENTS, 2))
+    # the trimmed dataset is consistent: the consistency check passes and a
+    # reader reads exactly the kept records
+    check = core.Net("trim_c2_check")
+    check.CheckDatasetConsistency(ds.get_blobs(), [], fields=ds.field_names())
+    ws.run(check)
+
+
+@pytest.mark.parametrize("multiple_of", [1, 2, 3, 4, 7])
+def test_trim_matches_a_reference_on_random_nested_data(ws, multiple_of):
+    rng = np.random.RandomState(multiple_of)
+    n = 23
+    f_len = rng.randint(0, 4, n).astype(np.int32)
+    l_len = rng.randint(0, 3, n).astype(np.int32)
+    v_len = rng.randint(0, 5, int(l_len.sum())).astype(np.int32)
+    contents = [
+        rng.rand(n, 3).astype(np.float32), f_len,
+        np.arange(f_len.sum(), dtype=np.int32), rng.rand(f_len.sum()).astype(np.float32),
+        l_len, np.arange(l_len.sum(), dtype=np.int32), v_len,
+        np.arange(v_len.sum(), dtype=np.int64),
+        np.array([("t%d" % i).encode() for i in range(n)], object)]
+    ds = _fed_dataset(ws, "trim_rand_%d" % multiple_of, contents)
+    net = core.Net("trim_rand_net")
+    ds.trim(net, multiple_of)
+    ws.run(net)
+    got = _fetch_all(ws, ds)
+    assert len(got[0]) == n // multiple_of * multiple_of
+    _assert_contents_equal(got, _reference_trim(contents, multiple_of))
+    ws.run(net)      # trimming again changes nothing
+    _assert_contents_equal(_fetch_all(ws, ds), _reference_trim(contents, multiple_of))
+
+
+def test_trim_then_read_gives_whole_batches(ws):
+    from pipeline_helpers import local_session, make_dataset, make_empty_dataset
+    from fastpipe.pipeline import pipe
+    from fastpipe.task import TaskGroup
+    src = make_dataset(ws, "trim_src", {"a": list(range(10))})
+    trim = core.Net("trim_src_net")
+    src.trim(trim, multiple_of=4)
+    ws.run(trim)
+    dst = make_empty_dataset(ws, "trim_dst", "a")
+    with TaskGroup() as tg:
+        pipe(src.reader(batch_size=4, enforce_batch_size=True), dst.writer())
+    local_session(ws).run(tg)
+    assert sorted(ws.blobs[str(dst.get_blobs()[0])].fetch().tolist()) == list(range(8))
+
+
+def test_trim_leaves_fetched_arrays_and_fed_arrays_intact(ws):
+    ds = Dataset(schema.Struct(("a", schema.Scalar(np.int64))), name="trim_views")
+    init = core.Net("trim_views_init")
+    with core.NameScope("trim_views"):
+        ds.init_empty(init)
+    ws.run(init)
+    blob = str(ds.get_blobs()[0])
+    fed = np.arange(5, dtype=np.int64)
+    ws.blobs[blob].feed(fed)
+    before = ws.blobs[blob].fetch()
+    net = core.Net("trim_views_net")
+    ds.trim(net, 2)
+    ws.run(net)
+    assert ws.blobs[blob].fetch().tolist() == [0, 1, 2, 3]
+    assert before.tolist() == [0, 1, 2, 3, 4] and fed.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_trim_errors_name_the_op_and_argument(ws):
+    ds = Dataset(["x", "y:lengths", "y:values"], name="trim_bad")
+    with pytest.raises(GraphError, match="trim_bad.*init_empty"):
+        ds.trim(core.Net("trim_bad_net"), 2)
+    with pytest.raises(OperatorDefError, match="TrimDataset.*multiple_of=0 must be >= 1"):
+        core.Net("t0").TrimDataset(["x"], ["x"], fields=["x"], multiple_of=0)
+    with pytest.raises(OperatorDefError, match="TrimDataset.*must be the same blob as input 0"):
+        core.Net("t1").TrimDataset(["x"], ["y"], fields=["x"], multiple_of=2)
+    with pytest.raises(OperatorDefError, match="TrimDataset.*fields has 1 names for 2 inputs"):
+        core.Net("t2").TrimDataset(["x", "z"], ["x", "z"], fields=["x"], multiple_of=2)
+    # lengths that point past the values: a run-time error naming the field
+    ws.feed_blob("x", np.arange(3, dtype=np.int64))
+    ws.feed_blob("y:lengths", np.array([2, 5, 1], np.int32))
+    ws.feed_blob("y:values", np.arange(4, dtype=np.int64))
+    net = core.Net("t3")
+    net.TrimDataset(["x", "y:lengths", "y:values"], ["x", "y:lengths", "y:values"],
+                    fields=["x", "y:lengths", "y:values"], multiple_of=2)
+    with pytest.raises(FastpipeError, match="TrimDataset.*Inconsistent field length.*y:lengths"):
+        ws.run(net)
+    ws.feed_blob("y:lengths", np.array([2, 1, 1], np.float32))
+    with pytest.raises(FastpipeError, match="TrimDataset.*lengths field 1 .*expected int32"):
+        ws.run(net)
