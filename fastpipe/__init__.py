@@ -9,9 +9,20 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # ``fastpipe.render`` is imported on first use, so ``import fastpipe``
-    # stays free of the graph modules.
+    """Lazy attributes (PEP 562), so ``import fastpipe`` stays free of the
+    graph modules and the native core:
+
+    * ``fastpipe.render`` (``net_printer.render``);
+    * ``fastpipe.workspace``, so that ``core.workspace`` -- Caffe2's core
+      exposes its workspace module -- works while importing
+      ``fastpipe.core`` alone still loads no native code."""
     if name == "render":
         from .net_printer import render
         return render
-    raise AttributeError("module 'fastpipe' has no attribute %r" % name)
+    if name == "workspace":
+        # (``from . import workspace`` would look the attribute up first and
+        # come back here)
+        import sys
+        import fastpipe.workspace  # noqa: F401 (sets the attribute)
+        return sys.modules["fastpipe.workspace"]
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -56,9 +56,10 @@ class OpSchema(object):
     """
 
     __slots__ = ("type", "inputs", "outputs", "args", "doc", "check",
-                 "arg_index")
+                 "arg_index", "ignored")
 
-    def __init__(self, type, inputs, outputs, args=(), doc="", check=None):
+    def __init__(self, type, inputs, outputs, args=(), doc="", check=None,
+                 ignored=()):
         self.type = type
         self.inputs = inputs
         self.outputs = outputs
@@ -66,17 +67,21 @@ class OpSchema(object):
         self.doc = doc
         self.check = check
         self.arg_index = {a.name: i for i, a in enumerate(self.args)}
+        # argument names Caffe2 code passes that mean nothing here: accepted
+        # (once each) and dropped, so they reach neither the kernel's slots
+        # nor its argument table
+        self.ignored = frozenset(ignored)
 
 
 REGISTRY = {}
 
 
-def register(type, inputs, outputs, args=(), doc="", check=None):
+def register(type, inputs, outputs, args=(), doc="", check=None, ignored=()):
     if isinstance(inputs, int):
         inputs = (inputs, inputs)
     if isinstance(outputs, int):
         outputs = (outputs, outputs)
-    REGISTRY[type] = OpSchema(type, inputs, outputs, args, doc, check)
+    REGISTRY[type] = OpSchema(type, inputs, outputs, args, doc, check, ignored)
 
 
 def get(op_type):
@@ -259,14 +264,15 @@ def _parse_args(op_def, net_name):
     fields = getattr(op_def, "__dict__", None)
     for arg in (fields.get("arg") or () if fields is not None else op_def.arg):
         idx = schema.arg_index.get(arg.name)
-        if idx is None:
+        if idx is None and arg.name not in schema.ignored:
             raise OperatorDefError(
                 "%s: unknown argument %r (accepted: %s)" %
                 (where, arg.name, ", ".join(a.name for a in schema.args) or "none"))
         if arg.name in seen:
             raise OperatorDefError("%s: argument %r given twice" % (where, arg.name))
         seen.add(arg.name)
-        values[idx] = arg_value(arg, schema.args[idx], where)
+        if idx is not None:
+            values[idx] = arg_value(arg, schema.args[idx], where)
     if schema.check is not None:
         full = {a.name: (v if v is not None else a.default)
                 for a, v in zip(schema.args, values)}
@@ -324,13 +330,18 @@ def _check_constant_fill(op, a):
     return None
 
 
+# Caffe2's fills take 'run_once'; every fastpipe fill writes its output each
+# time it runs, which is what a net run once sees.
+_FILL_IGNORED = ("run_once",)
+
 register("ConstantFill", (0, 1), 1, [
     A("shape", "ints", []), A("extra_shape", "ints", []),
     A("input_as_shape", "bool", False), A("value", "value", None),
     A("dtype", "dtype", None)],
     "Fill a tensor with one value. Shape from 'shape' (missing/empty: 0-d) "
-    "or from the input. dtype defaults to FLOAT, or is inferred from value.",
-    _check_constant_fill)
+    "or from the input. dtype defaults to FLOAT, or is inferred from value. "
+    "'run_once' (Caffe2's fill flag) is accepted and ignored.",
+    _check_constant_fill, ignored=_FILL_IGNORED)
 
 
 def _check_given(op, a):
@@ -349,7 +360,8 @@ for _t, _k in (("GivenTensorFill", "floats"), ("GivenTensorDoubleFill", "floats"
                ("GivenTensorIntFill", "ints"), ("GivenTensorInt64Fill", "ints"),
                ("GivenTensorBoolFill", "ints"), ("GivenTensorStringFill", "strings")):
     register(_t, 0, 1, [A("shape", "ints", []), A("values", _k, [])],
-             "Fill a tensor with the given values (row-major).", _check_given)
+             "Fill a tensor with the given values (row-major). 'run_once' is "
+             "accepted and ignored.", _check_given, ignored=_FILL_IGNORED)
 
 # --- basic ------------------------------------------------------------------
 
@@ -522,6 +534,11 @@ register("SafeDequeueBlobs", 1, (2, INF), [A("num_records", "int", 1)],
 
 
 def _check_weighted(op, a):
+    t = a["table_idx_blob"]
+    if t >= len(op.output) - 1:
+        # Caffe2: CAFFE_ENFORCE_LT(table_idx_blob_, OutputSize() - 1)
+        return ("table_idx_blob=%d must name one of the %d outputs before the status "
+                "(< %d), or be -1" % (t, len(op.output) - 1, len(op.output) - 1))
     w = a["weights"]
     if w and len(w) != len(op.input):
         return "weights has %d values for %d queues" % (len(w), len(op.input))
@@ -532,7 +549,11 @@ def _check_weighted(op, a):
 
 register("WeightedSampleDequeueBlobs", (1, INF), (2, INF),
          [A("weights", "floats", []), A("table_idx_blob", "int", -1)],
-         "Pick a queue by weight and read one record from it.", _check_weighted)
+         "Pick a queue by weight and read one record from it. With "
+         "table_idx_blob=t the picked queue's index goes to output t as int32[1]: "
+         "it overwrites that record column when the op has as many data outputs "
+         "as the queue has blobs (Caffe2), or is an extra output when it has one more.",
+         _check_weighted)
 
 # --- timers and stats -------------------------------------------------------
 
@@ -608,6 +629,27 @@ register("CheckDatasetConsistency", (1, INF), 0, [A("fields", "strings", [])],
          lambda op, a: (None if len(a["fields"]) == len(op.input) else
                         "fields has %d names for %d inputs"
                         % (len(a["fields"]), len(op.input))))
+
+
+def _check_trim_dataset(op, a):
+    if len(a["fields"]) != len(op.input):
+        return "fields has %d names for %d inputs" % (len(a["fields"]), len(op.input))
+    if len(op.output) != len(op.input):
+        return "expects one output per field input (in place), got %d" % len(op.output)
+    for i, (x, y) in enumerate(zip(op.input, op.output)):
+        if x != y:
+            return ("output %d ('%s') must be the same blob as input %d ('%s'): "
+                    "TrimDataset trims in place" % (i, y, i, x))
+    if a["multiple_of"] < 1:
+        return "multiple_of=%d must be >= 1" % a["multiple_of"]
+    return None
+
+
+register("TrimDataset", (1, INF), (1, INF),
+         [A("fields", "strings", []), A("multiple_of", "int", 1)],
+         "Trim the dataset in place to the largest number of top-level records that "
+         "is a multiple of 'multiple_of'; nested (lengths) fields are cut where the "
+         "kept records end.", _check_trim_dataset)
 
 
 

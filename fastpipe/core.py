@@ -33,6 +33,8 @@ from them in ``fastpipe._graph.registry``.
 
 from collections import OrderedDict, defaultdict  # noqa: F401 (names core had)
 
+import fastpipe as _fastpipe_package
+
 from .errors import GraphError  # noqa: F401
 from ._graph.scope import (  # noqa: F401
     _NAMESCOPE_SEPARATOR, _scope_local, CurrentDeviceScope, CurrentNameScope,
@@ -67,3 +69,14 @@ __all__ = [
     "add_nets_in_order",
 ]
 
+
+
+def __getattr__(name):
+    """``core.workspace`` is the workspace module, as in Caffe2 (whose core
+    imports it at the top).  Importing ``fastpipe.core`` alone must load
+    nothing above the graph layer (the workspace module loads the native
+    core), so the module comes from the package's lazy attribute
+    (``fastpipe.__getattr__``) on first use."""
+    if name == "workspace":
+        return _fastpipe_package.workspace
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -295,8 +295,14 @@ class Dataset(object):
         self.field_blobs = fields.field_blobs() if fields.has_blobs() else None
 
     def trim(self, net, multiple_of):
-        raise NotImplementedError("Dataset.trim needs the TrimDataset operator, "
-                                  "which fastpipe does not provide")
+        """Append a ``TrimDataset`` op to ``net`` that trims the dataset in
+        place so its number of records is a multiple of ``multiple_of``
+        (nested fields are cut consistently)."""
+        if self.field_blobs is None:
+            raise GraphError("Dataset %r: trim needs the dataset's blobs; call "
+                             "init_empty or init_from_dataframe first" % self.name)
+        net.TrimDataset(self.field_blobs, self.field_blobs, fields=self.fields,
+                        multiple_of=multiple_of)
 
     def init_empty(self, init_net):
         """Append ops to ``init_net`` that create empty blobs for every field."""

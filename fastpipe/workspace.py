@@ -50,8 +50,21 @@ def _plan_def(obj):
         plan = core.Plan(obj.Name() or "plan")
         plan.AddStep(obj)
         return plan.Proto()
-    raise ArgumentError("expected a Net, NetDef, Plan, PlanDef or ExecutionStep, got %s"
-                        % type(obj).__name__)
+    raise ArgumentError("expected a Net, NetDef, OperatorDef, Plan, PlanDef or "
+                        "ExecutionStep, got %s" % type(obj).__name__)
+
+
+def _ops_net_def(ops, name):
+    """A NetDef named ``name`` holding ``ops`` (each must be an OperatorDef)."""
+    from fastpipe import proto
+    ops = list(ops)
+    for op in ops:
+        if not isinstance(op, proto.OperatorDef):
+            raise ArgumentError("%s: expected an OperatorDef, got %s"
+                                % (name, type(op).__name__))
+    net = proto.NetDef(name=name)
+    net.op.extend(ops)
+    return net
 
 
 class _Blob(object):
@@ -153,9 +166,9 @@ class Workspace(object):
         return True
 
     def run(self, obj, num_iter=1):
-        """Run a Net ``num_iter`` times (as Caffe2 creates and runs a Net
-        with ``num_iter``), or an ExecutionStep or a Plan once.  Returns
-        True; raises the run's error."""
+        """Run a Net or an OperatorDef ``num_iter`` times (as Caffe2 creates
+        and runs a Net with ``num_iter``), or an ExecutionStep or a Plan
+        once.  Returns True; raises the run's error."""
         from fastpipe import core
         from fastpipe import proto
         if isinstance(num_iter, bool) or not isinstance(num_iter, (int, np.integer)):
@@ -164,6 +177,9 @@ class Workspace(object):
             raise ArgumentError("Workspace.run: num_iter=%d must be >= 0" % num_iter)
         if isinstance(obj, (core.Net, proto.NetDef)):
             return self._run_net_once(_net_def(obj), int(num_iter))
+        if isinstance(obj, proto.OperatorDef):
+            # Caffe2's C workspace runs a single operator (_run_operator)
+            return self._run_net_once(_ops_net_def([obj], "run_operator"), int(num_iter))
         if num_iter != 1:
             raise ArgumentError("Workspace.run: num_iter=%d applies to a Net; a plan or "
                                 "execution step sets its own iterations" % num_iter)
@@ -295,17 +311,13 @@ def RunNetOnce(net):
 
 
 def RunOperatorOnce(op):
-    from fastpipe import proto
-    net = proto.NetDef(name="run_operator_once")
-    net.op.extend([op])
-    return _ws()._run_net_once(net)
+    """Run one OperatorDef in the current workspace."""
+    return _ws()._run_net_once(_ops_net_def([op], "run_operator_once"))
 
 
 def RunOperatorsOnce(ops):
-    from fastpipe import proto
-    net = proto.NetDef(name="run_operators_once")
-    net.op.extend(list(ops))
-    return _ws()._run_net_once(net)
+    """Run OperatorDefs in order, in the current workspace."""
+    return _ws()._run_net_once(_ops_net_def(ops, "run_operators_once"))
 
 
 def RunPlan(plan_or_step):

@@ -850,6 +850,78 @@ cdef int k_check_dataset_consistency(OpInst* op, RunCtx* ctx) noexcept nogil:
     return 0
 
 
+# ---- TrimDataset --------------------------------------------------------------------
+#
+# Caffe2's TrimDatasetOp: keep the largest multiple of multiple_of top-level
+# records (the root domain's size is the smallest dim 0 of its fields) and cut
+# every field to the offset its domain reaches after those records, so nested
+# (lengths) domains stay consistent.  In place (outputs are the inputs): only
+# the tensor headers shrink -- no byte is copied or written, so a buffer other
+# holders see (a fetched array, a reader's snapshot) is untouched, as with
+# Caffe2's ShrinkTo.  The field tree is parsed once, at init (ds_check_init).
+
+cdef enum:
+    TD_FIELDS = 0                   # TrimDataset (ds_check_init reads TC_FIELDS = 0)
+    TD_MULTIPLE_OF = 1
+kernel_args("TrimDataset", fields=(TD_FIELDS, "strings"),
+            multiple_of=(TD_MULTIPLE_OF, "int"))
+
+
+cdef int k_trim_dataset(OpInst* op, RunCtx* ctx) noexcept nogil:
+    cdef DsState* st = <DsState*>op.state
+    cdef FieldTree* t = &st.tree
+    cdef int64_t mult = op.d.args[TD_MULTIPLE_OF].i if op.d.args[TD_MULTIPLE_OF].present else 1
+    cdef int64_t keep, rows, inner
+    cdef int rc, bad_d = 0, j
+    cdef int64_t bad_v = 0
+    cdef size_t i, nf = t.names.size()
+    cdef Tensor* x
+    cdef Tensor* snap
+    cdef bint changed
+    if op.ins.size() != nf:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"Invalid number of fields. Expected ") +
+                        to_str(nf) + cstr(b", got ") + to_str(op.ins.size()))
+    if snapshot_fields(op, ctx, st, t, 0, False) != 0:
+        ds_release(st)
+        return -1
+    keep = (st.limits[0] // mult) * mult
+    if keep == st.limits[0]:
+        # already a multiple: nothing changes (Caffe2 returns here too, even
+        # when some root field has extra rows)
+        ds_release(st)
+        return 0
+    st.start.assign(t.ndomains, 0)
+    st.sizes.resize(t.ndomains)
+    st.ends.resize(t.ndomains)
+    rc = ds_advance(t, st, keep, &bad_d, &bad_v)
+    if rc != ADV_OK:
+        advance_fail(op, ctx, t, st, rc, bad_d, bad_v)
+        ds_release(st)
+        return -1
+    for i in range(nf):
+        rows = st.ends[t.domain[i]]
+        snap = &st.ins[i]
+        x = &op.outs[i].t
+        inner = 1
+        tensor_lock(x)
+        # the header the snapshot saw, unless another writer replaced it since
+        changed = x.buf != snap.buf or x.ndim != snap.ndim or x.dtype != snap.dtype
+        if not changed:
+            for j in range(1, x.ndim):
+                inner *= x.shape[j]
+            if rows < x.shape[0]:
+                x.shape[0] = rows
+                x.size = rows * inner
+        tensor_unlock(x)
+        if changed:
+            op_fails(op, ctx, E_RUNTIME, field_desc(t, i) + cstr(b" (blob '") + op.ins[i].name +
+                     cstr(b"') was rewritten by another op while TrimDataset trimmed it"))
+            ds_release(st)
+            return -1
+    ds_release(st)
+    return 0
+
+
 # ---- sources: epoch permutations and array reads (fastpipe.sources) -----------------
 #
 # EpochPermutation turns a key (seed, epoch) into a uniform permutation of
@@ -1142,6 +1214,7 @@ reg("ComputeOffset", k_compute_offset, ds_init, ds_fini)
 reg("SortAndShuffle", k_sort_and_shuffle)
 reg("ReadRandomBatch", k_read_random_batch, ds_init, ds_fini)
 reg("CheckDatasetConsistency", k_check_dataset_consistency, ds_check_init, ds_fini)
+reg("TrimDataset", k_trim_dataset, ds_check_init, ds_fini)
 reg("EpochPermutation", k_epoch_permutation)
 reg("ReadArrayBatch", k_read_array_batch, ds_init, ds_fini)
 

@@ -692,12 +692,20 @@ cdef inline uint64_t xorshift(uint64_t* s) noexcept nogil:
 
 
 cdef int k_weighted_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
-    # args: weights, table_idx_blob.  outputs: d1..dn (with the table index
-    # at position table_idx_blob when >= 0), status last.
+    # args: weights, table_idx_blob.  outputs: d1..dn, status last.  With
+    # table_idx_blob = t >= 0 the chosen queue's index is written to output t
+    # as int32[1], in one of two forms, told apart by the picked queue's
+    # record width k:
+    #   n == k      Caffe2's form: every data output takes a column of the
+    #               record, then output t is overwritten with the index;
+    #   n == k + 1  output t is not a data output: the record goes to the
+    #               other n - 1 outputs (so a 1-blob queue reads into
+    #               [d, idx, status] with t = 1, or [idx, d, status] with t = 0).
     cdef size_t m = op.ins.size()
     cdef size_t nout = op.outs.size() - 1
     cdef int64_t tidx = op.d.args[WDQ_TABLE_IDX_BLOB].i if op.d.args[WDQ_TABLE_IDX_BLOB].present else -1
-    cdef size_t n = nout - (1 if tidx >= 0 else 0)
+    cdef size_t n
+    cdef bint skip_idx
     cdef double total = 0.0, r, acc
     cdef size_t i, j, pick = 0
     cdef int res
@@ -705,7 +713,7 @@ cdef int k_weighted_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Tensor* outs[MAX_REC_BLOBS]
     cdef Tensor* out
     cdef int64_t one = 1
-    if tidx >= <int64_t>nout:
+    if tidx >= <int64_t>nout:   # the schema rejects this at build time
         return op_fail(op, ctx, E_RUNTIME, b"table_idx_blob is out of range")
     for i in range(m):
         total += op.d.args[WDQ_WEIGHTS].floats[i] if op.d.args[WDQ_WEIGHTS].floats.size() else 1.0
@@ -718,11 +726,22 @@ cdef int k_weighted_dequeue(OpInst* op, RunCtx* ctx) noexcept nogil:
             pick = i
             break
     q = op_queue(op, ctx, pick)
-    if q == NULL or check_outputs(op, ctx, q, n) != 0:
+    if q == NULL:
+        return -1
+    skip_idx = tidx >= 0 and <int64_t>nout == q.nblobs + 1
+    n = nout - 1 if skip_idx else nout
+    if tidx >= 0 and <int64_t>n != q.nblobs:
+        return op_fails(op, ctx, E_RUNTIME, cstr(b"queue '") + q.name + cstr(b"' holds ") +
+                        to_str(q.nblobs) + cstr(b" blobs per record; with table_idx_blob=") +
+                        to_str(tidx) + cstr(b" the op needs ") + to_str(q.nblobs) +
+                        cstr(b" data outputs (the index overwrites one, as in Caffe2) or ") +
+                        to_str(q.nblobs + 1) + cstr(b" (the index as an extra output), plus "
+                        b"status, but it has ") + to_str(nout))
+    if check_outputs(op, ctx, q, n) != 0:
         return -1
     j = 0
     for i in range(nout):
-        if <int64_t>i == tidx:
+        if skip_idx and <int64_t>i == tidx:
             continue
         outs[j] = blob_out(op.outs[i])
         j += 1
