@@ -855,11 +855,12 @@ register("UniformFill", (0, 3), 1,
          _fill_args("min", 0.0, "lower bound", "max", 1.0, "upper bound (exclusive)"),
          "float32 uniform in [min, max). Shape as ConstantFill's; with 3 inputs (shape, "
          "min, max) the bounds are float32 scalars and min > max empties dim 0.",
-         lambda op, a: _check_uniform_fill(op, a))
+         lambda op, a: _check_uniform_fill(op, a), ignored=_FILL_IGNORED)
 register("GaussianFill", (0, 1), 1,
          _fill_args("mean", 0.0, "mean", "std", 1.0, "standard deviation (> 0)"),
          "float32 normal(mean, std). Shape as ConstantFill's.",
-         lambda op, a: _check_gaussian_fill(op, dict(a, dummy_zero=0.0)))
+         lambda op, a: _check_gaussian_fill(op, dict(a, dummy_zero=0.0)),
+         ignored=_FILL_IGNORED)
 # --- text files (fastpipe.text_file_reader; kernels in _core/textfile.pxi) -----
 TEXT_FIELD_TYPES = {INT8: "int8", INT16: "int16", INT32: "int32", INT64: "int64",
                     UINT8: "uint8", UINT16: "uint16", FLOAT: "float32", DOUBLE: "float64",
