@@ -13,7 +13,6 @@ These messages are the boundary between the graph layer and the runtime:
 flat description.
 """
 
-import copy as _copy
 import gc as _gc
 import threading as _threading
 

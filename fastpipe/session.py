@@ -21,7 +21,7 @@ Python training loop consumes records while the job runs.
 
 import threading
 import weakref
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Tuple
 
 from . import _core
 from . import _lower

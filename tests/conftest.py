@@ -30,6 +30,18 @@ def _native_tids():
         return set()
 
 
+def extra_native_tids(before, settle=2.0):
+    """Native threads started since `before` that are still there.  A joined
+    thread can stay listed for a moment while the kernel reaps it, so poll
+    (bounded, no sleep); a thread that was never joined stays and is reported."""
+    deadline = time.monotonic() + settle
+    extra = _native_tids() - before
+    while extra and time.monotonic() < deadline:
+        os.sched_yield()
+        extra = _native_tids() - before
+    return extra
+
+
 def _python_tids():
     return {t.native_id for t in threading.enumerate()}
 

@@ -18,25 +18,16 @@ import pytest
 
 from fastpipe import core, queue_util, schema, session, task, workspace
 from fastpipe.dataset import Dataset
-from fastpipe.errors import (ArgumentError, BlobError, CancelledError, FastpipeError,
-                             IterTimeoutError, RunError)
+from fastpipe.errors import (ArgumentError, CancelledError, FastpipeError, IterTimeoutError,
+                             RunError)
 from fastpipe.net_builder import ops
 from fastpipe.pipeline import pipe
 
 from conftest import _native_tids
+from conftest import extra_native_tids as _extra_tids
 
 FEAT = 4
 
-
-def _extra_tids(before, settle=2.0):
-    """Native threads started since `before` still listed (a joined thread may
-    stay listed for a moment while the kernel reaps it: bounded poll)."""
-    deadline = time.monotonic() + settle
-    extra = _native_tids() - before
-    while extra and time.monotonic() < deadline:
-        os.sched_yield()
-        extra = _native_tids() - before
-    return extra
 
 
 def _source(ws, n, name="src"):

@@ -1,30 +1,17 @@
 """The native run boundary: exceptions that end a wait, Python ops'
 workspace argument, Workspace.run(net, num_iter), plan field types."""
-import os
 import signal
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from fastpipe import _core, core, workspace
-from fastpipe.errors import (ArgumentError, FastpipeError, PlanError, RunError,
-                             WorkspaceError)
+from fastpipe.errors import ArgumentError, FastpipeError, PlanError, WorkspaceError
 
 from conftest import _native_tids
+from conftest import extra_native_tids as _extra_tids
 
-
-def _extra_tids(before, settle=1.0):
-    """Native threads started since `before` that are still there.  A joined
-    thread can stay listed for a moment while the kernel reaps it, so poll
-    (bounded, no sleep); a thread that was never joined stays and is reported."""
-    deadline = time.monotonic() + settle
-    extra = _native_tids() - before
-    while extra and time.monotonic() < deadline:
-        os.sched_yield()
-        extra = _native_tids() - before
-    return extra
 
 
 class Alarm(Exception):

@@ -6,28 +6,17 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import weakref
 
 import numpy as np
 import pytest
 
-from fastpipe import _core, core, workspace
+from fastpipe import _core, core
 from fastpipe.errors import CancelledError, RunError, FastpipeError
 
 from conftest import _native_tids
+from conftest import extra_native_tids as _extra_tids
 
-
-def _extra_tids(before, settle=1.0):
-    """Native threads started since `before` that are still there.  A joined
-    thread can stay listed for a moment while the kernel reaps it, so poll
-    (bounded, no sleep); a thread that was never joined stays and is reported."""
-    deadline = time.monotonic() + settle
-    extra = _native_tids() - before
-    while extra and time.monotonic() < deadline:
-        os.sched_yield()
-        extra = _native_tids() - before
-    return extra
 
 
 def _queue(ws, name, capacity=1):
