@@ -555,6 +555,32 @@ register("WeightedSampleDequeueBlobs", (1, INF), (2, INF),
          "as the queue has blobs (Caffe2), or is an extra output when it has one more.",
          _check_weighted)
 
+# --- rebatching queues (rebatch.pxi) -------------------------------------------
+
+def _check_create_rebatching(op, a):
+    if a["capacity"] < 1:
+        return "capacity=%d must be >= 1" % a["capacity"]
+    if a["num_blobs"] < 1:
+        return "num_blobs=%d must be >= 1" % a["num_blobs"]
+    return None
+
+
+register("CreateRebatchingQueue", 0, 1, [A("capacity", "int", 1), A("num_blobs", "int", 1)],
+         "Create a bounded queue of records that re-batches: enqueue can split a "
+         "batch into records, dequeue concatenates records on a new dim 0.",
+         _check_create_rebatching)
+register("EnqueueRebatchingQueue", (2, INF), 0, [A("enqueue_batch", "bool", False)],
+         "Blocking write of inputs d1..dn (copied) as one record, or with "
+         "enqueue_batch as one record per row of dim 0 (every input must agree "
+         "on dim 0); fails once the queue is closed.")
+register("DequeueRebatchingQueue", 1, (1, INF), [A("num_elements", "int", 1)],
+         "Blocking read of num_elements records (fewer once the queue is closed), "
+         "concatenated along a new dim 0; fails when closed and empty.",
+         lambda op, a: ("num_elements=%d must be >= 1" % a["num_elements"]
+                        if a["num_elements"] < 1 else None))
+register("CloseRebatchingQueue", 1, 0,
+         doc="Close the rebatching queue: writes fail, reads drain, waiters wake.")
+
 # --- timers and stats -------------------------------------------------------
 
 register("TimerBegin", 0, 1, [A("counter_name", "str", "")],

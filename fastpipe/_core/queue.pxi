@@ -143,7 +143,9 @@ cdef void queue_cancel_obj(ObjHeader* h, int64_t run_id) noexcept nogil:
     a later run that uses it gets a clear error instead of a closed queue
     that silently ends its readers (records would look lost)."""
     cdef Queue* q
-    if h != NULL and h.kind == OBJ_QUEUE:
+    if h != NULL and h.kind == OBJ_REBATCH_QUEUE:
+        rq_cancel_obj(h, run_id)        # rebatch.pxi
+    elif h != NULL and h.kind == OBJ_QUEUE:
         q = <Queue*>h.impl
         if is_closed(q):
             return              # closed on purpose before the failure: nothing changes
