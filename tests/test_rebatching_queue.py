@@ -418,3 +418,28 @@ def test_failure_elsewhere_wakes_a_blocked_op(kind):
     again.CloseRebatchingQueue(["fq"], [])
     with pytest.raises(RunError, match="'fq' was closed when an earlier run failed"):
         run_net(again)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("capacity", [1, 2])
+def test_batches_larger_than_the_capacity_move_in_chunks(capacity):
+    # enqueue of 50 rows and dequeues of 7 both exceed the ring: each side
+    # moves what fits, wakes the other and waits for more
+    workspace.FeedBlob("big", np.arange(50, dtype=np.int64))
+    init = core.Net("init")
+    init.CreateRebatchingQueue([], "cq", capacity=capacity, num_blobs=1)
+    init.CreateMutex([], "m")
+    workspace.FeedBlob("seen", np.zeros(0, np.int64))
+    prod = core.Net("prod")
+    prod.EnqueueRebatchingQueue(["cq", "big"], [], enqueue_batch=True)
+    prod.CloseRebatchingQueue(["cq"], [])
+    cons = core.Net("cons")
+    cons.DequeueRebatchingQueue(["cq"], "got", num_elements=7)
+    cons.AtomicAppend(["m", "seen", "got"], ["seen"])
+    plan = core.Plan("chunks")
+    plan.AddStep(core.execution_step("init", init))
+    plan.AddStep(core.execution_step("both", [
+        core.execution_step("c", cons, num_iter=8),          # 7 * 7 + the last 1
+        core.execution_step("p", prod)], concurrent_substeps=True))
+    workspace.RunPlan(plan)
+    np.testing.assert_array_equal(workspace.FetchBlob("seen"), np.arange(50))   # one consumer: in order
