@@ -8,9 +8,10 @@
   output tensors).  The files are in the page cache (written just before).
 * NpyReader over the same data in 4 shards per field (concatenated once at
   construction: a copy, timed with the run).
-* TextFileWriter (a GIL-bound Python op) writing 200,000 records
-  (id int64, value float32, repr-exact) beside the ``csv`` module writing
-  the same rows from Python lists with the same float formatting.
+* TextFileWriter (native, std::to_chars) writing 200,000 records
+  (id int64, value float32, shortest round-trip digits) beside the ``csv``
+  module writing the same rows from Python lists (floats as ``repr`` of the
+  value as a double: also exact).
 
 Counts are checked after timing.  Run:
     python -m pytest bench/test_bench_files.py --benchmark-only
@@ -131,7 +132,6 @@ def test_text_file_writer(benchmark, record, tmp_path, instances):
     run = _job(ws, sources.ArrayReader({"id": ids, "value": values}, batch_size=1024),
                writer, instances)
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
-    assert writer.lines_written == TSV_N
     with open(path) as fh:
         assert sum(1 for _ in fh) == TSV_N
     record("TextFileWriter batch 1024, %d instance(s)" % instances,

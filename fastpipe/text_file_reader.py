@@ -9,15 +9,13 @@ the GIL (``fastpipe/_core/textfile.pxi``); no Python runs per line.
 """
 
 import os
-import threading
-import weakref
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from fastpipe import core
 from fastpipe.dataio import Reader, Writer
-from fastpipe.errors import ArgumentError, FastpipeError, GraphError
+from fastpipe.errors import ArgumentError, GraphError
 from fastpipe.schema import Scalar, Struct, data_type_for_dtype
 from fastpipe._opschema import TEXT_FIELD_TYPES
 
@@ -116,7 +114,7 @@ class TextFileReader(Reader):
 
 
 def _check_schema(what, schema):
-    """Validate a TSV schema; returns (names, numpy dtypes, field type codes)."""
+    """Validate a TSV schema; returns (field names, DataType codes)."""
     if not isinstance(schema, Struct):
         raise GraphError("%s: schema must be a schema.Struct, got %r"
                          % (what, type(schema).__name__))
@@ -127,7 +125,7 @@ def _check_schema(what, schema):
         if not isinstance(child, Scalar):
             raise GraphError("%s: field %r is a %s; only Scalar fields are supported"
                              % (what, name, type(child).__name__))
-    dtypes = []
+    types = []
     for name, dtype in zip(names, schema.field_types()):
         dtype = np.dtype(dtype)
         if dtype.shape:
@@ -140,103 +138,8 @@ def _check_schema(what, schema):
         if dt not in TEXT_FIELD_TYPES:
             raise GraphError("%s: field %r has dtype %s; supported are int8/16/32/64, "
                              "uint8/16, float32, float64 and strings" % (what, name, dtype))
-        dtypes.append(dtype)
-    return list(names), dtypes
-
-
-class _TsvState(object):
-    __slots__ = ("filename", "append", "lock", "fh", "lines", "__weakref__")
-
-    def __init__(self, filename, append):
-        self.filename = filename
-        self.append = append
-        # protects fh and lines: every runtime instance writes through one
-        # file object, a whole batch of lines per write under the lock
-        self.lock = threading.Lock()
-        self.fh = None
-        self.lines = 0
-
-
-def _format_column(what, fname, dtype, values):
-    kind = dtype.kind
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ArgumentError("%s: field %r: a batch of shape %s; write 1-D batches (one value "
-                            "per line)" % (what, fname, arr.shape))
-    if kind == "f":
-        # repr of a Python float is the shortest string that parses back to
-        # the same double; a float32 widened to double is that same value,
-        # and its double repr parses (as float32 or float64) back exactly
-        return list(map(repr, arr.astype(np.float64).tolist()))
-    if kind in "iu":
-        return list(map(str, arr.tolist()))
-    out = []
-    for v in arr.tolist():
-        if isinstance(v, bytes):
-            v = v.decode("utf-8")
-        else:
-            v = str(v)
-        if "\t" in v or "\n" in v or "\r" in v:
-            raise ArgumentError("%s: field %r: value %r holds a tab or line end; TSV fields "
-                                "are not escaped" % (what, fname, v))
-        out.append(v)
-    return out
-
-
-def _tsv_open_fn(state_ref, what):
-    def open_file(inputs, outputs):
-        st = state_ref()
-        if st is None:
-            raise GraphError("%s: its state is gone" % what)
-        with st.lock:
-            if st.fh is not None:
-                st.fh.close()
-            try:
-                st.fh = open(st.filename, "a" if st.append else "w", encoding="utf-8",
-                             newline="\n")
-            except OSError as e:
-                raise ArgumentError("%s: cannot open %r for writing: %s"
-                                    % (what, st.filename, e)) from e
-            st.lines = 0
-    open_file.__qualname__ = "TextFileWriter.open"
-    return open_file
-
-
-def _tsv_write_fn(state_ref, what, names, dtypes):
-    def write_lines(inputs, outputs):
-        st = state_ref()
-        if st is None:
-            raise GraphError("%s: its state is gone" % what)
-        cols = [_format_column(what, f, dt, t.data) for f, dt, t in zip(names, dtypes, inputs)]
-        n = len(cols[0])
-        for f, c in zip(names, cols):
-            if len(c) != n:
-                raise ArgumentError("%s: field %r has %d values but field %r has %d"
-                                    % (what, f, len(c), names[0], n))
-        if not n:
-            return
-        text = "\n".join(map("\t".join, zip(*cols))) + "\n"
-        with st.lock:
-            if st.fh is None:
-                raise GraphError("%s: write before the file was opened (or after commit)"
-                                 % what)
-            st.fh.write(text)
-            st.lines += n
-    write_lines.__qualname__ = "TextFileWriter.write"
-    return write_lines
-
-
-def _tsv_close_fn(state_ref, what):
-    def close_file(inputs, outputs):
-        st = state_ref()
-        if st is None:
-            raise GraphError("%s: its state is gone" % what)
-        with st.lock:
-            if st.fh is not None:
-                st.fh.close()
-                st.fh = None
-    close_file.__qualname__ = "TextFileWriter.close"
-    return close_file
+        types.append(int(dt))
+    return list(names), types
 
 
 class TextFileWriter(Writer):
@@ -249,20 +152,25 @@ class TextFileWriter(Writer):
         append: add to the file instead of truncating it at the start of
             each run.
 
-    The file is opened at the start of every run (truncated unless
-    ``append``) and closed at the task's exit (``commit``).  Each write
-    gives one line per record: integers in decimal, floats as Python's
-    ``repr`` of the value as a double -- the shortest string that parses
-    back to it, so float32 and float64 values round-trip bit-exactly
-    (``nan``/``inf`` are written as ``nan``/``inf``) -- and strings as
-    UTF-8; a string holding a tab, ``\\n`` or ``\\r`` is an error (the
-    reader does not unescape).
+    The file is opened (created; truncated unless ``append``) by the
+    ``CreateTextFileWriter`` op in the task init of every run and closed by
+    ``TextFileWriterClose`` at the task's exit (``commit``); its output
+    ``lines_blob`` (an int64 blob of the task's workspace) holds the number
+    of lines written.  Each write
+    (``TextFileWriterWrite``) gives one line per record, formatted natively
+    with ``std::to_chars``: integers in decimal, floats as the shortest
+    string that parses back to the same float32 / float64 (bit-exact round
+    trip; NaN is written as ``nan``, losing its sign and payload; infinities
+    as ``inf`` / ``-inf``), strings as their UTF-8 bytes.  Each written
+    field must be a 1-D tensor of exactly the schema's dtype; a string
+    holding a tab, ``\n`` or ``\r`` fails the run (the reader does not
+    unescape), naming the file and field.
 
-    Threading: **GIL-bound** -- each write is a ``Python`` operator that
-    formats its batch, then appends all its lines under the writer's lock
-    in one ``write`` call, so lines of several runtime instances never
-    interleave and every record is written exactly once.  Formatting costs
-    about a microsecond per value (measured in ``bench/test_bench_files.py``).
+    Threading: native, without the GIL.  Each runtime instance formats its
+    batch into its own buffer without a lock, then appends the whole buffer
+    under the writer's mutex: lines of several instances never interleave
+    and every record is written exactly once (in no set order across
+    instances).
 
     Example::
 
@@ -272,42 +180,43 @@ class TextFileWriter(Writer):
     """
 
     def __init__(self, filename: str, schema: Struct, append: bool = False):
-        what = "TextFileWriter(%r)" % (filename,)
         if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
             raise ArgumentError("TextFileWriter: filename=%r must be a non-empty path"
                                 % (filename,))
-        names, dtypes = _check_schema(what, schema)
+        filename = os.fspath(filename)
+        names, types = _check_schema("TextFileWriter(%r)" % filename, schema)
         self._schema = schema
-        self.filename = os.fspath(filename)
+        self.filename = filename
         self.field_names = names
-        self._what = what
-        self._dtypes = dtypes
-        self._state = _TsvState(self.filename, bool(append))
-        self._set_up = False
-
-    @property
-    def lines_written(self) -> int:
-        """Lines written by the current (or last) run."""
-        return self._state.lines
+        self.append = bool(append)
+        self._types = types
+        self._writer = None
+        self.lines_blob = None
 
     def setup_ex(self, init_net: core.Net, finish_net: core.Net) -> None:
-        if self._set_up:
+        """Open the file in ``init_net`` and close it in ``finish_net`` (once:
+        a writer shared by several pipes is set up by the first)."""
+        if self._writer is not None:
             return
-        init_net.add_attribute("fastpipe.text_file_writer", self._state)
-        init_net.Python(_tsv_open_fn(weakref.ref(self._state), self._what))([], [])
+        self._writer = init_net.CreateTextFileWriter(
+            [], init_net.NextScopedBlob("text_file_writer"), filename=self.filename,
+            append=self.append, field_types=self._types, field_names=self.field_names)
         self.commit(finish_net)
-        self._set_up = True
 
     def write(self, writer_net: core.Net, fields) -> None:
+        """Append a ``TextFileWriterWrite`` of ``fields`` (one blob per field)."""
+        if self._writer is None:
+            raise GraphError("TextFileWriter(%r): setup_ex not called." % self.filename)
         fields = list(fields)
         if len(fields) != len(self.field_names):
-            raise GraphError("%s: %d blobs written for %d fields %r"
-                             % (self._what, len(fields), len(self.field_names),
+            raise GraphError("TextFileWriter(%r): %d blobs written for %d fields %r"
+                             % (self.filename, len(fields), len(self.field_names),
                                 self.field_names))
-        writer_net.add_attribute("fastpipe.text_file_writer", self._state)
-        writer_net.Python(_tsv_write_fn(weakref.ref(self._state), self._what,
-                                        self.field_names, self._dtypes))(fields, [])
+        writer_net.TextFileWriterWrite([self._writer] + fields, [])
 
     def commit(self, finish_net: core.Net) -> None:
-        finish_net.add_attribute("fastpipe.text_file_writer", self._state)
-        finish_net.Python(_tsv_close_fn(weakref.ref(self._state), self._what))([], [])
+        """Append the ``TextFileWriterClose`` (its output: lines written)."""
+        if self._writer is None:
+            raise GraphError("TextFileWriter(%r): setup_ex not called." % self.filename)
+        self.lines_blob = finish_net.TextFileWriterClose(
+            [self._writer], finish_net.NextScopedBlob("text_file_writer_lines"))

@@ -256,7 +256,8 @@ def test_tsv_round_trip_is_exact(ws, tmp_path, instances):
     path = str(tmp_path / "out.tsv")
     writer = TextFileWriter(path, tsv_schema())
     run_into(ws, sources.ArrayReader(data, batch_size=13), writer, instances)
-    assert writer.lines_written == n
+    with open(path, encoding="utf-8") as fh:
+        assert sum(1 for _ in fh) == n
     got = read_tsv(ws, path, instances=instances)
     order = np.argsort(got[0], kind="stable")
     got = [g[order] for g in got]
@@ -303,8 +304,24 @@ def test_tsv_truncates_each_run_unless_append(ws, tmp_path):
 def test_tsv_string_with_a_tab_fails_naming_field(ws, tmp_path):
     path = str(tmp_path / "out.tsv")
     src = sources.ArrayReader({"s": np.array(["ok", "a\tb"], dtype=object)}, batch_size=1)
-    with pytest.raises(RunError, match=r"out\.tsv.*field 's'.*tab"):
+    with pytest.raises(RunError, match=r"out\.tsv.*field 0 \('s'\).*tab or line end"):
         run_into(ws, src, TextFileWriter(path, tsv_schema((("s", str),))), 1)
+
+
+@pytest.mark.timeout(60)
+def test_tsv_field_of_another_dtype_fails_naming_file_and_field(ws, tmp_path):
+    path = str(tmp_path / "out.tsv")
+    src = sources.ArrayReader({"id": np.arange(5, dtype=np.int32)}, batch_size=2)
+    with pytest.raises(RunError, match=r"out\.tsv.*field 0 \('id'\).*int32.*expected a 1-D int64"):
+        run_into(ws, src, TextFileWriter(path, tsv_schema((("id", np.int64),))), 1)
+
+
+@pytest.mark.timeout(60)
+def test_tsv_unwritable_path_fails_naming_it(ws, tmp_path):
+    path = str(tmp_path / "no_such_dir" / "out.tsv")
+    src = sources.ArrayReader({"id": np.arange(5)}, batch_size=2)
+    with pytest.raises(RunError, match=r"cannot open file '.*no_such_dir/out\.tsv' for writing"):
+        run_into(ws, src, TextFileWriter(path, tsv_schema((("id", np.int64),))), 1)
 
 
 def test_tsv_writer_refuses_unsupported_schema(tmp_path):

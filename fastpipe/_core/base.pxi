@@ -48,8 +48,9 @@ cdef enum:
     OBJ_CURSOR = 5
     OBJ_STATS = 6
     OBJ_TEXT_READER = 7     # textfile.pxi
+    OBJ_TEXT_WRITER = 8     # textwrite.pxi
 
-cdef const char* OBJ_NAMES[8]
+cdef const char* OBJ_NAMES[9]
 OBJ_NAMES[0] = b"tensor"
 OBJ_NAMES[1] = b"counter"
 OBJ_NAMES[2] = b"mutex"
@@ -58,6 +59,7 @@ OBJ_NAMES[4] = b"timer"
 OBJ_NAMES[5] = b"cursor"
 OBJ_NAMES[6] = b"stat registry"
 OBJ_NAMES[7] = b"text file reader"
+OBJ_NAMES[8] = b"text file writer"
 
 
 cdef inline int64_t dtype_itemsize(int dt) noexcept nogil:
