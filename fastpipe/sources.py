@@ -754,7 +754,10 @@ class NpyShardWriter(Writer):
         records_per_shard: records in every shard but the last of a run.
         name: the writer's name (in op names and errors).
 
-    Every batch written (by any number of runtime instances) is buffered;
+    Each written blob is a batch: dim 0 counts its records (a reader with
+    ``batch_size=None`` hands on records without that dim; give such a pipe
+    a batch size).  Every batch written (by any number of runtime
+    instances) is buffered in memory until a shard is full;
     each time ``records_per_shard`` records are buffered, one shard per field
     is saved, and the task's exit (``commit``) saves the rest as a shorter
     last shard, so every record lands in exactly one shard.  A shard is

@@ -114,6 +114,25 @@ def test_npz_round_trip(ws, tmp_path):
     np.testing.assert_array_equal(got_xs, xs[got_ids])
 
 
+@pytest.mark.timeout(60)
+def test_npy_reader_one_path_and_a_dict_of_shard_lists(ws, tmp_path):
+    ids, xs = id_x(90)
+    np.save(tmp_path / "only.npy", ids)
+    reader = NpyReader(str(tmp_path / "only.npy"), batch_size=8)
+    assert reader.field_names_ == ["only"]
+    (got,) = columns(iterate_all(ws, reader, 2), 1)
+    assert sorted(got.tolist()) == ids.tolist()
+    paths = []
+    for k, part in enumerate(np.array_split(xs, 3)):
+        paths.append(str(tmp_path / ("x_part%d.npy" % k)))
+        np.save(paths[-1], part)
+    reader = NpyReader({"id": str(tmp_path / "only.npy"), "x": paths}, batch_size=8)
+    assert reader.copied_fields == ("x",)
+    got_ids, got_xs = columns(iterate_all(ws, reader, 2), 2)
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(got_xs, xs[got_ids])
+
+
 def test_missing_file_is_named(tmp_path):
     np.save(tmp_path / "id.npy", np.arange(3))
     missing = str(tmp_path / "nope.npy")
