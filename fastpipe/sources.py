@@ -807,7 +807,7 @@ class NpyShardWriter(Writer):
         return list(self._state.written)
 
     def setup_ex(self, init_net: core.Net, finish_net: core.Net) -> None:
-        if self._set_up:
+        if _check_one_group(self, "NpyShardWriter") or self._set_up:
             return
         init_net.add_attribute("fastpipe.sources", self._state)
         init_net.Python(_shard_start_fn(weakref.ref(self._state), self.name))([], [])

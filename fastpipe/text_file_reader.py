@@ -187,6 +187,7 @@ class TextFileWriter(Writer):
         names, types = _check_schema("TextFileWriter(%r)" % filename, schema)
         self._schema = schema
         self.filename = filename
+        self.name = filename
         self.field_names = names
         self.append = bool(append)
         self._types = types
@@ -196,7 +197,8 @@ class TextFileWriter(Writer):
     def setup_ex(self, init_net: core.Net, finish_net: core.Net) -> None:
         """Open the file in ``init_net`` and close it in ``finish_net`` (once:
         a writer shared by several pipes is set up by the first)."""
-        if self._writer is not None:
+        from fastpipe.sources import _check_one_group
+        if _check_one_group(self, "TextFileWriter") or self._writer is not None:
             return
         self._writer = init_net.CreateTextFileWriter(
             [], init_net.NextScopedBlob("text_file_writer"), filename=self.filename,

@@ -348,3 +348,15 @@ def test_tsv_writer_refuses_unsupported_schema(tmp_path):
         TextFileWriter(str(tmp_path / "o.tsv"), tsv_schema((("b", np.bool_),)))
     with pytest.raises(ArgumentError, match="filename"):
         TextFileWriter("", tsv_schema((("a", np.int64),)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: TextFileWriter(os.path.join(d, "o.tsv"), tsv_schema((("id", np.int64),))),
+    lambda d: NpyShardWriter(d, ["id"])])
+def test_a_writer_is_set_up_in_one_task_group_only(tmp_path, make):
+    writer = make(str(tmp_path))
+    with task.TaskGroup():
+        pipeline.pipe(sources.ArrayReader({"id": np.arange(3)}), writer)
+    with task.TaskGroup():
+        with pytest.raises(GraphError, match="another TaskGroup"):
+            pipeline.pipe(sources.ArrayReader({"id": np.arange(3)}), writer)
