@@ -911,6 +911,22 @@ def _check_create_text_file_reader(op, a):
     return None
 
 
+def _check_create_text_file_writer(op, a):
+    if not a["filename"]:
+        return "filename is required"
+    types = a["field_types"]
+    if not types:
+        return "field_types is required (one DataType per field)"
+    for i, t in enumerate(types):
+        if t not in TEXT_FIELD_TYPES:
+            return ("field_types[%d]=%r is not a supported DataType (supported: %s)"
+                    % (i, t, ", ".join("%d (%s)" % kv for kv in sorted(TEXT_FIELD_TYPES.items()))))
+    names = a["field_names"]
+    if names and len(names) != len(types):
+        return "field_names has %d names for %d field_types" % (len(names), len(types))
+    return None
+
+
 def _check_text_file_reader_read(op, a):
     if a["batch_size"] < 1:
         return "batch_size=%d must be >= 1" % a["batch_size"]
@@ -928,6 +944,19 @@ register("CreateTextFileReader", 0, 1,
 register("TextFileReaderRead", 1, (1, INF), [A("batch_size", "int", 1)],
          "Read up to batch_size lines: one 1-D output per field; empty outputs at the "
          "end of the last pass.", _check_text_file_reader_read)
+register("CreateTextFileWriter", 0, 1,
+         [A("filename", "str", ""), A("append", "bool", False),
+          A("field_types", "ints", []),
+          A("field_names", "strings", [], "the fields' names, for error messages (optional)")],
+         "fastpipe: open (create; truncate unless append) a TSV file for writing as a writer "
+         "object shared by every op that writes it.", _check_create_text_file_writer)
+register("TextFileWriterWrite", (1, INF), 0, [],
+         "fastpipe: append one line per record of the 1-D field inputs (after the writer), "
+         "numbers formatted with std::to_chars (shortest round trip); a batch's lines are "
+         "written together under the writer's lock.")
+register("TextFileWriterClose", 1, (0, 1), [],
+         "fastpipe: close the writer's file (again: a no-op); the optional output is the "
+         "number of lines written (int64).")
 
 # Checks that read only the op's arguments and arity (not its input/output
 # names), so parse_args may share one result between ops of equal arity.
@@ -936,4 +965,5 @@ _ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_cou
                     _check_python, _check_create_queue, _check_weighted,
                     _check_read_next, _check_read_random, _check_sort_and_shuffle,
                     _check_print, _check_python_stage, _check_transpose,
-                    _check_create_text_file_reader, _check_text_file_reader_read}
+                    _check_create_text_file_reader, _check_text_file_reader_read,
+                    _check_create_text_file_writer}

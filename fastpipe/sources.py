@@ -35,6 +35,8 @@ Example::
 from __future__ import annotations
 
 import itertools
+import os
+import re
 import secrets
 import threading
 import weakref
@@ -43,8 +45,8 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 import numpy as np
 
 from . import _core, core
-from .dataio import Reader
-from .errors import ArgumentError, GraphError
+from .dataio import Reader, Writer
+from .errors import ArgumentError, FastpipeError, GraphError
 from .schema import Scalar, Struct
 
 
@@ -66,7 +68,7 @@ def _check_one_group(reader, what):
             "place)" % (what, getattr(reader, "name", "?")))
     return True
 
-__all__ = ["ArrayReader", "IterableReader"]
+__all__ = ["ArrayReader", "IterableReader", "NpyReader", "NpyShardWriter", "FileMissingError"]
 
 _ids = itertools.count()
 SEED_LIMIT = 1 << 63
@@ -443,3 +445,386 @@ class IterableReader(Reader):
                                  self.batch_size))([], outs)
         _name_last_op(read_net, self.name)
         return outs[0], outs[1:]
+
+
+
+# ---- .npy / .npz files ------------------------------------------------------------
+
+class FileMissingError(FastpipeError, FileNotFoundError):
+    """A file a file source or writer needs does not exist."""
+
+
+#: dtypes the native core holds (the ones ``_core._borrow_array`` accepts)
+NPY_DTYPES = tuple(np.dtype(d) for d in (
+    np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+    np.uint8, np.uint16, np.bool_))
+
+_SHARD_RE = re.compile(r"^(?P<field>.+)-(?P<k>\d+)\.npy$")
+
+
+def _shards_in_dir(directory: str) -> "dict[str, List[str]]":
+    """field -> shard paths in shard order: ``<field>-<k>.npy`` files sorted by
+    k, or one ``<field>.npy``."""
+    shards = {}
+    singles = {}
+    for entry in sorted(os.listdir(directory)):
+        if not entry.endswith(".npy"):
+            continue
+        m = _SHARD_RE.match(entry)
+        if m:
+            shards.setdefault(m.group("field"), []).append(
+                (int(m.group("k")), os.path.join(directory, entry)))
+        else:
+            singles[entry[:-4]] = os.path.join(directory, entry)
+    out = {}
+    for field, path in singles.items():
+        out[field] = [path]
+    for field, items in shards.items():
+        if field in out:
+            raise ArgumentError("NpyReader: directory %r holds both %s.npy and shards %s-<k>.npy"
+                                % (directory, field, field))
+        out[field] = [p for _, p in sorted(items)]
+    return out
+
+
+def _load_npy(path: str, what: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise FileMissingError("%s: no file %r" % (what, path))
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise ArgumentError("%s: cannot read %r as .npy without pickles: %s"
+                            % (what, path, e)) from e
+    return arr
+
+
+class NpyReader(ArrayReader):
+    """A reader over ``.npy`` files (memory-mapped, read in place) or an ``.npz``.
+
+    Args:
+        paths_or_dir_or_npz: one of
+            * a directory: every ``<field>.npy`` in it is a field, and
+              ``<field>-<k>.npy`` files (what :class:`NpyShardWriter`
+              writes) are the shards of a field, in order of ``k``;
+            * a dict field name -> path, or -> list of shard paths;
+            * a list of ``.npy`` paths (field = the file name without
+              ``.npy``);
+            * the path of an ``.npz`` file (field = member name).
+        fields: the fields to read, in this order (default: all, sorted by
+            name for a directory or an ``.npz``).
+        batch_size, shuffle, seed: as for :class:`ArrayReader`.
+        name: the reader's name (in op names and errors).
+
+    A field held in **one** ``.npy`` file is opened with
+    ``np.load(mmap_mode="r")`` and read in place: every batch is sliced by
+    the native core straight out of the page cache, and the workspace tensor
+    borrows the read-only mapping (and keeps it alive).  A field in
+    **several** shards is concatenated once, here, into memory (a copy;
+    ``copied_fields`` names it) -- the count is exact either way.  Members
+    of an ``.npz`` cannot be memory-mapped by numpy (they live in a zip
+    archive): they are loaded into memory, here, once.
+
+    Every field must have the same number of records (dim 0) and a dtype
+    the core holds (``NPY_DTYPES``: float16/32/64, int8/16/32/64,
+    uint8/16, bool); a missing file, mismatched lengths or another dtype
+    is an error naming the file.  Object (pickled) arrays are refused.
+
+    Threading: as :class:`ArrayReader` -- native reads without the GIL, one
+    cursor shared by every runtime instance, each record exactly once per
+    epoch.
+
+    Example::
+
+        src = NpyReader("out/shards", fields=["id", "x"], batch_size=64)
+        q = pipeline.pipe(src, processor=f, num_runtime_threads=2)
+    """
+
+    def __init__(self, paths_or_dir_or_npz: Any, fields: Optional[Sequence[str]] = None,
+                 batch_size: Optional[int] = 1, shuffle: bool = False,
+                 seed: Optional[int] = None, enforce_batch_size: bool = False,
+                 name: Optional[str] = None):
+        name = name or "npy_reader_%d" % next(_ids)
+        what = "NpyReader %r" % name
+        src = paths_or_dir_or_npz
+        arrays = {}
+        files = {}
+        concatenated = []
+        if isinstance(src, (str, os.PathLike)) and str(src).endswith(".npz"):
+            path = os.fspath(src)
+            if not os.path.exists(path):
+                raise FileMissingError("%s: no file %r" % (what, path))
+            with np.load(path, allow_pickle=False) as z:
+                members = sorted(z.files)
+                for f in (members if fields is None else fields):
+                    if f not in z.files:
+                        raise ArgumentError("%s: %r has no member %r (members: %r)"
+                                            % (what, path, f, members))
+                    arrays[f] = np.ascontiguousarray(z[f])
+                    files[f] = "%s[%s]" % (path, f)
+        else:
+            if isinstance(src, (str, os.PathLike)):
+                path = os.fspath(src)
+                if not os.path.isdir(path):
+                    if path.endswith(".npy"):
+                        field_paths = {os.path.basename(path)[:-4]: [path]}
+                    else:
+                        raise FileMissingError("%s: no directory %r" % (what, path))
+                else:
+                    field_paths = _shards_in_dir(path)
+                    if not field_paths:
+                        raise ArgumentError("%s: directory %r holds no .npy files"
+                                            % (what, path))
+            elif isinstance(src, Mapping):
+                field_paths = {str(k): ([v] if isinstance(v, (str, os.PathLike)) else list(v))
+                               for k, v in src.items()}
+            elif isinstance(src, (list, tuple)):
+                field_paths = {}
+                for p in src:
+                    p = os.fspath(p)
+                    field_paths[os.path.basename(p)[:-4] if p.endswith(".npy") else
+                                os.path.basename(p)] = [p]
+            else:
+                raise ArgumentError("%s: expected a directory, an .npz path, a list of .npy "
+                                    "paths or a dict field -> path(s), got %r"
+                                    % (what, type(src).__name__))
+            order = sorted(field_paths) if fields is None else list(fields)
+            for f in order:
+                if f not in field_paths:
+                    raise ArgumentError("%s: no file for field %r (fields found: %r)"
+                                        % (what, f, sorted(field_paths)))
+                paths = [os.fspath(p) for p in field_paths[f]]
+                if not paths:
+                    raise ArgumentError("%s: field %r has no shard files" % (what, f))
+                parts = [_load_npy(p, what) for p in paths]
+                for p, a in zip(paths, parts):
+                    self._check_npy(what, f, p, a, parts[0], paths[0])
+                if len(parts) == 1:
+                    arrays[f] = parts[0]
+                else:
+                    arrays[f] = np.concatenate(parts)
+                    concatenated.append(f)
+                files[f] = paths[0] if len(paths) == 1 else paths
+        for f, a in arrays.items():
+            self._check_npy(what, f, files[f], a, None, None)
+        first = next(iter(arrays))
+        for f, a in arrays.items():
+            if a.shape[0] != arrays[first].shape[0]:
+                raise ArgumentError("%s: %s holds %d records but %s holds %d"
+                                    % (what, _fmt_files(files[f]), a.shape[0],
+                                       _fmt_files(files[first]), arrays[first].shape[0]))
+        self.files = files
+        ArrayReader.__init__(self, arrays, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                             enforce_batch_size=enforce_batch_size, name=name)
+        self.copied_fields = tuple(concatenated) + tuple(
+            f for f in self.copied_fields if f not in concatenated)
+
+    @staticmethod
+    def _check_npy(what, field, path, arr, first, first_path):
+        if arr.dtype not in NPY_DTYPES:
+            raise ArgumentError("%s: field %r: %s has dtype %s; supported are %s"
+                                % (what, field, _fmt_files(path), arr.dtype,
+                                   ", ".join(str(d) for d in NPY_DTYPES)))
+        if arr.ndim < 1:
+            raise ArgumentError("%s: field %r: %s holds a 0-d array; a field needs a "
+                                "records dim" % (what, field, _fmt_files(path)))
+        if first is not None and (arr.dtype != first.dtype or arr.shape[1:] != first.shape[1:]):
+            raise ArgumentError("%s: field %r: shard %r is %s%s but shard %r is %s%s"
+                                % (what, field, path, arr.dtype, arr.shape[1:], first_path,
+                                   first.dtype, first.shape[1:]))
+
+
+def _fmt_files(f):
+    return repr(f) if isinstance(f, str) else "shards %r" % (f,)
+
+
+
+# ---- .npy shards out ----------------------------------------------------------------
+
+class _ShardState(object):
+    __slots__ = ("directory", "fields", "per_shard", "lock", "parts", "buffered",
+                 "next_k", "written", "__weakref__")
+
+    def __init__(self, directory, fields, per_shard):
+        self.directory = directory
+        self.fields = fields
+        self.per_shard = per_shard
+        # protects parts, buffered, next_k and written: every runtime instance
+        # writes through one state, and a shard is cut and saved under it
+        self.lock = threading.Lock()
+        self.parts = [[] for _ in fields]
+        self.buffered = 0
+        self.next_k = 0
+        self.written = []
+
+    def first_free_index(self):
+        k = 0
+        for entry in os.listdir(self.directory):
+            m = _SHARD_RE.match(entry)
+            if m and m.group("field") in self.fields:
+                k = max(k, int(m.group("k")) + 1)
+        return k
+
+    def save_shard(self, n):
+        """Cut the first n buffered records into shard next_k (lock held)."""
+        cols = []
+        for i, parts in enumerate(self.parts):
+            col = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            cols.append(col[:n])
+            rest = col[n:]
+            self.parts[i] = [rest] if len(rest) else []
+        self.buffered -= n
+        k = self.next_k
+        self.next_k += 1
+        for f, col in zip(self.fields, cols):
+            final = os.path.join(self.directory, "%s-%05d.npy" % (f, k))
+            tmp = os.path.join(self.directory, ".%s-%05d.npy.tmp" % (f, k))
+            with open(tmp, "wb") as fh:
+                np.save(fh, col, allow_pickle=False)
+            os.replace(tmp, final)     # a shard file is complete or absent
+            self.written.append(final)
+
+
+def _shard_start_fn(state_ref, name):
+    def start(inputs, outputs):
+        st = state_ref()
+        if st is None:
+            raise _dead("NpyShardWriter", name)
+        os.makedirs(st.directory, exist_ok=True)
+        with st.lock:
+            st.parts = [[] for _ in st.fields]
+            st.buffered = 0
+            st.next_k = st.first_free_index()
+    start.__qualname__ = "NpyShardWriter(%s).start" % name
+    return start
+
+
+def _shard_write_fn(state_ref, name):
+    def write(inputs, outputs):
+        st = state_ref()
+        if st is None:
+            raise _dead("NpyShardWriter", name)
+        # the views are valid only during this call: copy
+        cols = [np.array(t.data) for t in inputs]
+        n = None
+        for f, c in zip(st.fields, cols):
+            if c.ndim < 1:
+                raise ArgumentError("NpyShardWriter %r: field %r is a 0-d value; write "
+                                    "batches (a records dim)" % (name, f))
+            if c.dtype not in NPY_DTYPES:
+                raise ArgumentError("NpyShardWriter %r: field %r has dtype %s; supported are "
+                                    "%s" % (name, f, c.dtype, ", ".join(map(str, NPY_DTYPES))))
+            if n is None:
+                n = c.shape[0]
+            elif c.shape[0] != n:
+                raise ArgumentError("NpyShardWriter %r: field %r has %d records but field %r "
+                                    "has %d" % (name, f, c.shape[0], st.fields[0], n))
+        with st.lock:
+            for i, c in enumerate(cols):
+                prev = st.parts[i][0] if st.parts[i] else None
+                if prev is not None and (prev.dtype != c.dtype or prev.shape[1:] != c.shape[1:]):
+                    raise ArgumentError("NpyShardWriter %r: field %r changed from %s%s to %s%s "
+                                        "within a shard" % (name, st.fields[i], prev.dtype,
+                                                            prev.shape[1:], c.dtype, c.shape[1:]))
+                st.parts[i].append(c)
+            st.buffered += n
+            while st.buffered >= st.per_shard:
+                st.save_shard(st.per_shard)
+    write.__qualname__ = "NpyShardWriter(%s).write" % name
+    return write
+
+
+def _shard_commit_fn(state_ref, name):
+    def commit(inputs, outputs):
+        st = state_ref()
+        if st is None:
+            raise _dead("NpyShardWriter", name)
+        with st.lock:
+            if st.buffered:
+                st.save_shard(st.buffered)
+    commit.__qualname__ = "NpyShardWriter(%s).commit" % name
+    return commit
+
+
+class NpyShardWriter(Writer):
+    """A writer of ``.npy`` shards: ``<directory>/<field>-<k>.npy``.
+
+    Args:
+        directory: where the shards go (created at the start of a run).
+        fields: the field names, in the order of the blobs written.
+        records_per_shard: records in every shard but the last of a run.
+        name: the writer's name (in op names and errors).
+
+    Each written blob is a batch: dim 0 counts its records (a reader with
+    ``batch_size=None`` hands on records without that dim; give such a pipe
+    a batch size).  Every batch written (by any number of runtime
+    instances) is buffered in memory until a shard is full;
+    each time ``records_per_shard`` records are buffered, one shard per field
+    is saved, and the task's exit (``commit``) saves the rest as a shorter
+    last shard, so every record lands in exactly one shard.  A shard is
+    written to a hidden temporary file and renamed into place: a
+    ``<field>-<k>.npy`` file is always complete.  **Resumable naming**: a
+    run numbers its shards from one past the highest ``k`` already in the
+    directory for these fields, so a later run (or a resumed job) adds
+    shards and never overwrites one.  :class:`NpyReader` reads the directory
+    back (shards in order of ``k``).
+
+    Threading: **GIL-bound** -- ``write`` is a ``Python`` operator that
+    copies the batch and appends it under a lock; saving a shard happens
+    under the same lock.  ``written`` lists the shard paths saved so far.
+
+    Example::
+
+        w = NpyShardWriter("out", ["id", "x"], records_per_shard=100000)
+        pipeline.pipe(src, w, processor=f, num_runtime_threads=2)
+    """
+
+    def __init__(self, directory: str, fields: Sequence[str], records_per_shard: int = 65536,
+                 name: Optional[str] = None):
+        self.name = name or "npy_shard_writer_%d" % next(_ids)
+        if isinstance(fields, str):
+            fields = [fields]
+        fields = [str(f) for f in fields]
+        if not fields or len(set(fields)) != len(fields):
+            raise ArgumentError("NpyShardWriter %r: fields=%r must be distinct names"
+                                % (self.name, fields))
+        for f in fields:
+            if os.sep in f or f.startswith("."):
+                raise ArgumentError("NpyShardWriter %r: field %r cannot name a file"
+                                    % (self.name, f))
+        if isinstance(records_per_shard, bool) or not isinstance(records_per_shard,
+                                                                 (int, np.integer)) \
+                or records_per_shard < 1:
+            raise ArgumentError("NpyShardWriter %r: records_per_shard=%r must be an int >= 1"
+                                % (self.name, records_per_shard))
+        self.directory = os.fspath(directory)
+        self.fields = fields
+        self.records_per_shard = int(records_per_shard)
+        self._state = _ShardState(self.directory, fields, self.records_per_shard)
+        self._set_up = False
+
+    @property
+    def written(self) -> List[str]:
+        return list(self._state.written)
+
+    def setup_ex(self, init_net: core.Net, finish_net: core.Net) -> None:
+        if _check_one_group(self, "NpyShardWriter") or self._set_up:
+            return
+        init_net.add_attribute("fastpipe.sources", self._state)
+        init_net.Python(_shard_start_fn(weakref.ref(self._state), self.name))([], [])
+        _name_last_op(init_net, self.name + "/start")
+        self.commit(finish_net)
+        self._set_up = True
+
+    def write(self, writer_net: core.Net, fields: Sequence[Any]) -> None:
+        fields = list(fields)
+        if len(fields) != len(self.fields):
+            raise GraphError("NpyShardWriter %r: %d blobs written for %d fields %r"
+                             % (self.name, len(fields), len(self.fields), self.fields))
+        writer_net.add_attribute("fastpipe.sources", self._state)
+        writer_net.Python(_shard_write_fn(weakref.ref(self._state), self.name))(fields, [])
+        _name_last_op(writer_net, self.name)
+
+    def commit(self, finish_net: core.Net) -> None:
+        finish_net.add_attribute("fastpipe.sources", self._state)
+        finish_net.Python(_shard_commit_fn(weakref.ref(self._state), self.name))([], [])
+        _name_last_op(finish_net, self.name + "/commit")

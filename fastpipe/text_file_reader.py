@@ -1,22 +1,25 @@
-"""Reading TSV files natively: Caffe2's ``text_file_reader`` module.
+"""Reading TSV files natively (and writing them back): Caffe2's ``text_file_reader`` module.
 
 :class:`TextFileReader` reads a text file of tab-separated fields, one
 record per line, with the ``CreateTextFileReader`` / ``TextFileReaderRead``
 operators.  Lines are split and numbers parsed by the native core without
 the GIL (``fastpipe/_core/textfile.pxi``); no Python runs per line.
+:class:`TextFileWriter` writes records as TSV lines that
+:class:`TextFileReader` reads back exactly.
 """
 
-from typing import List, Tuple
+import os
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from fastpipe import core
-from fastpipe.dataio import Reader
+from fastpipe.dataio import Reader, Writer
 from fastpipe.errors import ArgumentError, GraphError
 from fastpipe.schema import Scalar, Struct, data_type_for_dtype
 from fastpipe._opschema import TEXT_FIELD_TYPES
 
-__all__ = ["TextFileReader"]
+__all__ = ["TextFileReader", "TextFileWriter"]
 
 
 class TextFileReader(Reader):
@@ -107,3 +110,115 @@ class TextFileReader(Reader):
         blobs = core.output_to_list(blobs)
         is_empty = net.IsEmpty([blobs[0]], core.ScopedBlobReference(net.NextName("should_stop")))
         return is_empty, blobs
+
+
+
+def _check_schema(what, schema):
+    """Validate a TSV schema; returns (field names, DataType codes)."""
+    if not isinstance(schema, Struct):
+        raise GraphError("%s: schema must be a schema.Struct, got %r"
+                         % (what, type(schema).__name__))
+    names = schema.field_names()
+    if not names:
+        raise GraphError("%s: the schema has no fields" % what)
+    for name, child in schema.get_children():
+        if not isinstance(child, Scalar):
+            raise GraphError("%s: field %r is a %s; only Scalar fields are supported"
+                             % (what, name, type(child).__name__))
+    types = []
+    for name, dtype in zip(names, schema.field_types()):
+        dtype = np.dtype(dtype)
+        if dtype.shape:
+            raise GraphError("%s: field %r has shape %s; a TSV field holds one value"
+                             % (what, name, dtype.shape))
+        try:
+            dt = data_type_for_dtype(dtype)
+        except TypeError:
+            dt = None
+        if dt not in TEXT_FIELD_TYPES:
+            raise GraphError("%s: field %r has dtype %s; supported are int8/16/32/64, "
+                             "uint8/16, float32, float64 and strings" % (what, name, dtype))
+        types.append(int(dt))
+    return list(names), types
+
+
+class TextFileWriter(Writer):
+    """A writer of a TSV file that :class:`TextFileReader` reads back exactly.
+
+    Args:
+        filename: the file to write.
+        schema: a ``schema.Struct`` of ``Scalar`` fields, in file order (the
+            same field types as :class:`TextFileReader`).
+        append: add to the file instead of truncating it at the start of
+            each run.
+
+    The file is opened (created; truncated unless ``append``) by the
+    ``CreateTextFileWriter`` op in the task init of every run and closed by
+    ``TextFileWriterClose`` at the task's exit (``commit``); its output
+    ``lines_blob`` (an int64 blob of the task's workspace) holds the number
+    of lines written.  Each write
+    (``TextFileWriterWrite``) gives one line per record, formatted natively
+    with ``std::to_chars``: integers in decimal, floats as the shortest
+    string that parses back to the same float32 / float64 (bit-exact round
+    trip; NaN is written as ``nan``, losing its sign and payload; infinities
+    as ``inf`` / ``-inf``), strings as their UTF-8 bytes.  Each written
+    field must be a 1-D tensor of exactly the schema's dtype; a string
+    holding a tab, ``\n`` or ``\r`` fails the run (the reader does not
+    unescape), naming the file and field.
+
+    Threading: native, without the GIL.  Each runtime instance formats its
+    batch into its own buffer without a lock, then appends the whole buffer
+    under the writer's mutex: lines of several instances never interleave
+    and every record is written exactly once (in no set order across
+    instances).
+
+    Example::
+
+        w = TextFileWriter("out.tsv", schema.Struct(
+            ("id", schema.Scalar(np.int64)), ("value", schema.Scalar(np.float32))))
+        pipeline.pipe(src, w, num_runtime_threads=2)
+    """
+
+    def __init__(self, filename: str, schema: Struct, append: bool = False):
+        if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
+            raise ArgumentError("TextFileWriter: filename=%r must be a non-empty path"
+                                % (filename,))
+        filename = os.fspath(filename)
+        names, types = _check_schema("TextFileWriter(%r)" % filename, schema)
+        self._schema = schema
+        self.filename = filename
+        self.name = filename
+        self.field_names = names
+        self.append = bool(append)
+        self._types = types
+        self._writer = None
+        self.lines_blob = None
+
+    def setup_ex(self, init_net: core.Net, finish_net: core.Net) -> None:
+        """Open the file in ``init_net`` and close it in ``finish_net`` (once:
+        a writer shared by several pipes is set up by the first)."""
+        from fastpipe.sources import _check_one_group
+        if _check_one_group(self, "TextFileWriter") or self._writer is not None:
+            return
+        self._writer = init_net.CreateTextFileWriter(
+            [], init_net.NextScopedBlob("text_file_writer"), filename=self.filename,
+            append=self.append, field_types=self._types, field_names=self.field_names)
+        self.commit(finish_net)
+
+    def write(self, writer_net: core.Net, fields) -> None:
+        """Append a ``TextFileWriterWrite`` of ``fields`` (one blob per field)."""
+        if self._writer is None:
+            raise GraphError("TextFileWriter(%r): setup_ex not called." % self.filename)
+        fields = list(fields)
+        if len(fields) != len(self.field_names):
+            raise GraphError("TextFileWriter(%r): %d blobs written for %d fields %r"
+                             % (self.filename, len(fields), len(self.field_names),
+                                self.field_names))
+        writer_net.TextFileWriterWrite([self._writer] + fields, [])
+
+    def commit(self, finish_net: core.Net) -> None:
+        """Append the ``TextFileWriterClose`` (its output: lines written)."""
+        if self._writer is None:
+            raise GraphError("TextFileWriter(%r): setup_ex not called." % self.filename)
+        self.lines_blob = finish_net.TextFileWriterClose(
+            [self._writer], finish_net.NextScopedBlob("text_file_writer_lines"))

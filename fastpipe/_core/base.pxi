@@ -49,8 +49,9 @@ cdef enum:
     OBJ_STATS = 6
     OBJ_TEXT_READER = 7     # textfile.pxi
     OBJ_REBATCH_QUEUE = 8   # rebatch.pxi
+    OBJ_TEXT_WRITER = 9     # textwrite.pxi
 
-cdef const char* OBJ_NAMES[9]
+cdef const char* OBJ_NAMES[10]
 OBJ_NAMES[0] = b"tensor"
 OBJ_NAMES[1] = b"counter"
 OBJ_NAMES[2] = b"mutex"
@@ -60,6 +61,7 @@ OBJ_NAMES[5] = b"cursor"
 OBJ_NAMES[6] = b"stat registry"
 OBJ_NAMES[7] = b"text file reader"
 OBJ_NAMES[8] = b"rebatching queue"
+OBJ_NAMES[9] = b"text file writer"
 
 
 cdef inline int64_t dtype_itemsize(int dt) noexcept nogil:

@@ -74,6 +74,9 @@ reg("UniformFill", k_uniform_fill, rng_init, rng_fini)
 reg("GaussianFill", k_gaussian_fill, rng_init, rng_fini)
 reg("CreateTextFileReader", k_create_text_file_reader)
 reg("TextFileReaderRead", k_text_file_reader_read, tf_init, tf_fini)
+reg("CreateTextFileWriter", k_create_text_file_writer)
+reg("TextFileWriterWrite", k_text_file_writer_write, tw_init, tw_fini)
+reg("TextFileWriterClose", k_text_file_writer_close)
 
 
 # Kernels in pyop.pxi: Print and PythonStage read their arguments by the

@@ -1,0 +1,153 @@
+"""Files in and out, each beside its baseline in the same run.
+
+* NpyReader over a memory-mapped 2,000,000-record ``.npy`` pair (id int64,
+  x float32[16]; 144 MB) in batches of 64, 1 and 2 runtime instances,
+  reader only (an empty writer), beside a plain Python loop over
+  ``np.load(mmap_mode="r")`` slices that copies each batch out (what a
+  batch must at least cost: the reader copies each batch into its
+  output tensors).  The files are in the page cache (written just before).
+* NpyReader over the same data in 4 shards per field (concatenated once at
+  construction: a copy, timed with the run).
+* TextFileWriter (native, std::to_chars) writing 200,000 records
+  (id int64, value float32, shortest round-trip digits) beside the ``csv``
+  module writing the same rows from Python lists (floats as ``repr`` of the
+  value as a double: also exact).
+
+Counts are checked after timing.  Run:
+    python -m pytest bench/test_bench_files.py --benchmark-only
+"""
+import csv
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from fastpipe import schema, session, sources, task, workspace
+from fastpipe.dataio import Writer
+from fastpipe.pipeline import pipe
+from fastpipe.text_file_reader import TextFileWriter
+
+N = 2_000_000
+BATCH = 64
+
+
+class _Sink(Writer):
+    def write(self, writer_net, fields):
+        pass
+
+
+class _Count(Writer):
+    def __init__(self):
+        self.rows = 0
+        self.ids = 0
+        self.lock = threading.Lock()
+
+    def write(self, writer_net, fields):
+        def count(inputs, outputs):
+            d = inputs[0].data
+            with self.lock:
+                self.rows += d.size
+                self.ids += int(d.sum())
+        writer_net.Python(count)([fields[0]], [])
+
+
+@pytest.fixture(scope="module")
+def npy_pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("npy")
+    ids = np.arange(N, dtype=np.int64)
+    xs = (np.arange(N * 16, dtype=np.int64) % 1000).astype(np.float32).reshape(N, 16)
+    np.save(d / "id.npy", ids)
+    np.save(d / "x.npy", xs)
+    shards = tmp_path_factory.mktemp("shards")
+    for k, part in enumerate(np.array_split(np.arange(N), 4)):
+        np.save(shards / ("id-%05d.npy" % k), ids[part])
+        np.save(shards / ("x-%05d.npy" % k), xs[part])
+    return str(d), str(shards)
+
+
+def _job(ws, reader, writer, instances):
+    with task.TaskGroup() as tg:
+        pipe(reader, writer, num_runtime_threads=instances)
+    sess = session.LocalSession(ws)
+    sess.compile(tg)
+    return lambda: sess.run(tg)
+
+
+@pytest.mark.benchmark(group="files: NpyReader, 2M records (id int64, x float32[16]), batch 64")
+@pytest.mark.parametrize("layout, instances", [("one file", 1), ("one file", 2),
+                                               ("4 shards", 2)])
+def test_npy_reader(benchmark, record, npy_pair, layout, instances):
+    path = npy_pair[0] if layout == "one file" else npy_pair[1]
+    ws = workspace.C.Workspace()
+    if layout == "one file":
+        run = _job(ws, sources.NpyReader(path, batch_size=BATCH), _Sink(), instances)
+    else:
+        def run():   # the concatenation of the shards happens at construction
+            _job(ws, sources.NpyReader(path, batch_size=BATCH), _Sink(), instances)()
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    count = _Count()
+    _job(ws, sources.NpyReader(path, batch_size=BATCH), count, instances)()
+    assert count.rows == N and count.ids == N * (N - 1) // 2
+    record("NpyReader %s, %d instance(s)" % (layout, instances),
+           records_per_s=N / benchmark.stats.stats.median, instances=instances)
+
+
+@pytest.mark.benchmark(group="files: NpyReader, 2M records (id int64, x float32[16]), batch 64")
+def test_npy_plain_loop_baseline(benchmark, record, npy_pair):
+    d = npy_pair[0]
+
+    def loop():
+        ids = np.load(os.path.join(d, "id.npy"), mmap_mode="r")
+        xs = np.load(os.path.join(d, "x.npy"), mmap_mode="r")
+        total = 0
+        for i in range(0, len(ids), BATCH):
+            a = np.array(ids[i:i + BATCH])
+            np.array(xs[i:i + BATCH])
+            total += len(a)
+        return total
+    benchmark.pedantic(loop, rounds=5, iterations=1, warmup_rounds=1)
+    assert loop() == N
+    record("plain loop over np.load(mmap_mode='r') slices (1 thread)",
+           records_per_s=N / benchmark.stats.stats.median)
+
+
+TSV_N = 200_000
+
+
+def _tsv_data():
+    ids = np.arange(TSV_N, dtype=np.int64)
+    values = (ids * 0.37 - 11.0).astype(np.float32)
+    return ids, values
+
+
+@pytest.mark.benchmark(group="files: TSV writer, 200k records (id int64, value float32)")
+@pytest.mark.parametrize("instances", [1, 2])
+def test_text_file_writer(benchmark, record, tmp_path, instances):
+    ids, values = _tsv_data()
+    path = str(tmp_path / "out.tsv")
+    ws = workspace.C.Workspace()
+    writer = TextFileWriter(path, schema.Struct(("id", schema.Scalar(np.int64)),
+                                                ("value", schema.Scalar(np.float32))))
+    run = _job(ws, sources.ArrayReader({"id": ids, "value": values}, batch_size=1024),
+               writer, instances)
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    with open(path) as fh:
+        assert sum(1 for _ in fh) == TSV_N
+    record("TextFileWriter batch 1024, %d instance(s)" % instances,
+           records_per_s=TSV_N / benchmark.stats.stats.median, instances=instances)
+
+
+@pytest.mark.benchmark(group="files: TSV writer, 200k records (id int64, value float32)")
+def test_csv_module_writer_baseline(benchmark, record, tmp_path):
+    ids, values = _tsv_data()
+    path = str(tmp_path / "out.tsv")
+
+    def write():
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerows(zip(ids.tolist(), map(repr, values.astype(np.float64).tolist())))
+    benchmark.pedantic(write, rounds=5, iterations=1, warmup_rounds=1)
+    with open(path) as fh:
+        assert sum(1 for _ in fh) == TSV_N
+    record("csv.writer (1 thread)", records_per_s=TSV_N / benchmark.stats.stats.median)

@@ -1,0 +1,362 @@
+"""Files in and out: sources.NpyReader (memory-mapped .npy / .npz),
+sources.NpyShardWriter (.npy shards) and text_file_reader.TextFileWriter
+(TSV that TextFileReader reads back)."""
+
+import collections
+import gc
+import os
+
+import numpy as np
+import pytest
+
+from fastpipe import core, pipeline, schema, session, sources, task
+from fastpipe.errors import ArgumentError, FastpipeError, GraphError, RunError
+from fastpipe.sources import FileMissingError, NpyReader, NpyShardWriter
+from fastpipe.text_file_reader import TextFileReader, TextFileWriter
+
+
+def iterate_all(ws, reader, instances=1):
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(reader, num_runtime_threads=instances)
+    with session.LocalSession(ws) as s:
+        return [tuple(np.asarray(a) for a in b) for b in s.iterate(tg, q)]
+
+
+def run_into(ws, reader, writer, instances):
+    with task.TaskGroup() as tg:
+        pipeline.pipe(reader, writer, num_runtime_threads=instances)
+    session.LocalSession(ws).run(tg)
+
+
+def columns(batches, nfields):
+    return [np.concatenate([b[i] for b in batches]) for i in range(nfields)]
+
+
+def id_x(n):
+    ids = np.arange(n, dtype=np.int64)
+    xs = (np.arange(n * 3, dtype=np.float32) * 0.5).reshape(n, 3)
+    return ids, xs
+
+
+# ---- NpyReader ----------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 2, 4])
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_npy_reader_exact_records(ws, tmp_path, instances, batch_size):
+    n = 1001
+    ids, xs = id_x(n)
+    np.save(tmp_path / "id.npy", ids)
+    np.save(tmp_path / "x.npy", xs)
+    reader = NpyReader(str(tmp_path), batch_size=batch_size)
+    assert reader.field_names_ == ["id", "x"] and reader.copied_fields == ()
+    got_ids, got_xs = columns(iterate_all(ws, reader, instances), 2)
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(got_xs, xs[got_ids])
+
+
+@pytest.mark.timeout(60)
+def test_npy_reader_is_zero_copy_and_keeps_the_memmap_alive(ws, tmp_path):
+    n = 5000
+    ids, xs = id_x(n)
+    np.save(tmp_path / "id.npy", ids)
+    np.save(tmp_path / "x.npy", xs)
+    reader = NpyReader({"id": str(tmp_path / "id.npy"), "x": str(tmp_path / "x.npy")},
+                       batch_size=16)
+    maps = []
+    for a in reader._state.arrays:      # np.asarray(memmap) is a plain view of it
+        assert not a.flags.writeable
+        while not isinstance(a, np.memmap):
+            a = a.base
+        maps.append(a)
+    init = core.Net("init")
+    reader.setup_ex(init, core.Net("exit"))
+    ws.run(init)
+    pointers = []
+    probe = core.Net("probe")
+    probe.Python(lambda inputs, outputs: pointers.extend(
+        t.data.__array_interface__["data"][0] for t in inputs))(list(reader._blobs), [])
+    ws.run(probe)
+    for ptr, m in zip(pointers, maps):
+        start = m.__array_interface__["data"][0]
+        assert start <= ptr < start + m.nbytes
+    # the workspace tensor holds the mapping: dropping the reader and the
+    # nets leaves the data readable
+    blob_names = [str(b) for b in reader._blobs]
+    del reader, maps, init, probe
+    gc.collect()
+    np.testing.assert_array_equal(np.asarray(ws.blobs[blob_names[0]].fetch()), ids)
+    np.testing.assert_array_equal(np.asarray(ws.blobs[blob_names[1]].fetch()), xs)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 2, 4])
+def test_npy_reader_shuffled_reads_every_record_once(ws, tmp_path, instances):
+    n = 777
+    ids, xs = id_x(n)
+    np.save(tmp_path / "id.npy", ids)
+    reader = NpyReader([str(tmp_path / "id.npy")], batch_size=10, shuffle=True, seed=3)
+    (got,) = columns(iterate_all(ws, reader, instances), 1)
+    assert sorted(got.tolist()) == ids.tolist()
+    assert got.tolist() != ids.tolist()
+
+
+@pytest.mark.timeout(60)
+def test_npz_round_trip(ws, tmp_path):
+    n = 300
+    ids, xs = id_x(n)
+    path = str(tmp_path / "data.npz")
+    np.savez(path, id=ids, x=xs, other=np.zeros(n, np.int8))
+    reader = NpyReader(path, fields=["x", "id"], batch_size=7)
+    assert reader.field_names_ == ["x", "id"]
+    got_xs, got_ids = columns(iterate_all(ws, reader, 2), 2)
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(got_xs, xs[got_ids])
+
+
+@pytest.mark.timeout(60)
+def test_npy_reader_one_path_and_a_dict_of_shard_lists(ws, tmp_path):
+    ids, xs = id_x(90)
+    np.save(tmp_path / "only.npy", ids)
+    reader = NpyReader(str(tmp_path / "only.npy"), batch_size=8)
+    assert reader.field_names_ == ["only"]
+    (got,) = columns(iterate_all(ws, reader, 2), 1)
+    assert sorted(got.tolist()) == ids.tolist()
+    paths = []
+    for k, part in enumerate(np.array_split(xs, 3)):
+        paths.append(str(tmp_path / ("x_part%d.npy" % k)))
+        np.save(paths[-1], part)
+    reader = NpyReader({"id": str(tmp_path / "only.npy"), "x": paths}, batch_size=8)
+    assert reader.copied_fields == ("x",)
+    got_ids, got_xs = columns(iterate_all(ws, reader, 2), 2)
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(got_xs, xs[got_ids])
+
+
+def test_missing_file_is_named(tmp_path):
+    np.save(tmp_path / "id.npy", np.arange(3))
+    missing = str(tmp_path / "nope.npy")
+    with pytest.raises(FileMissingError, match="nope.npy") as e:
+        NpyReader({"id": str(tmp_path / "id.npy"), "x": missing})
+    assert isinstance(e.value, FastpipeError) and isinstance(e.value, FileNotFoundError)
+    with pytest.raises(FileMissingError, match="gone.npz"):
+        NpyReader(str(tmp_path / "gone.npz"))
+    with pytest.raises(FileMissingError, match="nodir"):
+        NpyReader(str(tmp_path / "nodir"))
+
+
+def test_mismatched_lengths_name_both_files(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(3))
+    np.save(tmp_path / "b.npy", np.arange(4))
+    with pytest.raises(ArgumentError, match=r"b\.npy.* 4 records but .*a\.npy.* 3"):
+        NpyReader(str(tmp_path))
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64, np.complex64, "datetime64[s]"])
+def test_unsupported_dtype_names_the_file(tmp_path, dtype):
+    np.save(tmp_path / "bad.npy", np.zeros(3, dtype=dtype))
+    with pytest.raises(ArgumentError, match=r"bad\.npy.*dtype"):
+        NpyReader(str(tmp_path))
+
+
+def test_object_arrays_are_refused_without_unpickling(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ArgumentError, match=r"obj\.npy"):
+        NpyReader(str(tmp_path))
+
+
+def test_shards_of_different_dtypes_are_named(tmp_path):
+    np.save(tmp_path / "id-00000.npy", np.arange(3, dtype=np.int64))
+    np.save(tmp_path / "id-00001.npy", np.arange(3, dtype=np.int32))
+    with pytest.raises(ArgumentError, match=r"id-00001\.npy.*int32.*id-00000\.npy"):
+        NpyReader(str(tmp_path))
+
+
+def test_npz_missing_member_is_named(tmp_path):
+    path = str(tmp_path / "d.npz")
+    np.savez(path, a=np.arange(3))
+    with pytest.raises(ArgumentError, match=r"d\.npz.*'b'"):
+        NpyReader(path, fields=["b"])
+
+
+# ---- NpyShardWriter -----------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 2, 4])
+@pytest.mark.parametrize("per_shard", [1, 100, 5000])
+def test_shards_round_trip_exactly(ws, tmp_path, instances, per_shard):
+    n = 2003
+    ids, xs = id_x(n)
+    out = str(tmp_path / "out")
+    writer = NpyShardWriter(out, ["id", "x"], records_per_shard=per_shard)
+    run_into(ws, sources.ArrayReader({"id": ids, "x": xs}, batch_size=9), writer, instances)
+    files = sorted(os.listdir(out))
+    assert not [f for f in files if f.startswith(".")]          # no temporaries left
+    nshards = -(-n // per_shard)
+    assert files == sorted("%s-%05d.npy" % (f, k) for f in ("id", "x") for k in range(nshards))
+    sizes = [len(np.load(os.path.join(out, "id-%05d.npy" % k))) for k in range(nshards)]
+    assert sizes == [per_shard] * (nshards - 1) + [n - per_shard * (nshards - 1)]
+    reader = NpyReader(out, batch_size=50)
+    got_ids, got_xs = columns(iterate_all(ws, reader, instances), 2)
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(got_xs, xs[got_ids])
+
+
+@pytest.mark.timeout(60)
+def test_shard_numbering_resumes_after_existing_shards(ws, tmp_path):
+    out = str(tmp_path)
+    ids, xs = id_x(250)
+    run_into(ws, sources.ArrayReader({"id": ids}, batch_size=8),
+             NpyShardWriter(out, ["id"], records_per_shard=100), 2)
+    assert sorted(os.listdir(out)) == ["id-00000.npy", "id-00001.npy", "id-00002.npy"]
+    writer = NpyShardWriter(out, ["id"], records_per_shard=100)
+    run_into(ws, sources.ArrayReader({"id": ids + 1000}, batch_size=8), writer, 2)
+    assert sorted(os.path.basename(p) for p in writer.written) == \
+        ["id-00003.npy", "id-00004.npy", "id-00005.npy"]
+    (got,) = columns(iterate_all(ws, NpyReader(out, batch_size=64), 2), 1)
+    assert sorted(got.tolist()) == ids.tolist() + (ids + 1000).tolist()
+
+
+@pytest.mark.timeout(60)
+def test_shard_writer_bad_dtype_fails_the_run_naming_writer_and_field(ws, tmp_path):
+    src = sources.ArrayReader({"s": np.array(["a", "b"], dtype=object)}, batch_size=1)
+    with pytest.raises(RunError, match=r"NpyShardWriter 'w'.*field 's'"):
+        run_into(ws, src, NpyShardWriter(str(tmp_path), ["s"], name="w"), 1)
+
+
+def test_shard_writer_arguments(tmp_path):
+    with pytest.raises(ArgumentError, match="records_per_shard"):
+        NpyShardWriter(str(tmp_path), ["a"], records_per_shard=0)
+    with pytest.raises(ArgumentError, match="distinct"):
+        NpyShardWriter(str(tmp_path), ["a", "a"])
+
+
+# ---- TextFileWriter -----------------------------------------------------------------
+
+TSV_FIELDS = (("id", np.int64), ("f32", np.float32), ("f64", np.float64), ("i8", np.int8),
+              ("u16", np.uint16), ("s", str))
+
+
+def tsv_schema(fields=TSV_FIELDS):
+    return schema.Struct(*[(n, schema.Scalar(dt)) for n, dt in fields])
+
+
+def tsv_data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    f32 = rng.standard_normal(n).astype(np.float32) * np.float32(1e-3)
+    f64 = rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, n)
+    specials32 = np.array([np.nan, np.inf, -np.inf, -0.0, np.finfo(np.float32).max,
+                           np.finfo(np.float32).tiny, np.float32(1e-45), 0.1], np.float32)
+    specials64 = np.array([np.nan, -np.inf, np.inf, -0.0, np.finfo(np.float64).max,
+                           np.finfo(np.float64).tiny, 5e-324, 0.1])
+    f32[:len(specials32)] = specials32
+    f64[:len(specials64)] = specials64
+    ids = np.arange(n, dtype=np.int64)
+    ids[1] = np.iinfo(np.int64).min
+    ids[2] = np.iinfo(np.int64).max
+    return {"id": ids, "f32": f32, "f64": f64,
+            "i8": rng.integers(-128, 128, n).astype(np.int8),
+            "u16": rng.integers(0, 65536, n).astype(np.uint16),
+            "s": np.array(["r%d ü %s" % (i, "x" * (i % 5)) for i in range(n)], dtype=object)}
+
+
+def read_tsv(ws, path, fields=TSV_FIELDS, instances=1):
+    init = core.Net("tsv_init")
+    reader = TextFileReader(init, path, tsv_schema(fields), batch_size=100)
+    ws.run(init)
+    return columns(iterate_all(ws, reader, instances), len(fields))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 2, 4])
+def test_tsv_round_trip_is_exact(ws, tmp_path, instances):
+    n = 1500
+    data = tsv_data(n)
+    path = str(tmp_path / "out.tsv")
+    writer = TextFileWriter(path, tsv_schema())
+    run_into(ws, sources.ArrayReader(data, batch_size=13), writer, instances)
+    with open(path, encoding="utf-8") as fh:
+        assert sum(1 for _ in fh) == n
+    got = read_tsv(ws, path, instances=instances)
+    order = np.argsort(got[0], kind="stable")
+    got = [g[order] for g in got]
+    want_order = np.argsort(data["id"], kind="stable")
+    for (name, dt), g in zip(TSV_FIELDS, got):
+        want = data[name][want_order]
+        if dt is str:
+            assert [x.decode("utf-8") for x in g.tolist()] == want.tolist()
+        else:
+            assert g.dtype == np.dtype(dt)
+            # bit-exact, nan and -0.0 included
+            assert g.tobytes() == want.astype(dt).tobytes(), name
+
+
+@pytest.mark.timeout(60)
+def test_tsv_lines_of_instances_never_interleave(ws, tmp_path):
+    n = 4000
+    path = str(tmp_path / "out.tsv")
+    fields = (("id", np.int64), ("s", str))
+    data = {"id": np.arange(n, dtype=np.int64),
+            "s": np.array(["v%d" % i for i in range(n)], dtype=object)}
+    run_into(ws, sources.ArrayReader(data, batch_size=3), TextFileWriter(path, tsv_schema(fields)),
+             4)
+    lines = open(path, encoding="utf-8").read().split("\n")
+    assert lines[-1] == ""
+    assert collections.Counter(lines[:-1]) == collections.Counter(
+        "%d\tv%d" % (i, i) for i in range(n))
+
+
+@pytest.mark.timeout(60)
+def test_tsv_truncates_each_run_unless_append(ws, tmp_path):
+    path = str(tmp_path / "out.tsv")
+    fields = (("id", np.int64),)
+    for _ in range(2):
+        run_into(ws, sources.ArrayReader({"id": np.arange(10)}, batch_size=4),
+                 TextFileWriter(path, tsv_schema(fields)), 2)
+    assert sorted(read_tsv(ws, path, fields)[0].tolist()) == list(range(10))
+    run_into(ws, sources.ArrayReader({"id": np.arange(10, 15)}, batch_size=4),
+             TextFileWriter(path, tsv_schema(fields), append=True), 2)
+    assert sorted(read_tsv(ws, path, fields)[0].tolist()) == list(range(15))
+
+
+@pytest.mark.timeout(60)
+def test_tsv_string_with_a_tab_fails_naming_field(ws, tmp_path):
+    path = str(tmp_path / "out.tsv")
+    src = sources.ArrayReader({"s": np.array(["ok", "a\tb"], dtype=object)}, batch_size=1)
+    with pytest.raises(RunError, match=r"out\.tsv.*field 0 \('s'\).*tab or line end"):
+        run_into(ws, src, TextFileWriter(path, tsv_schema((("s", str),))), 1)
+
+
+@pytest.mark.timeout(60)
+def test_tsv_field_of_another_dtype_fails_naming_file_and_field(ws, tmp_path):
+    path = str(tmp_path / "out.tsv")
+    src = sources.ArrayReader({"id": np.arange(5, dtype=np.int32)}, batch_size=2)
+    with pytest.raises(RunError, match=r"out\.tsv.*field 0 \('id'\).*int32.*expected a 1-D int64"):
+        run_into(ws, src, TextFileWriter(path, tsv_schema((("id", np.int64),))), 1)
+
+
+@pytest.mark.timeout(60)
+def test_tsv_unwritable_path_fails_naming_it(ws, tmp_path):
+    path = str(tmp_path / "no_such_dir" / "out.tsv")
+    src = sources.ArrayReader({"id": np.arange(5)}, batch_size=2)
+    with pytest.raises(RunError, match=r"cannot open file '.*no_such_dir/out\.tsv' for writing"):
+        run_into(ws, src, TextFileWriter(path, tsv_schema((("id", np.int64),))), 1)
+
+
+def test_tsv_writer_refuses_unsupported_schema(tmp_path):
+    with pytest.raises(GraphError, match=r"field 'b'.*bool"):
+        TextFileWriter(str(tmp_path / "o.tsv"), tsv_schema((("b", np.bool_),)))
+    with pytest.raises(ArgumentError, match="filename"):
+        TextFileWriter("", tsv_schema((("a", np.int64),)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: TextFileWriter(os.path.join(d, "o.tsv"), tsv_schema((("id", np.int64),))),
+    lambda d: NpyShardWriter(d, ["id"])])
+def test_a_writer_is_set_up_in_one_task_group_only(tmp_path, make):
+    writer = make(str(tmp_path))
+    with task.TaskGroup():
+        pipeline.pipe(sources.ArrayReader({"id": np.arange(3)}), writer)
+    with task.TaskGroup():
+        with pytest.raises(GraphError, match="another TaskGroup"):
+            pipeline.pipe(sources.ArrayReader({"id": np.arange(3)}), writer)
