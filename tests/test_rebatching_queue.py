@@ -294,8 +294,9 @@ def _producer_consumer_plan(instances, capacity, rows=3, iters=40, per_dequeue=4
     prod.EnqueueRebatchingQueue(["pcq", "idrow", "ks"], [], enqueue_batch=True)
     cons = core.Net("pc_cons")
     cons.DequeueRebatchingQueue(["pcq"], ["cid", "ck"], num_elements=per_dequeue)
-    cons.AtomicAppend(["seen_mutex", "seen_id", "cid"], ["seen_id"])
-    cons.AtomicAppend(["seen_mutex", "seen_k", "ck"], ["seen_k"])
+    # one AtomicAppend for both columns: two would let another consumer's
+    # append land between them and misalign ids and ks
+    cons.AtomicAppend(["seen_mutex", "seen_id", "seen_k", "cid", "ck"], ["seen_id", "seen_k"])
     prod_step = core.execution_step(
         "producers", [core.execution_step("p", prod, num_iter=iters, create_workspace=True)],
         num_concurrent_instances=instances)
