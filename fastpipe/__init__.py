@@ -25,4 +25,5 @@ def __getattr__(name):
         import sys
         import fastpipe.workspace  # noqa: F401 (sets the attribute)
         return sys.modules["fastpipe.workspace"]
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    from .errors import AttributeNotFoundError
+    raise AttributeNotFoundError("module %r has no attribute %r" % (__name__, name))

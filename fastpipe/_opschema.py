@@ -16,7 +16,7 @@ Argument kinds:
 * ``value``           -- any scalar (ConstantFill's ``value``: f, i or s)
 """
 
-from .errors import OperatorDefError
+from .errors import ArgumentError, OperatorDefError
 
 INF = 1 << 30
 
@@ -40,7 +40,7 @@ class ArgSpec(object):
 
     def __init__(self, name, kind, default=None, doc=""):
         if kind not in _KINDS:
-            raise ValueError("unknown argument kind %r" % kind)
+            raise ArgumentError("unknown argument kind %r" % kind)
         self.name = name
         self.kind = kind
         self.default = default

@@ -22,6 +22,7 @@ function itself for as long as the program lives.
 import itertools
 import threading
 import weakref
+from .errors import ArgumentError, NotFoundError
 
 __all__ = ["Token", "register", "lookup"]
 
@@ -72,10 +73,10 @@ def register(func, pass_workspace=False):
     holding it, alive for as long as the function may be looked up)."""
     if isinstance(func, tuple):
         if len(func) != 3 or not callable(func[0]):
-            raise ValueError("Python op: expected f or (factory, args, kwargs), got %r"
+            raise ArgumentError("Python op: expected f or (factory, args, kwargs), got %r"
                              % (func,))
     elif not callable(func):
-        raise ValueError("Python op: %r is not callable" % (func,))
+        raise ArgumentError("Python op: %r is not callable" % (func,))
     entry = _Entry(func, bool(pass_workspace))
     with _lock:
         name = "python_op:%d" % next(_ids)
@@ -92,7 +93,7 @@ def lookup(token):
     with _lock:
         entry = _table.get(key)
     if entry is None:
-        raise KeyError("no Python function registered under token %r" % (token,))
+        raise NotFoundError("no Python function registered under token %r" % (token,))
     return (entry.func, entry.pass_workspace)
 
 

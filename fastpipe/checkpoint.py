@@ -23,7 +23,7 @@ import logging
 import numpy as np
 
 from . import context, core
-from .errors import GraphError
+from .errors import GraphError, NotSupportedError
 from .task import Task, TaskGroup, TaskOutput, WorkspaceType
 
 __all__ = ["Job", "JobRunner", "epoch_limiter"]
@@ -118,7 +118,7 @@ class JobRunner(object):
     def __init__(self, job, checkpoint_manager=None, resume_from_epoch=None,
                  upload_task_group_builder=None):
         if checkpoint_manager is not None:
-            raise NotImplementedError(
+            raise NotSupportedError(
                 "fastpipe does not provide checkpoint managers (Save/Load)")
         self.job = job
         self.checkpoint_manager = checkpoint_manager

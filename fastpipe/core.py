@@ -35,6 +35,7 @@ from collections import OrderedDict, defaultdict  # noqa: F401 (names core had)
 
 import fastpipe as _fastpipe_package
 
+from .errors import AttributeNotFoundError as _AttributeNotFoundError
 from .errors import GraphError  # noqa: F401
 from ._graph.scope import (  # noqa: F401
     _NAMESCOPE_SEPARATOR, _scope_local, CurrentDeviceScope, CurrentNameScope,
@@ -79,4 +80,4 @@ def __getattr__(name):
     (``fastpipe.__getattr__``) on first use."""
     if name == "workspace":
         return _fastpipe_package.workspace
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    raise _AttributeNotFoundError("module %r has no attribute %r" % (__name__, name))

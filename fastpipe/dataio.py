@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from . import core
-from .errors import GraphError
+from .errors import ArgumentError, GraphError, NotSupportedError
 from .schema import Field, Struct, from_blob_list
 
 __all__ = ["Reader", "Writer", "ReaderBuilder", "PipedReaderBuilder", "Pipe",
@@ -73,11 +73,11 @@ class Reader(object):
     def read(self, read_net):
         """Append ops reading one batch to ``read_net``; return
         ``(should_stop, fields)``, ``should_stop`` a bool scalar blob."""
-        raise NotImplementedError("Readers must implement `read`.")
+        raise NotSupportedError("Readers must implement `read`.")
 
     def reset(self, net):
         """Append ops that rewind the reader (not all readers can)."""
-        raise NotImplementedError("This reader cannot be reset.")
+        raise NotSupportedError("This reader cannot be reset.")
 
     def read_record(self, read_net):
         should_stop, fields = self.read(read_net)
@@ -112,7 +112,7 @@ class Writer(object):
 
     def write(self, writer_net, fields):
         """Append ops that write one batch (``fields``: blobs)."""
-        raise NotImplementedError("Writers must implement write.")
+        raise NotSupportedError("Writers must implement write.")
 
     def write_record(self, writer_net, fields):
         if isinstance(fields, Field):
@@ -149,14 +149,14 @@ class ReaderBuilder(object):
     """Makes readers, e.g. one per trainer in a distributed job."""
 
     def schema(self):
-        raise NotImplementedError()
+        raise NotSupportedError()
 
     def setup(self, **kwargs):
         """One-time setup before ``new_reader`` (call once)."""
-        raise NotImplementedError()
+        raise NotSupportedError()
 
     def new_reader(self, **kwargs):
-        raise NotImplementedError()
+        raise NotSupportedError()
 
 
 class PipedReaderBuilder(ReaderBuilder):
@@ -196,10 +196,10 @@ class Pipe(object):
         pass
 
     def reader(self):
-        raise NotImplementedError()
+        raise NotSupportedError()
 
     def writer(self):
-        raise NotImplementedError()
+        raise NotSupportedError()
 
     def num_readers(self):
         return self._num_readers
@@ -286,10 +286,10 @@ class ReaderWithLimitBase(Reader):
         return [stop_condition_net] + list(nets) + [check_done_net], should_stop, fields
 
     def setup_limiter(self, global_init_net, global_finish_net):
-        raise NotImplementedError("Subclass must implement `setup_limiter`")
+        raise NotSupportedError("Subclass must implement `setup_limiter`")
 
     def check_limiter_condition(self, stop_condition_net):
-        raise NotImplementedError("Subclass must implement `check_limiter_condition`")
+        raise NotSupportedError("Subclass must implement `check_limiter_condition`")
 
     def data_finished(self):
         """Bool blob: true iff the inner reader was exhausted (rather than
@@ -460,6 +460,6 @@ class CompositeReaderBuilder(ReaderBuilder):
                 if hasattr(reader, "reader"):
                     reader = reader.reader()
                 else:
-                    raise ValueError("reader must be an instance of Reader or Pipe")
+                    raise ArgumentError("reader must be an instance of Reader or Pipe")
             readers.append(reader)
         return CompositeReader(self._names, readers)

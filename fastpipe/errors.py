@@ -9,7 +9,8 @@ status code into one of these classes in a single place
 __all__ = ["FastpipeError", "OperatorDefError", "PlanError", "BlobError",
            "RunError", "QueueClosedError", "CancelledError", "GraphError",
            "WorkspaceError", "ArgumentError", "OutOfMemoryError", "FastpipeWarning",
-           "IterTimeoutError"]
+           "IterTimeoutError",
+           "NotSupportedError", "NotFoundError", "AttributeNotFoundError", "IndexOutOfRangeError"]
 
 
 class FastpipeError(Exception):
@@ -103,3 +104,23 @@ class IterTimeoutError(FastpipeError, TimeoutError):
     """``next()`` on a RecordIterator made with ``timeout=`` waited longer
     than that for a record (or for its queue to be created).  The job keeps
     running; call ``next()`` again, or ``close()`` to stop it."""
+
+
+class NotSupportedError(FastpipeError, NotImplementedError):
+    """A part fastpipe does not provide (yet), or an abstract method a
+    subclass must implement."""
+
+
+class NotFoundError(FastpipeError, KeyError):
+    """A name (a record field, a registered function) is not there."""
+
+    def __str__(self):  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AttributeNotFoundError(FastpipeError, AttributeError):
+    """An attribute lookup failed: not an operator type, not a field."""
+
+
+class IndexOutOfRangeError(FastpipeError, IndexError):
+    """An index past the end (of a record's fields)."""

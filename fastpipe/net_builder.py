@@ -27,7 +27,7 @@ across threads sharing one builder.  Nothing here touches data.
 
 from . import context, core
 from ._graph import registry as _graph_registry
-from .errors import GraphError
+from .errors import AttributeNotFoundError, GraphError, NotSupportedError
 
 __all__ = ["NetBuilder", "Operations", "ops"]
 
@@ -55,7 +55,7 @@ class NetBuilder(context.Managed):
         if _fullname and name:
             raise GraphError("Cannot set both _fullname and name")
         if _use_control_ops:
-            raise NotImplementedError(
+            raise NotSupportedError(
                 "NetBuilder(_use_control_ops=True) needs the If/While "
                 "operators, which fastpipe does not provide")
         parent = NetBuilder.current(required=False)
@@ -159,7 +159,7 @@ class Operations(object):
     Any attribute that is not one of the methods below is forwarded to the
     active builder's current net, so ``ops.Copy(a, b)``, ``ops.Const(1)``,
     ``ops.NextScopedBlob('x')`` and ``ops.Python(f)`` all work.  With no
-    active builder such attributes raise AttributeError (so ``hasattr`` is
+    active builder such attributes raise AttributeNotFoundError (so ``hasattr`` is
     false).
     """
 
@@ -175,13 +175,13 @@ class Operations(object):
 
     def __getattr__(self, op_type):
         if op_type.startswith("__"):
-            raise AttributeError(op_type)
+            raise AttributeNotFoundError(op_type)
         if NetBuilder.current(required=False) is None:
-            raise AttributeError("No active NetBuilder (looking up %r)." % op_type)
+            raise AttributeNotFoundError("No active NetBuilder (looking up %r)." % op_type)
         return getattr(self.net(), op_type)
 
     def task_group(self):
-        raise NotImplementedError(
+        raise NotSupportedError(
             "ops.task_group() is not supported (it is broken in Caffe2 too)")
 
     def stop(self):
@@ -210,17 +210,17 @@ class Operations(object):
         return NetBuilder.current().add(_RunIf(cond, name=name))
 
     def IfNet(self, cond, name=None):
-        raise NotImplementedError("ops.IfNet needs the If operator (not provided)")
+        raise NotSupportedError("ops.IfNet needs the If operator (not provided)")
 
     def Else(self, name=None):
-        raise NotImplementedError(
+        raise NotSupportedError(
             "ops.Else() belongs to IfNet (not provided); use ops.If(c).Else()")
 
     def WhileNet(self, name=None):
-        raise NotImplementedError("ops.WhileNet needs the While operator (not provided)")
+        raise NotSupportedError("ops.WhileNet needs the While operator (not provided)")
 
     def Condition(self, name=None):
-        raise NotImplementedError("ops.Condition belongs to WhileNet (not provided)")
+        raise NotSupportedError("ops.Condition belongs to WhileNet (not provided)")
 
     def _setup(self, key, kind, name=None):
         setup = _SetupBuilder(kind, name)

@@ -63,7 +63,7 @@ class Visitor(object):
             func = visitors.get(klass)
             if func is not None:
                 return func(self, obj, *args, **kwargs)
-        raise TypeError("%s: unsupported object type: %s"
+        raise ArgumentError("%s: unsupported object type: %s"
                         % (type(self).__name__, type(obj)))
 
 

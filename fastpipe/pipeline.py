@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from . import _pyop, core, queue_util
 from .dataio import Reader, Writer
-from .errors import GraphError
+from .errors import ArgumentError, GraphError
 from .net_builder import NetBuilder, ops
 from .proto import gc_paused
 from .schema import Field, Scalar, as_record, from_column_list
@@ -82,7 +82,7 @@ def _init_output(output, capacity, global_init_net, global_exit_net):
         out_queue = output
         writer = output.writer()
     else:
-        raise ValueError("output must be a reader, queue or stream.")
+        raise ArgumentError("output must be a reader, queue or stream.")
     writer.setup_ex(global_init_net, global_exit_net)
     return out_queue, writer
 
@@ -344,7 +344,7 @@ def _pipe_step(input, output=None, num_threads=1, processor=None, name=None,
     elif hasattr(input, "reader"):
         reader = input.reader()
     else:
-        raise ValueError(
+        raise ArgumentError(
             "Input must be a reader, queue or stream. Got {}".format(type(input)))
 
     if processor is not None:

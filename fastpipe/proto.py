@@ -15,6 +15,7 @@ flat description.
 
 import gc as _gc
 import threading as _threading
+from .errors import ArgumentError, AttributeNotFoundError
 
 __all__ = ["Argument", "DeviceOption", "OperatorDef", "NetDef",
            "ExecutionStep", "PlanDef"]
@@ -235,7 +236,7 @@ class _Message(object, metaclass=_MessageMeta):
             value = cls._singular[name]()
             self.__dict__[name] = value
             return value
-        raise AttributeError("%s has no field %r" % (cls.__name__, name))
+        raise AttributeNotFoundError("%s has no field %r" % (cls.__name__, name))
 
     def __setattr__(self, name, value):
         kind = self._kinds.get(name)
@@ -246,7 +247,7 @@ class _Message(object, metaclass=_MessageMeta):
         elif kind == _MESSAGES:
             self.__dict__[name] = _RepeatedMessage.of(self._messages[name])(value)
         else:
-            raise AttributeError("%s has no field %r" % (type(self).__name__, name))
+            raise AttributeNotFoundError("%s has no field %r" % (type(self).__name__, name))
 
     @property
     def _set(self):
@@ -257,13 +258,13 @@ class _Message(object, metaclass=_MessageMeta):
     def HasField(self, name):
         kind = self._kinds.get(name)
         if kind is None or kind > _SINGULAR:
-            raise ValueError('Protocol message %s has no singular "%s" field.'
+            raise ArgumentError('Protocol message %s has no singular "%s" field.'
                              % (type(self).__name__, name))
         return name in self.__dict__
 
     def ClearField(self, name):
         if name not in self._kinds:
-            raise ValueError("%s has no field %r" % (type(self).__name__, name))
+            raise ArgumentError("%s has no field %r" % (type(self).__name__, name))
         self.__dict__.pop(name, None)
 
     def ListFields(self):
@@ -296,7 +297,7 @@ class _Message(object, metaclass=_MessageMeta):
         if other is self:
             return
         if type(other) is not type(self):
-            raise TypeError("CopyFrom expects a %s, got %s"
+            raise ArgumentError("CopyFrom expects a %s, got %s"
                             % (type(self).__name__, type(other).__name__))
         object.__setattr__(self, "__dict__", other._copy().__dict__)
 

@@ -32,7 +32,7 @@ import numpy as np
 from . import core
 from .core import BlobReference
 from ._graph import registry as _graph_registry
-from .errors import GraphError
+from .errors import ArgumentError, AttributeNotFoundError, GraphError, IndexOutOfRangeError, NotFoundError, NotSupportedError
 
 logger = logging.getLogger(__name__)
 
@@ -110,25 +110,25 @@ class Field(object):
         return self.clone(keep_blobs=False)
 
     def field_names(self):
-        raise NotImplementedError("Field is an abstract class.")
+        raise NotSupportedError("Field is an abstract class.")
 
     def field_types(self):
-        raise NotImplementedError("Field is an abstract class.")
+        raise NotSupportedError("Field is an abstract class.")
 
     def field_metadata(self):
-        raise NotImplementedError("Field is an abstract class.")
+        raise NotSupportedError("Field is an abstract class.")
 
     def field_blobs(self):
-        raise NotImplementedError("Field is an abstract class.")
+        raise NotSupportedError("Field is an abstract class.")
 
     def all_scalars(self):
-        raise NotImplementedError("Field is an abstract class.")
+        raise NotSupportedError("Field is an abstract class.")
 
     def has_blobs(self):
-        raise NotImplementedError("Field is an abstract class.")
+        raise NotSupportedError("Field is an abstract class.")
 
     def clone(self, keep_blobs=True):
-        raise NotImplementedError("Field is an abstract class.")
+        raise NotSupportedError("Field is an abstract class.")
 
     def _set_parent(self, parent, relative_id):
         self._parent = (parent, relative_id)
@@ -161,7 +161,7 @@ class Field(object):
     __hash__ = None
 
     def _pprint_impl(self, indent, out):
-        raise NotImplementedError("Field is an abstract class.")
+        raise NotSupportedError("Field is an abstract class.")
 
     def __repr__(self):
         out = []
@@ -225,13 +225,13 @@ class List(Field):
 
     def __getattr__(self, item):
         if item.startswith("_"):
-            raise AttributeError(item)
+            raise AttributeNotFoundError(item)
         items = self._items
         if isinstance(items, Struct):
             return getattr(items, item)
         if item in ("value", "items", "values"):
             return items
-        raise AttributeError("Field not found in list: %s." % item)
+        raise AttributeNotFoundError("Field not found in list: %s." % item)
 
     def __getitem__(self, item):
         names = item.split(FIELD_SEPARATOR, 1)
@@ -242,7 +242,7 @@ class List(Field):
                 return self._items
         elif names[0] == "values":
             return self._items[names[1]]
-        raise KeyError("Field not found in list: %s." % item)
+        raise NotFoundError("Field not found in list: %s." % item)
 
 
 class ListWithEvicted(List):
@@ -326,7 +326,7 @@ class Struct(Field):
                 continue
             existing = children[name]
             if not isinstance(field, Struct) or not isinstance(existing, Struct):
-                raise ValueError("Duplicate field name: %s" % name)
+                raise ArgumentError("Duplicate field name: %s" % name)
             children[name] = existing + field
         object.__setattr__(self, "fields", children)
         for idx, field in enumerate(children.values()):
@@ -420,11 +420,11 @@ class Struct(Field):
             try:
                 return values[item]
             except IndexError:
-                raise IndexError("Struct has %d fields, index %d out of range"
+                raise IndexOutOfRangeError("Struct has %d fields, index %d out of range"
                                  % (len(values), item))
         field = self._get_field_by_nested_name(item)
         if field is None:
-            raise KeyError('field "%s" not found' % (item,))
+            raise NotFoundError('field "%s" not found' % (item,))
         return field
 
     def get(self, item, default_value):
@@ -433,15 +433,15 @@ class Struct(Field):
 
     def __getattr__(self, item):
         if item.startswith("_"):
-            raise AttributeError(item)
+            raise AttributeNotFoundError(item)
         try:
             return object.__getattribute__(self, "fields")[item]
         except (KeyError, AttributeError):
-            raise AttributeError(item)
+            raise AttributeNotFoundError(item)
 
     def __setattr__(self, key, value):
         if getattr(self, "_frozen", False) and not key.startswith("_"):
-            raise TypeError("Struct.__setattr__() is disabled after __init__()")
+            raise ArgumentError("Struct.__setattr__() is disabled after __init__()")
         object.__setattr__(self, key, value)
 
     def __add__(self, other):
@@ -455,7 +455,7 @@ class Struct(Field):
                 continue
             left = children[name]
             if not (isinstance(left, Struct) and isinstance(right, Struct)):
-                raise TypeError(
+                raise ArgumentError(
                     "Type of left_field, %s, and type of right_field, %s, must "
                     "both be Struct to allow merging of the field, %s"
                     % (type(left).__name__, type(right).__name__, name))
@@ -472,7 +472,7 @@ class Struct(Field):
                 continue
             left = children[name]
             if type(left) is not type(right):
-                raise TypeError(
+                raise ArgumentError(
                     "Type of left_field, %s, is not the same as that of "
                     "right_field, %s, yet they have the same field name, %s"
                     % (type(left).__name__, type(right).__name__, name))
@@ -570,7 +570,7 @@ class Scalar(Field):
     def set(self, dtype=None, blob=None, metadata=None, unsafe=False):
         """Set the dtype and/or blob (see the class docstring)."""
         if blob is not None and isinstance(blob, str):
-            raise ValueError(
+            raise ArgumentError(
                 "Passing str blob to Scalar.set() is ambiguous. Do either "
                 "set(blob=np.array(blob)) or set(blob=BlobReference(blob))")
         self._original_dtype = dtype
@@ -578,7 +578,7 @@ class Scalar(Field):
             dtype = (dtype[0], (1,))
         if dtype is not None:
             if isinstance(dtype, tuple) and dtype[0] is np.void:
-                raise TypeError("Cannot set the Scalar with type %s for blob %s."
+                raise ArgumentError("Cannot set the Scalar with type %s for blob %s."
                                 % (dtype, blob))
             dtype = np.dtype(dtype)
         if blob is not None and not isinstance(blob, BlobReference):
@@ -850,7 +850,7 @@ def data_type_for_dtype(dtype):
     for np_type, dt in _DATA_TYPE_FOR_DTYPE:
         if base == np_type:
             return dt
-    raise TypeError("Unknown dtype: " + str(base))
+    raise ArgumentError("Unknown dtype: " + str(base))
 
 
 def dtype_for_core_type(core_type):
@@ -860,7 +860,7 @@ def dtype_for_core_type(core_type):
     for np_type, dt in _DATA_TYPE_FOR_DTYPE:
         if dt == core_type:
             return np_type.type
-    raise TypeError("Unknown core type: " + str(core_type))
+    raise ArgumentError("Unknown core type: " + str(core_type))
 
 
 def is_schema_subset(schema, original_schema):

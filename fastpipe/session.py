@@ -26,7 +26,7 @@ from typing import Any, Optional, Tuple
 from . import _core
 from . import _lower
 from . import proto as _proto
-from .errors import ArgumentError, CancelledError, FastpipeError, GraphError
+from .errors import ArgumentError, CancelledError, FastpipeError, GraphError, NotSupportedError
 
 __all__ = ["CompiledRunnable", "Session", "LocalSession", "SessionGoneError",
            "RunHandle", "RecordIterator"]
@@ -163,10 +163,10 @@ class Session(object):
             self._open = False
 
     def fetch_output(self, output):
-        raise NotImplementedError()
+        raise NotSupportedError()
 
     def _run_compiled(self, task_group):
-        raise NotImplementedError()
+        raise NotSupportedError()
 
     @classmethod
     def _compile_task_group(cls, task_group, setup_net_list=None):

@@ -46,7 +46,7 @@ import numpy as np
 
 from . import _core, core
 from .dataio import Reader, Writer
-from .errors import ArgumentError, FastpipeError, GraphError
+from .errors import ArgumentError, FastpipeError, GraphError, NotFoundError
 from .schema import Scalar, Struct
 
 
@@ -325,15 +325,15 @@ def _read_fn(state_ref, name, fields, batch_size):
             try:
                 return [item[f] for f in fields]
             except KeyError as e:
-                raise KeyError("IterableReader %r: item %r has no field %s (fields: %r)"
+                raise NotFoundError("IterableReader %r: item %r has no field %s (fields: %r)"
                                % (name, list(item), e, fields)) from None
         if isinstance(item, (tuple, list)):
             if len(item) != nf:
-                raise ValueError("IterableReader %r: an item has %d values for %d fields %r"
+                raise ArgumentError("IterableReader %r: an item has %d values for %d fields %r"
                                  % (name, len(item), nf, fields))
             return list(item)
         if nf != 1:
-            raise ValueError("IterableReader %r: an item of type %s for %d fields %r "
+            raise ArgumentError("IterableReader %r: an item of type %s for %d fields %r "
                              "(give a tuple or a dict)" % (name, type(item).__name__, nf, fields))
         return [item]
 

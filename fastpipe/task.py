@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 from . import context, core, net_builder
 from ._graph import registry as _graph_registry
-from .errors import GraphError
+from .errors import ArgumentError, GraphError
 from .schema import Field, from_blob_list
 
 __all__ = ["Cluster", "Node", "WorkspaceType", "Task", "TaskGroup",
@@ -119,7 +119,7 @@ def _extend_setup(result, target_list, what):
     elif isinstance(result, (core.Net, core.ExecutionStep)):
         target_list.append(result)
     elif result is not None:
-        raise TypeError("Unsupported type for %s: %s" % (what, type(result)))
+        raise ArgumentError("Unsupported type for %s: %s" % (what, type(result)))
 
 
 def get_setup_nets(key, steps_or_nets, target):

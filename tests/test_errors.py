@@ -111,3 +111,24 @@ def test_step_failure_outside_ops_names_step_and_instance(ws):
     e = info.value
     assert (e.op_type, e.op_index, e.net) == (None, None, None)
     assert e.step == "bad_stop_inner" and e.instance in (0, 1)
+
+
+def test_fastpipe_raises_no_bare_builtin_exception():
+    """Every error fastpipe raises derives from FastpipeError (and the
+    builtin it resembles): no `raise ValueError(...)` and the like in the
+    package's Python or Cython sources."""
+    import glob
+    import os
+    import re
+    import fastpipe
+    pkg = os.path.dirname(fastpipe.__file__)
+    builtins = ("ValueError|TypeError|KeyError|RuntimeError|AttributeError|IndexError|"
+                "NotImplementedError|MemoryError|OSError|IOError|LookupError|AssertionError")
+    pat = re.compile(r"\braise (%s)\b" % builtins)
+    found = []
+    for path in (glob.glob(os.path.join(pkg, "*.py")) + glob.glob(os.path.join(pkg, "_graph", "*.py"))
+                 + glob.glob(os.path.join(pkg, "_core", "*.pxi")) + [os.path.join(pkg, "_core.pyx")]):
+        for n, line in enumerate(open(path), 1):
+            if pat.search(line) and not line.lstrip().startswith("#"):
+                found.append("%s:%d: %s" % (os.path.relpath(path, pkg), n, line.strip()))
+    assert found == []

@@ -15,6 +15,8 @@
 from posix.mman cimport (mmap, munmap, mremap, madvise, PROT_READ, PROT_WRITE,
                          MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED, MADV_HUGEPAGE)
 
+from fastpipe.errors import ArgumentError, OutOfMemoryError
+
 cdef extern from "<sys/mman.h>" nogil:
     enum: MREMAP_MAYMOVE    # Linux (g++ defines _GNU_SOURCE)
 
@@ -215,7 +217,7 @@ cdef Buffer* buf_new_borrowed(void* data, int64_t nbytes, object owner) except N
     reference goes (buf_drop_owner).  The core never writes such a buffer."""
     cdef Buffer* b = <Buffer*>fp_aligned_alloc(64, 64)
     if b == NULL:
-        raise MemoryError("borrowing a buffer")
+        raise OutOfMemoryError("borrowing a buffer")
     b.refcnt = 1
     b.is_str = False
     b.data = data
@@ -577,5 +579,5 @@ _KERNEL_ARGS = {}
 def kernel_args(op_type, **args):
     """Declare the named argument positions a kernel reads (see above)."""
     if op_type in _KERNEL_ARGS:
-        raise ValueError("kernel argument table of %r declared twice" % (op_type,))
+        raise ArgumentError("kernel argument table of %r declared twice" % (op_type,))
     _KERNEL_ARGS[op_type] = dict(args)

@@ -70,7 +70,7 @@ cdef class _BufPool:
         self.dts = <int*>calloc(nf * POOL_MAX, sizeof(int))
         self.counts = <int*>calloc(nf, sizeof(int))
         if self.bufs == NULL or self.dts == NULL or self.counts == NULL:
-            raise MemoryError()
+            raise OutOfMemoryError("RecordIterator: out of memory")
         return 0
 
     cdef inline void put(self, int j, Buffer* b, int dt) noexcept nogil:
@@ -144,7 +144,7 @@ cdef class _RecordBufs:
             self.bufs = <Buffer**>calloc(n, sizeof(Buffer*))
             self.dts = <int*>calloc(n, sizeof(int))
             if self.bufs == NULL or self.dts == NULL:
-                raise MemoryError()
+                raise OutOfMemoryError("RecordIterator: out of memory")
         if pool is not None:
             Py_INCREF(pool)
             self.pool = <PyObject*>pool
@@ -593,7 +593,7 @@ cdef class RecordIterator:
         else:
             p = (<_PyTypeObj*>self.rec_type).tp_alloc(<_PyTypeObj*>self.rec_type, n)
             if p == NULL:
-                raise MemoryError()
+                raise OutOfMemoryError("RecordIterator: out of memory")
             tup = <object>p
             Py_DECREF(tup)      # <object>p took a new reference; tp_alloc's is the one we keep
         for j in range(n):
@@ -820,7 +820,7 @@ cdef class RecordIterator:
             return tuple(arrays)
         p = (<_PyTypeObj*>self.rec_type).tp_alloc(<_PyTypeObj*>self.rec_type, n)
         if p == NULL:
-            raise MemoryError()
+            raise OutOfMemoryError("RecordIterator: out of memory")
         tup = <object>p
         Py_DECREF(tup)
         for j in range(n):

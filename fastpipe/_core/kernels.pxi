@@ -915,7 +915,7 @@ def _append_growth(mode=None):
     prev = "mapped" if g_append_mapped else "copy"
     if mode is not None:
         if mode not in ("mapped", "copy"):
-            raise ValueError("_append_growth: mode must be 'mapped' or 'copy', not %r" % (mode,))
+            raise ArgumentError("_append_growth: mode must be 'mapped' or 'copy', not %r" % (mode,))
         g_append_mapped = mode == "mapped"
     return prev
 

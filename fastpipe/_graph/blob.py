@@ -4,6 +4,7 @@ import numpy as _np
 
 from .. import _opschema
 from .scope import _NAMESCOPE_SEPARATOR, CurrentNameScope, ScopedName
+from ..errors import ArgumentError, AttributeNotFoundError
 
 
 def ScopedBlobReference(name, *args, **kwargs):
@@ -69,12 +70,12 @@ class BlobReference(object):
 
     def __add__(self, other):
         if not isinstance(other, str):
-            raise TypeError("Cannot add BlobReference to a non-string.")
+            raise ArgumentError("Cannot add BlobReference to a non-string.")
         return BlobReference(self._name + other, self._from_net)
 
     def __radd__(self, other):
         if not isinstance(other, str):
-            raise TypeError("Cannot add a non-string to BlobReference.")
+            raise ArgumentError("Cannot add a non-string to BlobReference.")
         return BlobReference(other + self._name, self._from_net)
 
     def __getstate__(self):
@@ -104,14 +105,14 @@ class BlobReference(object):
 
     def __getattr__(self, op_type):
         if op_type.startswith("_"):
-            raise AttributeError(op_type)
+            raise AttributeNotFoundError(op_type)
         if self._from_net is None:
-            raise AttributeError(
+            raise AttributeNotFoundError(
                 "You cannot use a blob reference that does not have a net "
                 "source to create operators (%s.%s). Create the operator from "
                 "an explicit net object.%s" % (self._name, op_type, _numpy_hint(op_type)))
         if not _opschema.is_operator(op_type):
-            raise AttributeError("Method %s is not a registered operator.%s"
+            raise AttributeNotFoundError("Method %s is not a registered operator.%s"
                                  % (op_type, _numpy_hint(op_type)))
 
         def create(*args, **kwargs):
@@ -149,12 +150,12 @@ def _rectify(blobs):
             elif isinstance(blob, bytes):
                 out.append(scope + blob.decode("utf-8"))
             else:
-                raise TypeError("I/O blob #%d of unsupported type: %r of type %s"
+                raise ArgumentError("I/O blob #%d of unsupported type: %r of type %s"
                                 % (len(out), blob, type(blob).__name__))
         return out
     if isinstance(blobs, bytes):
         return [CurrentNameScope() + blobs.decode("utf-8")]
-    raise TypeError("Unknown input/output type: %r of type %s"
+    raise ArgumentError("Unknown input/output type: %r of type %s"
                     % (blobs, type(blobs).__name__))
 
 

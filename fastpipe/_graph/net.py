@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _opschema
 from .. import proto as _proto
-from ..errors import GraphError
+from ..errors import ArgumentError, AttributeNotFoundError, GraphError, NotFoundError
 from . import registry as _registry
 from .blob import BlobReference, ScopedBlobReference, _rectify
 from .operator import MakeArgument, CreateOperator, _SPECIAL_OP_KWARGS, _register_python
@@ -71,7 +71,7 @@ class Net(object):
 
     ``net.OpType(inputs, outputs=None, **args)`` appends an operator and
     returns None, one BlobReference or a tuple of them.  Unknown operator
-    types raise AttributeError; invalid arguments raise
+    types raise AttributeNotFoundError; invalid arguments raise
     :class:`fastpipe.errors.OperatorDefError` (a ValueError) naming the
     operator, net and argument, and leave the net unchanged.
     """
@@ -124,7 +124,7 @@ class Net(object):
             if isinstance(name_or_proto, bytes):
                 name_or_proto = name_or_proto.decode("utf-8")
             elif name_or_proto is not None and not isinstance(name_or_proto, str):
-                raise TypeError("Net() takes a name or a NetDef, got %s"
+                raise ArgumentError("Net() takes a name or a NetDef, got %s"
                                 % type(name_or_proto).__name__)
             self._net = _proto.NetDef()
             self._next_name_index = 0
@@ -198,7 +198,7 @@ class Net(object):
     def GetBlobRef(self, blob_name):
         blob_name = str(blob_name)
         if not self.BlobIsDefined(blob_name):
-            raise KeyError("Net does not define blob %s" % blob_name)
+            raise NotFoundError("Net does not define blob %s" % blob_name)
         return BlobReference(blob_name, self)
 
     # -- naming -------------------------------------------------------------------
@@ -250,9 +250,9 @@ class Net(object):
 
     def __getattr__(self, op_type):
         if op_type.startswith("_"):
-            raise AttributeError(op_type)
+            raise AttributeNotFoundError(op_type)
         if not _opschema.is_operator(op_type):
-            raise AttributeError("Method %s is not a registered operator." % op_type)
+            raise AttributeNotFoundError("Method %s is not a registered operator." % op_type)
 
         def create(*args, **kwargs):
             return self._CreateAndAddToSelf(op_type, *args, **kwargs)

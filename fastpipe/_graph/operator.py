@@ -8,6 +8,7 @@ from .. import _pyop
 from .. import proto as _proto
 from .blob import BlobReference, _rectify
 from .scope import _scope_local
+from ..errors import ArgumentError
 
 
 # ---------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def MakeArgument(key, value):
         try:
             items = [_py_scalar(v) for v in value]
         except TypeError:
-            raise ValueError("Unknown argument type: key=%s value=%r, value type=%s"
+            raise ArgumentError("Unknown argument type: key=%s value=%r, value type=%s"
                              % (key, value, type(value).__name__))
         if not items:
             return arg
@@ -82,7 +83,7 @@ def MakeArgument(key, value):
         elif all(isinstance(v, _proto.NetDef) for v in items):
             arg.nets = [_copy.deepcopy(v) for v in items]
         else:
-            raise ValueError(
+            raise ArgumentError(
                 "Unknown iterable argument type: key=%s value=%r, value types=%s"
                 % (key, value, sorted({type(v).__name__ for v in items})))
     return arg

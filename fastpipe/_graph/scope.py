@@ -5,7 +5,7 @@ import threading
 
 from .. import _opschema
 from .. import proto as _proto
-from ..errors import GraphError
+from ..errors import ArgumentError, GraphError
 
 
 # ---------------------------------------------------------------------------
@@ -34,14 +34,14 @@ class DataType(object):
         for name, value in _opschema.DTYPE_NAMES.items():
             if value == code:
                 return name
-        raise ValueError("unknown DataType code %r" % (code,))
+        raise ArgumentError("unknown DataType code %r" % (code,))
 
     @staticmethod
     def Value(name):
         try:
             return _opschema.DTYPE_NAMES[name]
         except KeyError:
-            raise ValueError("unknown DataType name %r" % (name,))
+            raise ArgumentError("unknown DataType name %r" % (name,))
 
 
 def IsOperator(op_type):

@@ -3,6 +3,7 @@
 import copy as _copy
 
 from .. import proto as _proto
+from ..errors import ArgumentError
 
 
 # ---------------------------------------------------------------------------
@@ -23,7 +24,7 @@ def get_ssa(net, blob_versions=None):
     if callable(proto):   # a Net (ssa sits below net: no isinstance here)
         proto = proto()
     if not isinstance(proto, _proto.NetDef):
-        raise TypeError("get_ssa: expected a Net or NetDef, got %s" % type(net).__name__)
+        raise ArgumentError("get_ssa: expected a Net or NetDef, got %s" % type(net).__name__)
     if blob_versions is None:
         blob_versions = {}
     for name in proto.external_input:

@@ -4,7 +4,7 @@ import threading
 from collections import OrderedDict
 
 from .. import proto as _proto
-from ..errors import GraphError
+from ..errors import ArgumentError, GraphError
 from . import registry as _registry
 from .blob import BlobReference
 from .net import Net, _unique_name
@@ -270,7 +270,7 @@ class Plan(object):
         elif isinstance(name_or_step, str):
             self._plan.name = name_or_step
         else:
-            raise ValueError("name_or_step must be a string or ExecutionStep")
+            raise ArgumentError("name_or_step must be a string or ExecutionStep")
 
     def __str__(self):
         return self._plan.name
@@ -395,7 +395,7 @@ def execution_step(default_name, steps_or_nets, num_iter=None, report_net=None,
             for x in steps_or_nets:
                 step.AddSubstep(to_execution_step(x))
     elif steps_or_nets:
-        raise ValueError(
+        raise ArgumentError(
             "steps_or_nets must be a step, a net, or a list of nets or steps.")
     return step
 
