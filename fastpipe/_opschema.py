@@ -898,25 +898,22 @@ def _check_create_text_file_reader(op, a):
         return "filename is required (the path of the TSV file to read)"
     if a["num_passes"] < 1:
         return "num_passes=%d must be >= 1" % a["num_passes"]
-    types = a["field_types"]
-    if not types:
+    if not a["field_types"]:
         return "field_types is empty: the file needs at least one field"
-    for i, t in enumerate(types):
-        if t not in TEXT_FIELD_TYPES:
-            return ("field_types[%d]=%r is not a supported DataType (supported: %s)"
-                    % (i, t, ", ".join("%d (%s)" % kv for kv in sorted(TEXT_FIELD_TYPES.items()))))
-    names = a["field_names"]
-    if names and len(names) != len(types):
-        return "field_names has %d names for %d field_types" % (len(names), len(types))
-    return None
+    return _check_text_fields(a)
 
 
 def _check_create_text_file_writer(op, a):
     if not a["filename"]:
         return "filename is required"
-    types = a["field_types"]
-    if not types:
+    if not a["field_types"]:
         return "field_types is required (one DataType per field)"
+    return _check_text_fields(a)
+
+
+def _check_text_fields(a):
+    """field_types / field_names of the TSV reader and writer."""
+    types = a["field_types"]
     for i, t in enumerate(types):
         if t not in TEXT_FIELD_TYPES:
             return ("field_types[%d]=%r is not a supported DataType (supported: %s)"
