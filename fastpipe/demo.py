@@ -133,8 +133,10 @@ def main(argv=None):
 
     print("fastpipe demo: a training loop fed %d epochs of %d records (%d shuffled batches "
           "of %d per epoch)" % (args.epochs, args.records, nbatches, args.batch))
-    print("  pipeline: shuffled reader -> native stage 'normalise' (y = 2x+1, %d instances) "
-          "-> Python stage 'augment' (%d instances) -> the loop" % (args.instances, args.instances))
+    print("  pipeline: shuffled reader -> stage 'normalise' (y = 2x+1 as native operators, no "
+          "Python; %d instances) -> stage 'augment' (a Python function adding numpy noise; %d "
+          "instances) -> this loop; the stages run on native threads while the loop consumes"
+          % (args.instances, args.instances))
     print("  built and compiled the job in %.1f ms" % (build_s * 1e3))
     ok = True
     fp_times = []
