@@ -707,6 +707,40 @@ register("ReadArrayBatch", (1, INF), (1, INF),
          "fastpipe: read the next batch of flat array fields through a shared cursor "
          "(fastpipe.sources.ArrayReader); output 0 is the stop flag.", _check_read_array)
 
+def _check_read_segments(op, a):
+    first = 2 if a["permuted"] else 1
+    nseg = len(a["segment_rows"])
+    if nseg < 1:
+        return "segment_rows is empty: give the rows of every segment"
+    if any(r < 0 for r in a["segment_rows"]):
+        return "segment_rows=%r: every entry must be >= 0" % (list(a["segment_rows"]),)
+    nin = len(op.input) - first
+    if nin < nseg or nin % nseg or len(op.output) != nin // nseg + 1:
+        return ("expects inputs (cursor, %s%d segments per field...) and outputs (stop, one per "
+                "field), got %d inputs and %d outputs"
+                % ("indices, " if a["permuted"] else "", nseg, len(op.input), len(op.output)))
+    if a["batch_size"] < 1:
+        return "batch_size=%d must be >= 1" % a["batch_size"]
+    if a["record"] and a["batch_size"] != 1:
+        return "record=True reads single records: batch_size=%d must be 1" % a["batch_size"]
+    return None
+
+
+register("ReadSegmentBatch", (2, INF), (1, INF),
+         [A("batch_size", "int", 1), A("enforce_batch_size", "bool", False),
+          A("record", "bool", False,
+            "one record without the batch dimension (batch_size must be 1)"),
+          A("permuted", "bool", False,
+            "input 1 is an int64 permutation of the records to read through"),
+          A("segment_rows", "ints", [], "the rows of every segment, in order"),
+          A("counters", "str", None,
+            "stat key prefix: <counters>/{borrowed,assembled,gathered}_batches count reads")],
+         "fastpipe: read the next batch of flat fields held in segments (one per shard) "
+         "through a shared cursor (fastpipe.sources.NpyReader); a batch inside a segment "
+         "borrows its bytes, one across segments is assembled; output 0 is the stop flag.",
+         _check_read_segments)
+
+
 # --- data ops (fastpipe/_core/dataops.pxi) -----------------------------------
 
 

@@ -38,8 +38,10 @@ import itertools
 import os
 import re
 import secrets
+import struct
 import threading
 import weakref
+import zipfile
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -512,17 +514,27 @@ class NpyReader(ArrayReader):
             * the path of an ``.npz`` file (field = member name).
         fields: the fields to read, in this order (default: all, sorted by
             name for a directory or an ``.npz``).
-        batch_size, shuffle, seed: as for :class:`ArrayReader`.
-        name: the reader's name (in op names and errors).
+        batch_size, shuffle, seed, enforce_batch_size: as for
+            :class:`ArrayReader`.
+        name: the reader's name (in op names, errors and stat keys).
 
-    A field held in **one** ``.npy`` file is opened with
-    ``np.load(mmap_mode="r")`` and read in place: every batch is sliced by
-    the native core straight out of the page cache, and the workspace tensor
-    borrows the read-only mapping (and keeps it alive).  A field in
-    **several** shards is concatenated once, here, into memory (a copy;
-    ``copied_fields`` names it) -- the count is exact either way.  Members
-    of an ``.npz`` cannot be memory-mapped by numpy (they live in a zip
-    archive): they are loaded into memory, here, once.
+    **No copies of the files.** Every ``.npy`` file -- one per field, or
+    every shard of a field -- is opened with ``np.load(mmap_mode="r")`` and
+    read in place: nothing is concatenated.  The native read op
+    (``ReadSegmentBatch``) walks one cursor over the list of (shard, rows)
+    segments; a batch that lies inside one shard **borrows** the mapping
+    (the batch tensor points into the page cache and keeps the mapping
+    alive; it is read-only), a batch that spans a shard boundary is
+    **assembled** (one copy of that batch), and a shuffled batch is
+    **gathered** row by row (a copy by nature).  :meth:`batch_counts` tells
+    how many batches went each way.  Fields cut into shards at different
+    rows are read through the union of the cuts (numpy views, no copy).
+
+    Members of an ``.npz`` written by ``np.savez`` (stored, not compressed)
+    are memory-mapped at their offset inside the archive; members of an
+    ``np.savez_compressed`` archive are deflated and so are loaded into
+    memory, here, once -- ``copied_fields`` names them, as it names a
+    Fortran-ordered array (copied once into C order).
 
     Every field must have the same number of records (dim 0) and a dtype
     the core holds (``NPY_DTYPES``: float16/32/64, int8/16/32/64,
@@ -546,9 +558,9 @@ class NpyReader(ArrayReader):
         name = name or "npy_reader_%d" % next(_ids)
         what = "NpyReader %r" % name
         src = paths_or_dir_or_npz
-        arrays = {}
+        parts = {}          # field -> [(label, array)], one per shard
         files = {}
-        concatenated = []
+        copied = []
         if isinstance(src, (str, os.PathLike)) and str(src).endswith(".npz"):
             path = os.fspath(src)
             if not os.path.exists(path):
@@ -559,8 +571,13 @@ class NpyReader(ArrayReader):
                     if f not in z.files:
                         raise ArgumentError("%s: %r has no member %r (members: %r)"
                                             % (what, path, f, members))
-                    arrays[f] = np.ascontiguousarray(z[f])
-                    files[f] = "%s[%s]" % (path, f)
+                    label = "%s[%s]" % (path, f)
+                    arr = _npz_member_in_place(path, f, what)
+                    if arr is None:     # deflated, or not a plain .npy: load it once
+                        arr = z[f]
+                        copied.append(f)
+                    parts[f] = [(label, arr)]
+                    files[f] = label
         else:
             if isinstance(src, (str, os.PathLike)):
                 path = os.fspath(src)
@@ -595,28 +612,119 @@ class NpyReader(ArrayReader):
                 paths = [os.fspath(p) for p in field_paths[f]]
                 if not paths:
                     raise ArgumentError("%s: field %r has no shard files" % (what, f))
-                parts = [_load_npy(p, what) for p in paths]
-                for p, a in zip(paths, parts):
-                    self._check_npy(what, f, p, a, parts[0], paths[0])
-                if len(parts) == 1:
-                    arrays[f] = parts[0]
-                else:
-                    arrays[f] = np.concatenate(parts)
-                    concatenated.append(f)
+                parts[f] = [(p, _load_npy(p, what)) for p in paths]
                 files[f] = paths[0] if len(paths) == 1 else paths
-        for f, a in arrays.items():
-            self._check_npy(what, f, files[f], a, None, None)
-        first = next(iter(arrays))
-        for f, a in arrays.items():
-            if a.shape[0] != arrays[first].shape[0]:
+        if not parts:
+            raise ArgumentError("%s: no fields to read" % what)
+        for f, shards in parts.items():
+            label0, a0 = shards[0]
+            for label, a in shards:
+                self._check_npy(what, f, label, a, a0, label0)
+            fixed = []
+            for label, a in shards:
+                if not a.flags.c_contiguous:
+                    a = np.ascontiguousarray(a)     # Fortran order: one copy, in C order
+                    if f not in copied:
+                        copied.append(f)
+                fixed.append(a)
+            parts[f] = fixed
+        first = next(iter(parts))
+        rows = {f: sum(a.shape[0] for a in shards) for f, shards in parts.items()}
+        for f in parts:
+            if rows[f] != rows[first]:
                 raise ArgumentError("%s: %s holds %d records but %s holds %d"
-                                    % (what, _fmt_files(files[f]), a.shape[0],
-                                       _fmt_files(files[first]), arrays[first].shape[0]))
+                                    % (what, _fmt_files(files[f]), rows[f],
+                                       _fmt_files(files[first]), rows[first]))
+        # one list of segments for every field: the union of every field's
+        # shard cuts (a field cut elsewhere is read through views, no copy)
+        cuts = set()
+        for shards in parts.values():
+            c = 0
+            for a in shards:
+                c += a.shape[0]
+                cuts.add(c)
+        cuts.discard(0)
+        bounds = [0] + sorted(cuts) if cuts else [0, 0]
+        segment_rows = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        flat = []
+        for f, shards in parts.items():
+            starts = np.cumsum([0] + [a.shape[0] for a in shards])
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                k = int(np.searchsorted(starts, lo, side="right")) - 1
+                k = min(k, len(shards) - 1)
+                a = shards[k]
+                off = lo - int(starts[k])
+                if off == 0 and hi - lo == a.shape[0]:
+                    flat.append(a)
+                else:
+                    flat.append(a[off:off + hi - lo])   # a view: still the mapping
+        self.name = name
         self.files = files
-        ArrayReader.__init__(self, arrays, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                             enforce_batch_size=enforce_batch_size, name=name)
-        self.copied_fields = tuple(concatenated) + tuple(
-            f for f in self.copied_fields if f not in concatenated)
+        self.field_names_ = list(parts)
+        self.copied_fields = tuple(copied)
+        self.num_records = rows[first]
+        self.segment_rows = tuple(segment_rows)
+        self.batch_size, self.seed = _check_batch_and_seed(what, batch_size, seed, shuffle)
+        self.shuffle = bool(shuffle)
+        self.enforce_batch_size = bool(enforce_batch_size)
+        self._state = _ArrayState(flat, self.seed if self.seed is not None else 0)
+        Reader.__init__(self, Struct(*[(f, Scalar((parts[f][0].dtype, parts[f][0].shape[1:])))
+                                       for f in parts]))
+        self._cursor = None
+        self._blobs = None
+        self._perm = None
+
+    def batch_counts(self) -> "dict[str, int]":
+        """How many batches this reader's read ops have ``borrowed`` (inside a
+        shard: no copy), ``assembled`` (across a shard boundary: one copy) and
+        ``gathered`` (shuffled: a copy), over every run so far in this
+        process (the ``<name>/..._batches`` stats, until ``stats.reset()``)."""
+        st = _core.stats_export(False)
+        return {k: int(st.get("%s/%s_batches" % (self.name, k), 0))
+                for k in ("borrowed", "assembled", "gathered")}
+
+    def setup_ex(self, init_net: core.Net, exit_net: Optional[core.Net]) -> None:
+        """Add the run-time setup to ``init_net`` (once: a reader shared by
+        several pipes is set up by the first)."""
+        if _check_one_group(self, "NpyReader") or self._cursor is not None:
+            return
+        prefix = "%s_%d" % (self.name, next(_ids))
+        nseg = len(self.segment_rows)
+        blobs = [init_net.NextScopedBlob("%s/%s/%d" % (prefix, f, k))
+                 for f in self.field_names_ for k in range(nseg)]
+        outs = list(blobs)
+        if self.shuffle:
+            rows = init_net.NextScopedBlob(prefix + "/rows")
+            key = init_net.NextScopedBlob(prefix + "/epoch_key")
+            outs += [rows, key]
+        init_net.add_attribute("fastpipe.sources", self._state)   # keeps the maps with the net
+        init_net.Python(_feed_segments_fn(weakref.ref(self._state), self.name, self.shuffle,
+                                          self.num_records))([], outs)
+        _name_last_op(init_net, self.name + "/feed")
+        if self.shuffle:
+            self._perm = init_net.EpochPermutation(
+                [key, rows], init_net.NextScopedBlob(prefix + "/permutation"))
+            _name_last_op(init_net, self.name + "/permutation")
+        self._cursor = init_net.CreateTreeCursor(
+            [], init_net.NextScopedBlob(prefix + "/cursor"),
+            fields=[str(i) for i in range(len(self.field_names_))])
+        self._blobs = blobs
+
+    def read(self, read_net: core.Net) -> Tuple[core.BlobReference, List[core.BlobReference]]:
+        """Append one ``ReadSegmentBatch``; returns ``(should_stop, fields)``."""
+        if self._cursor is None:
+            raise GraphError("NpyReader %r: setup_ex not called." % self.name)
+        ins = [self._cursor] + ([self._perm] if self.shuffle else []) + list(self._blobs)
+        scope = read_net.NextName(self.name)
+        outs = read_net.ReadSegmentBatch(
+            ins, ["%s/%s" % (scope, f) for f in ["stop"] + list(self.field_names_)],
+            batch_size=self.batch_size or 1,
+            enforce_batch_size=self.enforce_batch_size,
+            record=self.batch_size is None, permuted=self.shuffle,
+            segment_rows=list(self.segment_rows), counters=self.name)
+        _name_last_op(read_net, self.name)
+        outs = core.output_to_list(outs)
+        return outs[0], outs[1:]
 
     @staticmethod
     def _check_npy(what, field, path, arr, first, first_path):
@@ -631,6 +739,85 @@ class NpyReader(ArrayReader):
             raise ArgumentError("%s: field %r: shard %r is %s%s but shard %r is %s%s"
                                 % (what, field, path, arr.dtype, arr.shape[1:], first_path,
                                    first.dtype, first.shape[1:]))
+
+
+def _check_batch_and_seed(what, batch_size, seed, shuffle):
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ArgumentError("%s: batch_size=%r must be an int >= 1 or None"
+                                % (what, batch_size))
+        batch_size = int(batch_size)
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+                or not 0 <= seed < SEED_LIMIT:
+            raise ArgumentError("%s: seed=%r must be an int in [0, 2**63)" % (what, seed))
+        seed = int(seed)
+    elif shuffle:
+        seed = secrets.randbelow(SEED_LIMIT)
+    return batch_size, seed
+
+
+def _feed_segments_fn(state_ref, name, keyed, num_records):
+    rows = np.empty((num_records, 0), dtype=np.uint8)   # N rows, no bytes: sizes the permutation
+
+    def feed_segments(inputs, outputs):
+        st = state_ref()
+        if st is None:
+            raise _dead("NpyReader", name)
+        for out, arr in zip(outputs, st.arrays):
+            _core._borrow_array(out, arr)
+        if keyed:
+            _core._borrow_array(outputs[len(st.arrays)], rows)
+            outputs[len(st.arrays) + 1].feed(st.next_key())
+    feed_segments.__qualname__ = "NpyReader(%s).feed_segments" % name
+    return feed_segments
+
+
+def _npz_member_in_place(path: str, member: str, what: str) -> Optional[np.ndarray]:
+    """Member ``member`` of the .npz at ``path`` memory-mapped where its array
+    bytes lie inside the archive, or None when it cannot be (deflated -- an
+    ``np.savez_compressed`` archive --, encrypted, not a plain ``.npy``, or
+    Fortran-ordered): the caller then loads it."""
+    entry = member + ".npy"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(entry)
+    except (KeyError, zipfile.BadZipFile):
+        return None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    with open(path, "rb") as fh:
+        # the local file header: 30 fixed bytes, then the name and extra field
+        fh.seek(info.header_offset)
+        hdr = fh.read(30)
+        if len(hdr) != 30 or hdr[:4] != b"PK\x03\x04":
+            raise ArgumentError("%s: %r: member %r has no valid local header"
+                                % (what, path, member))
+        name_len, extra_len = struct.unpack("<HH", hdr[26:30])
+        data_off = info.header_offset + 30 + name_len + extra_len
+        fh.seek(data_off)
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None
+        except ValueError:
+            return None
+        array_off = fh.tell()
+    if dtype not in NPY_DTYPES or fortran or dtype.hasobject:
+        return None
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if array_off + nbytes > data_off + info.file_size:
+        raise ArgumentError("%s: %r: member %r holds %d bytes, its header says %s %s"
+                            % (what, path, member, info.file_size, dtype, shape))
+    if nbytes == 0:
+        return np.empty(shape, dtype=dtype)
+    arr = np.memmap(path, dtype=dtype, mode="r", offset=array_off, shape=shape, order="C")
+    return arr
 
 
 def _fmt_files(f):

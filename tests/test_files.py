@@ -127,7 +127,7 @@ def test_npy_reader_one_path_and_a_dict_of_shard_lists(ws, tmp_path):
         paths.append(str(tmp_path / ("x_part%d.npy" % k)))
         np.save(paths[-1], part)
     reader = NpyReader({"id": str(tmp_path / "only.npy"), "x": paths}, batch_size=8)
-    assert reader.copied_fields == ("x",)
+    assert reader.copied_fields == ()       # shards are read in place, not concatenated
     got_ids, got_xs = columns(iterate_all(ws, reader, 2), 2)
     assert sorted(got_ids.tolist()) == ids.tolist()
     np.testing.assert_array_equal(got_xs, xs[got_ids])
@@ -177,6 +177,256 @@ def test_npz_missing_member_is_named(tmp_path):
     np.savez(path, a=np.arange(3))
     with pytest.raises(ArgumentError, match=r"d\.npz.*'b'"):
         NpyReader(path, fields=["b"])
+
+
+# ---- NpyReader: several shards read in place (ReadSegmentBatch) ---------------------
+
+def write_shards(directory, sizes, fields=("id", "x"), start=0):
+    """<field>-<k>.npy shards of the given sizes; returns the full columns."""
+    n = sum(sizes)
+    ids, xs = id_x(start + n)
+    ids, xs = ids[start:], xs[start:]
+    os.makedirs(str(directory), exist_ok=True)
+    off = 0
+    for k, m in enumerate(sizes):
+        for f, col in zip(("id", "x"), (ids, xs)):
+            if f in fields:
+                np.save(os.path.join(str(directory), "%s-%05d.npy" % (f, k)), col[off:off + m])
+        off += m
+    return ids, xs
+
+
+def expected_counts(sizes, batch, enforce=False):
+    """borrowed / assembled batches of a sequential read over these shards."""
+    bounds = np.cumsum([0] + list(sizes))
+    n = int(bounds[-1])
+    out = {"borrowed": 0, "assembled": 0, "gathered": 0}
+    for pos in range(0, n, batch):
+        end = min(pos + batch, n)
+        if enforce and end - pos < batch:
+            break
+        s0 = np.searchsorted(bounds, pos, side="right") - 1
+        s1 = np.searchsorted(bounds, end - 1, side="right") - 1
+        out["borrowed" if s0 == s1 else "assembled"] += 1
+    return out
+
+
+def maps_of(reader):
+    """The memory maps behind a reader's segments."""
+    maps = []
+    for a in reader._state.arrays:
+        while not isinstance(a, np.memmap):
+            a = a.base
+        maps.append(a)
+    return maps
+
+
+def inside(arr, maps):
+    ptr = arr.__array_interface__["data"][0]
+    for m in maps:
+        start = m.__array_interface__["data"][0]
+        if start <= ptr and ptr + arr.nbytes <= start + m.nbytes:
+            return True
+    return False
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 2, 4])
+def test_shard_boundary_inside_a_batch_is_assembled_and_the_rest_borrowed(ws, tmp_path,
+                                                                         instances):
+    sizes = [10, 10, 10, 3, 25]
+    ids, xs = write_shards(tmp_path, sizes)
+    reader = NpyReader(str(tmp_path), batch_size=7)
+    assert reader.copied_fields == () and reader.segment_rows == tuple(sizes)
+    maps = maps_of(reader)
+    got = iterate_all_raw(ws, reader, instances)
+    got_ids = np.concatenate([b[0] for b in got])
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), xs[got_ids])
+    want = expected_counts(sizes, 7)
+    assert reader.batch_counts() == want
+    # a borrowed batch *is* the mapping (through the queue, to the loop), read-only;
+    # an assembled one is the core's own memory
+    borrowed = [b for b in got if inside(b[0], maps)]
+    assert len(borrowed) == want["borrowed"]
+    for b in borrowed:
+        assert inside(b[1], maps) and not b[0].flags.writeable and not b[1].flags.writeable
+    assert all(not inside(b[1], maps) for b in got if not inside(b[0], maps))
+
+
+def iterate_all_raw(ws, reader, instances=1):
+    """The arrays the loop gets, as they are (no copy)."""
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(reader, num_runtime_threads=instances)
+    with session.LocalSession(ws) as s:
+        return [tuple(b) for b in s.iterate(tg, q)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 2, 4])
+@pytest.mark.parametrize("batch_size", [None, 1, 16])
+def test_many_tiny_shards_exactly_once(ws, tmp_path, instances, batch_size):
+    rng = np.random.default_rng(7)
+    sizes = [int(v) for v in rng.integers(0, 4, size=300)]     # empty shards too
+    ids, xs = write_shards(tmp_path, sizes)
+    reader = NpyReader(str(tmp_path), batch_size=batch_size)
+    assert reader.segment_rows == tuple(v for v in sizes if v)  # empty shards add no cut
+    got_ids, got_xs = columns(iterate_all(ws, reader, instances), 2) if batch_size else \
+        [np.stack(c) for c in zip(*iterate_all(ws, reader, instances))]
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(got_xs, xs[got_ids])
+    counts = reader.batch_counts()
+    assert counts == expected_counts(sizes, batch_size or 1)
+    assert counts["assembled"] == (0 if batch_size in (None, 1) else counts["assembled"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 2, 4])
+def test_many_shards_shuffled_with_a_seed_are_reproducible(ws, tmp_path, instances):
+    sizes = [5, 1, 17, 0, 40, 2, 9]
+    ids, xs = write_shards(tmp_path, sizes)
+    orders = []
+    for _ in range(2):
+        reader = NpyReader(str(tmp_path), batch_size=6, shuffle=True, seed=11)
+        got = iterate_all(ws, reader, 1)
+        got_ids, got_xs = columns(got, 2)
+        assert sorted(got_ids.tolist()) == ids.tolist()
+        np.testing.assert_array_equal(got_xs, xs[got_ids])
+        assert reader.batch_counts() == {"borrowed": 0, "assembled": 0,
+                                         "gathered": len(got)}
+        orders.append(got_ids.tolist())
+    assert orders[0] == orders[1] != ids.tolist()
+    # several instances read the same permutation (in some interleaving), exactly once
+    reader = NpyReader(str(tmp_path), batch_size=6, shuffle=True, seed=11)
+    got_ids, got_xs = columns(iterate_all(ws, reader, instances), 2)
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(got_xs, xs[got_ids])
+    # one shard holds the same records: the same seed gives the same order
+    one = tmp_path / "one"
+    write_shards(one, [sum(sizes)])
+    (got_one,) = columns(iterate_all(ws, NpyReader(str(one), fields=["id"], batch_size=6,
+                                                   shuffle=True, seed=11)), 1)
+    assert got_one.tolist() == orders[0]
+
+
+@pytest.mark.timeout(60)
+def test_fields_cut_at_different_rows_are_read_through_views(ws, tmp_path):
+    ids, xs = id_x(50)
+    id_paths, x_paths = [], []
+    for k, (lo, hi) in enumerate([(0, 20), (20, 50)]):
+        id_paths.append(str(tmp_path / ("id%d.npy" % k)))
+        np.save(id_paths[-1], ids[lo:hi])
+    for k, (lo, hi) in enumerate([(0, 5), (5, 30), (30, 50)]):
+        x_paths.append(str(tmp_path / ("x%d.npy" % k)))
+        np.save(x_paths[-1], xs[lo:hi])
+    reader = NpyReader({"id": id_paths, "x": x_paths}, batch_size=4)
+    assert reader.copied_fields == () and reader.segment_rows == (5, 15, 10, 20)
+    assert all(isinstance(a.base if a.base is not None else a, np.memmap)
+               or isinstance(a, np.memmap) for a in reader._state.arrays)
+    got_ids, got_xs = columns(iterate_all(ws, reader, 2), 2)
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(got_xs, xs[got_ids])
+
+
+@pytest.mark.timeout(60)
+def test_an_op_writing_a_borrowed_batch_in_place_never_writes_the_file(ws, tmp_path):
+    sizes = [32, 32]
+    ids, xs = write_shards(tmp_path, sizes)
+    before = open(tmp_path / "x-00000.npy", "rb").read()
+    reader = NpyReader(str(tmp_path), batch_size=16)
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(reader, processor=_scale_in_place)
+    with session.LocalSession(ws) as s:
+        got = [tuple(np.array(a) for a in b) for b in s.iterate(tg, q)]
+    assert open(tmp_path / "x-00000.npy", "rb").read() == before
+    got_ids, got_xs = columns(got, 2)
+    np.testing.assert_array_equal(got_xs, xs[got_ids] * 3)
+
+
+def _scale_in_place(rec):
+    """Scale the x field of the batch blob in place (its buffer is the mapping)."""
+    from fastpipe.net_builder import ops
+    x = rec.field_blobs()[1]
+    ops.Scale([x], [x], scale=3.0)
+    return rec
+
+
+@pytest.mark.timeout(60)
+def test_a_python_stage_sees_a_borrowed_batch_read_only(ws, tmp_path):
+    """The stage's array is the mapping (PROT_READ): writing into it raises
+    instead of faulting, and fails the run naming the stage."""
+    write_shards(tmp_path, [16, 16])
+    reader = NpyReader(str(tmp_path), batch_size=8)
+
+    def zero(batch_ids, x):
+        x[:] = 0
+        return batch_ids, x
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(reader, processor=pipeline.PythonProcessor(zero, name="zero"))
+    with pytest.raises(RunError, match="zero") as e:
+        with session.LocalSession(ws) as s:
+            list(s.iterate(tg, q))
+    cause = e.value.__cause__
+    assert isinstance(cause, ValueError) and "read-only" in str(cause)
+
+
+@pytest.mark.timeout(60)
+def test_empty_dataset_reads_nothing(ws, tmp_path):
+    np.save(tmp_path / "id.npy", np.zeros(0, np.int64))
+    reader = NpyReader(str(tmp_path), batch_size=4)
+    assert iterate_all(ws, reader, 2) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 2, 4])
+def test_npz_stored_members_are_memory_mapped_in_place(ws, tmp_path, instances):
+    n = 300
+    ids, xs = id_x(n)
+    path = str(tmp_path / "data.npz")
+    np.savez(path, id=ids, x=xs, flag=(ids % 3 == 0), h=xs.astype(np.float16))
+    reader = NpyReader(path, batch_size=32)
+    assert reader.copied_fields == ()
+    for a in reader._state.arrays:
+        assert isinstance(a, np.memmap) and a.filename == os.path.realpath(path)
+        assert not a.flags.writeable
+    flat = dict(zip(reader.field_names_, reader._state.arrays))
+    np.testing.assert_array_equal(flat["x"], xs)
+    np.testing.assert_array_equal(flat["flag"], ids % 3 == 0)
+    got = iterate_all_raw(ws, reader, instances)
+    maps = maps_of(reader)
+    assert all(inside(a, maps) for b in got for a in b)     # every batch borrowed
+    cols = dict(zip(reader.field_names_, columns(got, 4)))
+    assert sorted(cols["id"].tolist()) == ids.tolist()
+    np.testing.assert_array_equal(cols["x"], xs[cols["id"]])
+    np.testing.assert_array_equal(cols["h"], xs.astype(np.float16)[cols["id"]])
+
+
+@pytest.mark.timeout(60)
+def test_npz_compressed_members_are_loaded_once_and_said_so(ws, tmp_path):
+    ids, xs = id_x(200)
+    path = str(tmp_path / "c.npz")
+    np.savez_compressed(path, id=ids, x=xs)
+    reader = NpyReader(path, batch_size=9)
+    assert reader.copied_fields == ("id", "x")
+    assert not any(isinstance(a, np.memmap) for a in reader._state.arrays)
+    got_ids, got_xs = columns(iterate_all(ws, reader, 2), 2)
+    assert sorted(got_ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(got_xs, xs[got_ids])
+
+
+def test_npz_fortran_member_is_copied_once(tmp_path):
+    xs = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3))
+    path = str(tmp_path / "f.npz")
+    np.savez(path, x=xs, id=np.arange(4))
+    reader = NpyReader(path)
+    assert reader.copied_fields == ("x",)
+
+
+def test_npz_bad_dtype_is_named(tmp_path):
+    path = str(tmp_path / "bad.npz")
+    np.savez(path, u=np.zeros(3, np.uint32))
+    with pytest.raises(ArgumentError, match=r"bad\.npz\[u\].*uint32"):
+        NpyReader(path)
 
 
 # ---- NpyShardWriter -----------------------------------------------------------------

@@ -112,6 +112,10 @@ ctypedef struct Buffer:
     # buffer is never written: buf_private() is false for it, so every
     # writer (tensor_reshape, AtomicAppend growth) allocates its own.
     PyObject* owner
+    # Slice buffers (segments.pxi, buf_new_slice): data lies inside parent's
+    # bytes, and the slice holds one reference to parent, dropped with the
+    # slice's last reference.  Never written (buf_private() is false).
+    Buffer* parent
 
 
 # Growable buffers (AtomicAppend's outputs) from this size on are their own
@@ -148,6 +152,7 @@ cdef Buffer* buf_new(int64_t n, bint is_str) noexcept nogil:
     b.capacity = n
     b.maplen = 0
     b.owner = NULL
+    b.parent = NULL
     if is_str:
         b.data = <void*>fp_str_array_new(n)
         if b.data == NULL:
@@ -197,6 +202,8 @@ cdef inline void buf_decref(Buffer* b) noexcept nogil:
     if b != NULL and fp_fetch_add(&b.refcnt, -1) == 1:
         if b.owner != NULL:
             buf_drop_owner(b)
+        elif b.parent != NULL:
+            buf_decref(b.parent)
         elif b.is_str:
             fp_str_array_delete(<string*>b.data)
         elif b.maplen:
@@ -207,7 +214,13 @@ cdef inline void buf_decref(Buffer* b) noexcept nogil:
 cdef inline bint buf_private(Buffer* b) noexcept nogil:
     """True when b may be written or recycled by its one holder: a single
     reference and memory the core owns (not borrowed from Python)."""
-    return fp_load(&b.refcnt) == 1 and b.owner == NULL
+    return fp_load(&b.refcnt) == 1 and b.owner == NULL and b.parent == NULL
+
+
+cdef inline bint buf_borrowed(Buffer* b) noexcept nogil:
+    """True for memory the core must never write whoever holds it: a
+    Python object's (buf_new_borrowed) or a slice of another buffer."""
+    return b.owner != NULL or b.parent != NULL
 
 
 cdef Buffer* buf_new_borrowed(void* data, int64_t nbytes, object owner) except NULL:
@@ -223,6 +236,7 @@ cdef Buffer* buf_new_borrowed(void* data, int64_t nbytes, object owner) except N
     b.data = data
     b.capacity = nbytes
     b.maplen = 0
+    b.parent = NULL
     Py_INCREF(owner)
     b.owner = <PyObject*>owner
     return b
@@ -253,6 +267,7 @@ cdef Buffer* buf_new_mapped(int64_t n) noexcept nogil:
     b.capacity = ln
     b.maplen = ln
     b.owner = NULL
+    b.parent = NULL
     return b
 
 

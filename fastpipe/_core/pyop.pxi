@@ -80,7 +80,7 @@ cdef object tensor_view(Tensor* t):
     for i in range(snap.ndim):
         dims[i] = snap.shape[i]
     arr = cnp.PyArray_SimpleNewFromData(snap.ndim, dims, npy_type(snap.dtype), snap.buf.data)
-    if snap.buf.owner != NULL:     # borrowed from a user's array: never written
+    if buf_borrowed(snap.buf):     # a user's array or a slice of one: never written
         cnp.PyArray_CLEARFLAGS(arr, cnp.NPY_ARRAY_WRITEABLE)
     Py_INCREF(ref)
     cnp.PyArray_SetBaseObject(arr, ref)
