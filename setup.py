@@ -3,6 +3,9 @@
 FASTPIPE_DEBUG=1 turns on Cython bounds checks and writes the `cython -a`
 annotation (fastpipe/_core.html); FASTPIPE_SANITIZE=address|thread builds
 the core with that sanitizer.
+
+Extras are declared in pyproject.toml ([project.optional-dependencies]):
+``pip install fastpipe[parquet]`` adds pyarrow for fastpipe.parquet.
 """
 import os
 

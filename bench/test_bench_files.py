@@ -3,11 +3,17 @@
 * NpyReader over a memory-mapped 2,000,000-record ``.npy`` pair (id int64,
   x float32[16]; 144 MB) in batches of 64, 1 and 2 runtime instances,
   reader only (an empty writer), beside a plain Python loop over
-  ``np.load(mmap_mode="r")`` slices that copies each batch out (what a
-  batch must at least cost: the reader copies each batch into its
-  output tensors).  The files are in the page cache (written just before).
-* NpyReader over the same data in 4 shards per field (concatenated once at
-  construction: a copy, timed with the run).
+  ``np.load(mmap_mode="r")`` slices that copies each batch out.  The
+  reader copies nothing: a batch inside a file borrows the mapping.  The
+  files are in the page cache (written just before).
+* NpyReader over the same data in 4 shards per field (read in place, every
+  shard mapped; the 3 batches that span a shard boundary are assembled),
+  construction timed with the run.
+* ParquetReader over a 1,000,000-record Parquet file (id int64, x float32;
+  row groups of 65,536, snappy) in batches of 1024, 1 and 2 runtime
+  instances, beside a plain ``pyarrow.parquet.ParquetFile.iter_batches``
+  loop (batch 1024, pyarrow's default threads) that turns each column
+  into numpy.  Skipped without pyarrow.
 * TextFileWriter (native, std::to_chars) writing 200,000 records
   (id int64, value float32, shortest round-trip digits) beside the ``csv``
   module writing the same rows from Python lists (floats as ``repr`` of the
@@ -83,7 +89,7 @@ def test_npy_reader(benchmark, record, npy_pair, layout, instances):
     if layout == "one file":
         run = _job(ws, sources.NpyReader(path, batch_size=BATCH), _Sink(), instances)
     else:
-        def run():   # the concatenation of the shards happens at construction
+        def run():   # opening (mapping) the shards is timed too
             _job(ws, sources.NpyReader(path, batch_size=BATCH), _Sink(), instances)()
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     count = _Count()
@@ -110,6 +116,54 @@ def test_npy_plain_loop_baseline(benchmark, record, npy_pair):
     assert loop() == N
     record("plain loop over np.load(mmap_mode='r') slices (1 thread)",
            records_per_s=N / benchmark.stats.stats.median)
+
+
+PQ_N = 1_000_000
+PQ_BATCH = 1024
+
+
+@pytest.fixture(scope="module")
+def parquet_file(tmp_path_factory):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = str(tmp_path_factory.mktemp("pq") / "data.parquet")
+    ids = np.arange(PQ_N, dtype=np.int64)
+    pq.write_table(pa.table({"id": ids, "x": (ids % 1000).astype(np.float32)}), path,
+                   row_group_size=65536)
+    return path
+
+
+@pytest.mark.benchmark(group="files: Parquet, 1M records (id int64, x float32), batch 1024")
+@pytest.mark.parametrize("instances", [1, 2])
+def test_parquet_reader(benchmark, record, parquet_file, instances):
+    from fastpipe.parquet import ParquetReader
+    ws = workspace.C.Workspace()
+
+    def run():
+        _job(ws, ParquetReader(parquet_file, batch_size=PQ_BATCH), _Sink(), instances)()
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    count = _Count()
+    _job(ws, ParquetReader(parquet_file, batch_size=PQ_BATCH), count, instances)()
+    assert count.rows == PQ_N and count.ids == PQ_N * (PQ_N - 1) // 2
+    record("ParquetReader, %d instance(s)" % instances,
+           records_per_s=PQ_N / benchmark.stats.stats.median, instances=instances)
+
+
+@pytest.mark.benchmark(group="files: Parquet, 1M records (id int64, x float32), batch 1024")
+def test_parquet_iter_batches_baseline(benchmark, record, parquet_file):
+    import pyarrow.parquet as pq
+
+    def loop():
+        total = 0
+        for b in pq.ParquetFile(parquet_file).iter_batches(batch_size=PQ_BATCH):
+            ids = b.column(0).to_numpy()
+            b.column(1).to_numpy()
+            total += len(ids)
+        return total
+    benchmark.pedantic(loop, rounds=5, iterations=1, warmup_rounds=1)
+    assert loop() == PQ_N
+    record("pyarrow ParquetFile.iter_batches loop -> numpy",
+           records_per_s=PQ_N / benchmark.stats.stats.median)
 
 
 TSV_N = 200_000
