@@ -12,8 +12,9 @@
 * ParquetReader over a 1,000,000-record Parquet file (id int64, x float32;
   row groups of 65,536, snappy) in batches of 1024, 1 and 2 runtime
   instances, beside a plain ``pyarrow.parquet.ParquetFile.iter_batches``
-  loop (batch 1024, pyarrow's default threads) that turns each column
-  into numpy.  Skipped without pyarrow.
+  loop (batch 1024; pyarrow's thread pool on and off) that turns each
+  column into numpy.  Each reader instance decodes its row groups on its
+  own thread (``use_threads=False``).  Skipped without pyarrow.
 * TextFileWriter (native, std::to_chars) writing 200,000 records
   (id int64, value float32, shortest round-trip digits) beside the ``csv``
   module writing the same rows from Python lists (floats as ``repr`` of the
@@ -150,19 +151,21 @@ def test_parquet_reader(benchmark, record, parquet_file, instances):
 
 
 @pytest.mark.benchmark(group="files: Parquet, 1M records (id int64, x float32), batch 1024")
-def test_parquet_iter_batches_baseline(benchmark, record, parquet_file):
+@pytest.mark.parametrize("use_threads", [True, False])
+def test_parquet_iter_batches_baseline(benchmark, record, parquet_file, use_threads):
     import pyarrow.parquet as pq
 
     def loop():
         total = 0
-        for b in pq.ParquetFile(parquet_file).iter_batches(batch_size=PQ_BATCH):
+        for b in pq.ParquetFile(parquet_file).iter_batches(batch_size=PQ_BATCH,
+                                                           use_threads=use_threads):
             ids = b.column(0).to_numpy()
             b.column(1).to_numpy()
             total += len(ids)
         return total
     benchmark.pedantic(loop, rounds=5, iterations=1, warmup_rounds=1)
     assert loop() == PQ_N
-    record("pyarrow ParquetFile.iter_batches loop -> numpy",
+    record("pyarrow ParquetFile.iter_batches loop -> numpy, use_threads=%s" % use_threads,
            records_per_s=PQ_N / benchmark.stats.stats.median)
 
 

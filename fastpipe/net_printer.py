@@ -538,7 +538,7 @@ class RenderError(FastpipeError, RuntimeError):
 
 _ENQUEUE_OPS = {"SafeEnqueueBlobs", "EnqueueBlobs"}
 _DEQUEUE_OPS = {"SafeDequeueBlobs", "DequeueBlobs"}
-_CURSOR_READ_OPS = {"ReadNextBatch", "ReadArrayBatch", "ReadRandomBatch"}
+_CURSOR_READ_OPS = {"ReadNextBatch", "ReadArrayBatch", "ReadSegmentBatch", "ReadRandomBatch"}
 _APPEND_OPS = {"Append", "AtomicAppend"}   # a Dataset writer
 # Ops a pipe adds around its stage (timers, status resets, queue and cursor
 # plumbing, drop checks): not listed as the stage's own work.

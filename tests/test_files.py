@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastpipe import core, pipeline, schema, session, sources, task
-from fastpipe.errors import ArgumentError, FastpipeError, GraphError, RunError
+from fastpipe.errors import ArgumentError, FastpipeError, GraphError, OperatorDefError, RunError
 from fastpipe.sources import FileMissingError, NpyReader, NpyShardWriter
 from fastpipe.text_file_reader import TextFileReader, TextFileWriter
 
@@ -427,6 +427,74 @@ def test_npz_bad_dtype_is_named(tmp_path):
     np.savez(path, u=np.zeros(3, np.uint32))
     with pytest.raises(ArgumentError, match=r"bad\.npz\[u\].*uint32"):
         NpyReader(path)
+
+
+def test_read_segment_batch_arguments_are_checked_when_added():
+    net = core.Net("segs")
+    with pytest.raises(OperatorDefError, match=r"ReadSegmentBatch in net 'segs(_\d+)?'.*"
+                                               r"2 segments per field"):
+        net.ReadSegmentBatch(["c", "a0", "a1", "b0"], ["stop", "a", "b"], segment_rows=[3, 4])
+    with pytest.raises(OperatorDefError, match="segment_rows is empty"):
+        net.ReadSegmentBatch(["c", "a0"], ["stop", "a"])
+    with pytest.raises(OperatorDefError, match=r"segment_rows=\[3, -1\]"):
+        net.ReadSegmentBatch(["c", "a0", "a1"], ["stop", "a"], segment_rows=[3, -1])
+
+
+@pytest.mark.timeout(60)
+def test_a_segment_that_does_not_match_segment_rows_fails_the_read_naming_it(ws):
+    init = core.Net("seg_init")
+    init.CreateTreeCursor([], "cur", fields=["a"])
+    init.GivenTensorInt64Fill([], "a0", values=[1, 2, 3], shape=[3])
+    init.GivenTensorInt64Fill([], "a1", values=[4, 5], shape=[2])
+    ws.run(init)
+    read = core.Net("seg_read")
+    read.ReadSegmentBatch(["cur", "a0", "a1"], ["stop", "a"], batch_size=2,
+                          segment_rows=[3, 3])
+    ws.run(read)                                            # rows 0-1: inside segment 0
+    np.testing.assert_array_equal(ws.blobs["a"].fetch(), [1, 2])
+    with pytest.raises(RunError, match=r"ReadSegmentBatch.*segment 1 \(input 2 'a1'\) is "
+                                       r"int64\[2\] but segment_rows says 3 rows"):
+        ws.run(read)                                        # rows 2-3 span into segment 1
+
+
+@pytest.mark.timeout(60)
+def test_read_segment_batch_record_mode_and_enforce(ws):
+    init = core.Net("rec_init")
+    init.CreateTreeCursor([], "cur", fields=["a"])
+    init.GivenTensorFill([], "a0", values=[0.0, 1.0, 2.0, 3.0], shape=[2, 2])
+    init.GivenTensorFill([], "a1", values=[4.0, 5.0, 6.0, 7.0, 8.0, 9.0], shape=[3, 2])
+    ws.run(init)
+    read = core.Net("rec_read")
+    read.ReadSegmentBatch(["cur", "a0", "a1"], ["stop", "a"], record=True, segment_rows=[2, 3])
+    got = []
+    for _ in range(6):
+        ws.run(read)
+        if ws.blobs["stop"].fetch():
+            break
+        got.append(ws.blobs["a"].fetch().tolist())
+    assert got == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    reset = core.Net("rw")
+    reset.ResetCursor(["cur"], [])
+    ws.run(reset)
+    read2 = core.Net("enf_read")
+    read2.ReadSegmentBatch(["cur", "a0", "a1"], ["stop", "a"], batch_size=2,
+                           enforce_batch_size=True, segment_rows=[2, 3])
+    sizes = []
+    for _ in range(5):
+        ws.run(read2)
+        if ws.blobs["stop"].fetch():
+            break
+        sizes.append(len(ws.blobs["a"].fetch()))
+    assert sizes == [2, 2]                      # the short tail is dropped
+
+
+def test_to_dot_shows_an_npy_reader_as_a_source(tmp_path):
+    from fastpipe import net_printer
+    np.save(tmp_path / "id.npy", np.arange(10))
+    with task.TaskGroup() as tg:
+        pipeline.pipe(NpyReader(str(tmp_path), batch_size=8, name="files"),
+                      num_runtime_threads=2)
+    assert "source files\\nReadSegmentBatch, batch 8" in net_printer.to_dot(tg)
 
 
 # ---- NpyShardWriter -----------------------------------------------------------------
