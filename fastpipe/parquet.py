@@ -48,6 +48,7 @@ __all__ = ["ParquetReader", "NullValueError", "PARQUET_EXTRA"]
 PARQUET_EXTRA = "pip install fastpipe[parquet]"
 
 _ids = itertools.count()
+_WAIT_SLICE_S = 0.05     # a waiting read op wakes this often (to see an interrupt)
 
 
 class NullValueError(FastpipeError, ValueError):
@@ -272,8 +273,10 @@ def _read_fn(state_ref, name, batch_size, pa, pq):
                         st.decoding += 1
                     elif st.decoding:
                         # another instance is decoding the last row groups:
-                        # its records may complete a full batch
-                        st.cond.wait()
+                        # its records may complete a full batch.  Timed
+                        # slices: a cancelled run interrupts Python ops
+                        # (KeyboardInterrupt), delivered when the wait returns.
+                        st.cond.wait(_WAIT_SLICE_S)
                         continue
                     else:
                         batch = st.cut(batch_size)      # the short last batch, or None
@@ -282,19 +285,18 @@ def _read_fn(state_ref, name, batch_size, pa, pq):
                             return
             if batch is not None:
                 break
+            cols = None
             try:
                 cols = st.decode(unit, name, pa, pq)
-            except BaseException:
+            finally:
+                # whatever happened (a decode error, an interrupt), the count
+                # of decodes in flight goes down, so no waiter is left behind
                 with st.cond:
                     st.decoding -= 1
+                    if cols is not None and len(cols) and len(cols[0]):
+                        st.pending.append([0, cols])
+                        st.pending_rows += len(cols[0])
                     st.cond.notify_all()
-                raise
-            with st.cond:
-                st.decoding -= 1
-                if len(cols) and len(cols[0]):
-                    st.pending.append([0, cols])
-                    st.pending_rows += len(cols[0])
-                st.cond.notify_all()
         for out, arr in zip(outputs[1:], batch):
             if arr.dtype.kind == "O":
                 out.feed(arr)           # strings become native std::strings: a copy

@@ -251,3 +251,31 @@ def test_importing_fastpipe_never_imports_pyarrow():
     code = ("import sys, fastpipe, fastpipe.parquet, fastpipe.sources, fastpipe.pipeline\n"
             "assert 'pyarrow' not in sys.modules, 'pyarrow imported'\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=50)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [2, 4])
+def test_a_null_mid_stream_fails_the_run_with_every_instance_joined(ws, tmp_path, instances):
+    vals = pa.array([1.0] * 900 + [None] + [2.0] * 99, type=pa.float32())
+    pq.write_table(pa.table({"id": np.arange(1000), "v": vals}), str(tmp_path / "n.parquet"),
+                   row_group_size=50)
+    with pytest.raises(RunError, match="row group 18"):
+        iterate_all(ws, ParquetReader(str(tmp_path / "n.parquet"), batch_size=7), instances)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 4])
+def test_leaving_the_loop_early_stops_the_readers(ws, tmp_path, instances):
+    write(tmp_path / "a.parquet", 5000, row_group_size=100)
+    reader = ParquetReader(str(tmp_path / "a.parquet"), batch_size=10)
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(reader, num_runtime_threads=instances, capacity=1)
+    with session.LocalSession(ws) as s:
+        it = s.iterate(tg, q)
+        first = [next(it) for _ in range(3)]
+        it.close()
+    assert all(len(b[0]) == 10 for b in first)
+    # the reader starts over in the next run, every record once
+    with session.LocalSession(ws) as s:
+        ids = np.concatenate([np.asarray(b[0]) for b in s.iterate(tg, q)])
+    assert sorted(ids.tolist()) == list(range(5000))
