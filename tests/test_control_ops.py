@@ -114,6 +114,71 @@ def test_use_control_ops_merges_into_one_net():
     assert _fetch(ws, x) == 4
 
 
+def _arg(op, name):
+    return next(a for a in op.arg if a.name == name)
+
+
+def test_if_net_ops_follow_caffe2_control_ops_util():
+    """The layout of Caffe2's add_if_op: CreateScope per branch, then If
+    over [cond] + outer inputs + workspace blobs; each branch a Do whose
+    inner names are the outer names, indexed into inputs + outputs."""
+    with NetBuilder() as nb:
+        x = ops.Const(1)
+        y = ops.Const(0)
+        cond = ops.GT([x, ops.Const(0)])
+        with ops.IfNet(cond):
+            local = ops.Const(5)
+            ops.Add([x, local], [y])
+        with ops.Else():
+            ops.Const(3, blob_out=y)
+    if_net = nb.get()[-1].get()[0]
+    assert _op_types(if_net) == ["CreateScope", "CreateScope", "If"]
+    then_ws, else_ws = if_net.Proto().op[0].output[0], if_net.Proto().op[1].output[0]
+    assert then_ws.endswith("/workspace_if_then") and else_ws.endswith("/workspace_if_else")
+    if_op = if_net.Proto().op[2]
+    assert list(if_op.input) == [str(cond), str(x), then_ws, else_ws]
+    assert list(if_op.output) == [str(y), then_ws, else_ws]
+    then_do = _arg(if_op, "then_net").n.op
+    assert [op.type for op in then_do] == ["Do"]
+    do = then_do[0]
+    assert list(do.input) == [str(x), then_ws] and list(do.output) == [str(y), then_ws]
+    bind = dict(zip([b.decode() for b in _arg(do, "inner_blobs").strings],
+                    _arg(do, "outer_blobs_idx").ints))
+    assert bind == {str(x): 0, str(y): 1}
+    inner = _arg(do, "net").n
+    assert [op.type for op in inner.op] == ["GivenTensorInt64Fill", "Add"]
+    assert str(local) not in bind
+    else_do = _arg(if_op, "else_net").n.op[0]
+    assert list(else_do.input) == [else_ws] and list(else_do.output) == [str(y), else_ws]
+
+
+def test_while_net_ops_follow_caffe2_control_ops_util():
+    """Caffe2's add_while_op: the condition blob made by the condition net
+    is filled false first; the loop's outputs are inputs too; the body's Do
+    copies external blobs (copy_external_blobs=True)."""
+    with NetBuilder() as nb:
+        x = ops.Const(0)
+        y = ops.Const(0)
+        with ops.WhileNet():
+            with ops.Condition():
+                c = ops.LT([x, ops.Const(7)])
+            ops.Add([x, ops.Const(1)], [x])
+            ops.Add([x, y], [y])
+    while_net = nb.get()[-1].get()[0]
+    assert _op_types(while_net) == ["ConstantFill", "CreateScope", "CreateScope", "While"]
+    body_ws = while_net.Proto().op[1].output[0]
+    cond_ws = while_net.Proto().op[2].output[0]
+    w = while_net.Proto().op[3]
+    assert list(w.input) == [str(c), str(x), str(y), body_ws, cond_ws]
+    assert list(w.output) == [str(x), str(y), body_ws, str(c), cond_ws]
+    body_do = _arg(w, "loop_net").n.op[0]
+    assert _arg(body_do, "copy_external_blobs").i == 1
+    assert list(body_do.input) == [str(x), str(y), body_ws]
+    cond_do = _arg(w, "cond_net").n.op[0]
+    assert list(cond_do.input) == [str(x), cond_ws]
+    assert list(cond_do.output) == [str(c), cond_ws]
+
+
 def test_step_loops_and_control_ops_agree():
     """The same computation with step-based ops.If/ops.loop and with
     IfNet/WhileNet: Caffe2's test_loops totals."""
