@@ -3,6 +3,7 @@
 ``NetBuilder(_use_control_ops=True)``), with Caffe2's net_builder_test
 scenarios run both ways."""
 
+import re
 import threading
 
 import numpy as np
@@ -416,8 +417,10 @@ def test_do_child_sees_only_bound_blobs():
     net.Do(["x", "scope"], ["y", "scope"], net=body.Proto(),
            inner_blobs=["a", "b"], outer_blobs_idx=[0, 1])
     ws = workspace.C.Workspace()
-    with pytest.raises(FastpipeError, match="hidden"):
+    with pytest.raises(FastpipeError, match="hidden") as info:
         ws.run(net)
+    # a bind-time error inside the subnet names the inner op and the subnet
+    assert re.search(r"Copy #0 in net 'outer\S*/Do\.net/body\S*'", str(info.value))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -450,6 +453,30 @@ def test_if_without_then_net_is_an_error():
         net.If(["c"], [])
     with pytest.raises(OperatorDefError, match="loop_net"):
         net.While(["c"], [])
+
+
+def test_created_net_with_while_runs_again_and_again():
+    """A CreateNet'd net binds its control ops once; every RunNet reuses the
+    binding (the Do workspaces too) and sees the outer blobs' new values."""
+    init = core.Net("init")
+    init.Const(0, blob_out="total")
+    workspace.RunNetOnce(init)
+    with NetBuilder(_use_control_ops=True, initial_scope=["total"]) as nb:
+        total = core.BlobReference("total")
+        n = ops.Const(0, blob_out="n")
+        with ops.WhileNet():
+            with ops.Condition():
+                ops.LT([n, ops.Const(4)])
+            step = ops.Add([n, ops.Const(1)])      # local to the body
+            ops.Add([total, step], [total])
+            ops.Copy([step], [n])
+    net = nb.get()[0]
+    workspace.CreateNet(net)
+    for k in range(1, 4):
+        assert workspace.RunNet(net.Name()) is True
+        assert workspace.FetchBlob("total") == 10 * k
+        assert workspace.FetchBlob("n") == 4
+    assert not workspace.HasBlob(str(step))
 
 
 # ---- bad conditions -------------------------------------------------------------------
