@@ -3,8 +3,11 @@
 ``NetBuilder(_use_control_ops=True)``), with Caffe2's net_builder_test
 scenarios run both ways."""
 
+import os
 import re
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -623,6 +626,45 @@ def test_infinite_while_is_stopped_by_a_failure_elsewhere():
     with pytest.raises(RunError) as info:
         ws.run(step)
     assert isinstance(info.value.__cause__, KeyError)
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_stops_an_infinite_while_run_as_a_net():
+    """A While may never end, so a net holding one runs on the native driver
+    (not inline on the calling thread): Ctrl-C stops it within a second."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread")
+    started = threading.Event()
+
+    def mark(inputs, outputs):
+        started.set()
+
+    with NetBuilder(_use_control_ops=True) as nb:
+        go = ops.Const(True)
+        with ops.WhileNet():
+            with ops.Condition():
+                ops.And([go, go])
+            with ops.IfNet(go):
+                ops.Python(mark)([], [])
+    net = nb.get()[0]
+    sent = []
+
+    def interrupter():
+        if started.wait(20):
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    t = threading.Thread(target=interrupter)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            workspace.C.Workspace().run(net)
+        elapsed = time.monotonic() - sent[0]
+    finally:
+        t.join(10)
+        signal.signal(signal.SIGINT, old)
+    assert not t.is_alive()
+    assert elapsed < 1.0
 
 
 # ---- printing ------------------------------------------------------------------------------
