@@ -14,6 +14,8 @@ Argument kinds:
 * ``ints``, ``floats``, ``strings`` -- the repeated fields
 * ``dtype``           -- a DataType: an int in ``i`` or a case-insensitive name in ``s``
 * ``value``           -- any scalar (ConstantFill's ``value``: f, i or s)
+* ``net``             -- a NetDef in ``Argument.n`` (the control ops' subnets); the
+  lowering step lowers it to a child net description
 """
 
 from .errors import ArgumentError, OperatorDefError
@@ -32,7 +34,7 @@ DTYPE_NAMES = {
 }
 
 _KINDS = ("int", "bool", "float", "str", "ints", "floats", "strings",
-          "dtype", "value")
+          "dtype", "value", "net")
 
 
 class ArgSpec(object):
@@ -157,6 +159,10 @@ def arg_value(arg, spec, where):
                                        % (where, spec.name, s))
             return code
         raise bad("a data type")
+    if kind == "net":
+        if has("n"):
+            return arg.n
+        raise bad("a NetDef")
     # 'value': keep the field it came in
     if has("f"):
         return ("f", float(arg.f))
@@ -989,6 +995,99 @@ register("TextFileWriterClose", 1, (0, 1), [],
          "fastpipe: close the writer's file (again: a no-op); the optional output is the "
          "number of lines written (int64).")
 
+
+# --- control ops (kernels: _core/control.pxi) -------------------------------
+# Caffe2's If / While / Do / CreateScope.  Subnets are NetDef arguments; the
+# lowering step turns each into a child net description, bound once per op
+# instance (so N runtime instances get N bindings).
+
+
+def _check_if(op, a):
+    if a["then_net"] is None:
+        return "then_net must be specified in If operator"
+    return None
+
+
+def _check_while(op, a):
+    if a["loop_net"] is None:
+        return "loop_net must be specified in While operator"
+    return None
+
+
+def _check_do(op, a):
+    """Caffe2's DoOp constructor checks: the last input and output are the same
+    workspace blob; the other inputs (outputs) are distinct; inner_blobs and
+    outer_blobs_idx bind every outer name exactly once."""
+    if a["net"] is None:
+        return "net must be specified in Do operator"
+    if getattr(op, "is_gradient_op", False):
+        return "gradient Do operators are not supported (fastpipe runs forward nets only)"
+    if a["copy_external_blobs"] and a["reuse_workspace"]:
+        return "reuse_workspace and copy_external_blobs cannot both be set"
+    ins, outs = list(op.input), list(op.output)
+    if ins[-1] != outs[-1]:
+        return ("the last input (%r) and the last output (%r) must be the same "
+                "workspace blob (made by CreateScope)" % (ins[-1], outs[-1]))
+    ins, outs = ins[:-1], outs[:-1]
+    if len(set(ins)) != len(ins):
+        return "duplicate input blobs %s" % ins
+    if len(set(outs)) != len(outs):
+        return "duplicate output blobs %s" % outs
+    inner, idx = a["inner_blobs"] or [], a["outer_blobs_idx"] or []
+    if len(inner) != len(idx):
+        return ("invalid blob bindings: inner_blobs has %d names but outer_blobs_idx "
+                "has %d indices" % (len(inner), len(idx)))
+    outer = ins + outs
+    used = set()
+    seen = set()
+    for name, k in zip(inner, idx):
+        if name in seen:
+            return "invalid blob bindings: inner blob %r is bound twice" % name
+        seen.add(name)
+        if not 0 <= k < len(outer):
+            return ("invalid blob bindings: outer blob index %d (inner name %r) is out "
+                    "of bounds [0, %d]" % (k, name, len(outer) - 1))
+        if outer[k] in used:
+            return "invalid blob bindings: outer blob %r is bound twice" % outer[k]
+        used.add(outer[k])
+    if used != set(outer):
+        return ("invalid blob bindings: outer blobs %s are not bound to any inner blob"
+                % sorted(set(outer) - used))
+    return None
+
+
+register("If", (1, INF), (0, INF), [
+    A("then_net", "net", None, "net run when the condition is true"),
+    A("else_net", "net", None, "net run when it is false (optional)"),
+], "Run then_net (else else_net) in this workspace if input 0, a bool scalar, is "
+   "true.  The other inputs and the outputs name the blobs the subnets read and "
+   "write (for dependency tracking only).", check=_check_if)
+register("While", (1, INF), (0, INF), [
+    A("loop_net", "net", None, "net run while the condition is true"),
+    A("cond_net", "net", None, "net run before each check of the condition (optional)"),
+], "Run cond_net (if any), then, while input 0 (a bool scalar) is true, loop_net "
+   "and cond_net again, in this workspace.  Cancelling the run stops the loop "
+   "between iterations.", check=_check_while)
+register("Do", (1, INF), (1, INF), [
+    A("net", "net", None, "the subnet"),
+    A("inner_blobs", "strings", [], "inner blob names bound to outer blobs"),
+    A("outer_blobs_idx", "ints", [], "per inner blob, the index of its outer blob "
+      "among the inputs then the outputs (the workspace blobs skipped)"),
+    A("saved_fwd_blobs", "strings", [], "blobs the gradient Do needs (kept for "
+      "Caffe2 compatibility: fastpipe has no gradient Do)"),
+    A("reuse_workspace", "bool", False, "Caffe2: reuse the last child workspace; "
+      "fastpipe always keeps one child workspace per op binding"),
+    A("copy_external_blobs", "bool", False, "Caffe2: copy forwarded tensors into the "
+      "child after the run (for gradients); no effect on forward results"),
+], "Run the subnet in a child workspace that sees only the bound outer blobs "
+   "(inner_blobs[k] is the outer blob outer_blobs_idx[k]); every other blob the "
+   "subnet makes stays local to the child.  The last input and output are the "
+   "workspace blob made by CreateScope.", check=_check_do)
+register("CreateScope", 0, 1, doc=(
+    "Make the workspace blob a Do op names as its last input and output.  fastpipe "
+    "keeps each Do's child workspace in the Do op's own binding, so the blob "
+    "carries no data."))
+
 # Checks that read only the op's arguments and arity (not its input/output
 # names), so parse_args may share one result between ops of equal arity.
 # Any other check gets the names in its cache key.
@@ -997,4 +1096,4 @@ _ARG_ONLY_CHECKS = {_check_bcast, _check_constant_fill, _check_given, _check_cou
                     _check_read_next, _check_read_random, _check_sort_and_shuffle,
                     _check_print, _check_python_stage, _check_transpose,
                     _check_create_text_file_reader, _check_text_file_reader_read,
-                    _check_create_text_file_writer}
+                    _check_create_text_file_writer, _check_if, _check_while}

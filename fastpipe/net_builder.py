@@ -21,6 +21,15 @@ becomes a *loop* that runs until that blob is true, checked after each of
 its children.  Run-once builders (``If``, ``stop_guard``) therefore append
 an unconditional ``stop()`` when they acquired a stop blob.
 
+With ``_use_control_ops=True`` (and inside ``ops.IfNet``/``ops.Elif``/
+``ops.Else``/``ops.WhileNet``/``ops.Condition``, which imply it) a builder
+instead merges its children into ONE net in which conditionals and loops
+are the ``If``/``While``/``Do`` operators, as Caffe2's ``control_ops_util``
+builds them: each branch or loop body runs in a ``Do`` child workspace that
+sees only the outer blobs it reads or writes (the builder's *lexical
+scope*: every blob named by the nets before it); blobs first made inside a
+branch stay local to it.  Such nets run natively (``fastpipe/_core/control.pxi``).
+
 Threading: builders are per-thread contexts; building is not thread-safe
 across threads sharing one builder.  Nothing here touches data.
 """
@@ -47,17 +56,17 @@ class NetBuilder(context.Managed):
         _stop_blob_required: exiting without a stop blob raises.
         _stop_blob: use this blob as the stop blob.
         _fullname: the full name, instead of ``parent/name``.
-        _use_control_ops: not supported (If/While operators).
+        _use_control_ops: merge the children into one net, with
+            ``ops.IfNet``/``ops.WhileNet`` as If/While/Do operators; stop
+            blobs (``ops.stop``/``ops.loop``/``ops.If``) cannot be used.
     """
 
     def __init__(self, name=None, initial_scope=None, _stop_blob_required=False,
                  _stop_blob=None, _fullname=None, _use_control_ops=False):
         if _fullname and name:
             raise GraphError("Cannot set both _fullname and name")
-        if _use_control_ops:
-            raise NotSupportedError(
-                "NetBuilder(_use_control_ops=True) needs the If/While "
-                "operators, which fastpipe does not provide")
+        if _use_control_ops and (_stop_blob_required or _stop_blob is not None):
+            raise GraphError("Stop blobs are not used with control operators")
         parent = NetBuilder.current(required=False)
         self.name = _fullname or "/".join(
             n for n in (parent.name if parent else None, name) if n)
@@ -65,9 +74,43 @@ class NetBuilder(context.Managed):
         self._current_net = None
         self._children = []
         self._init_lexical_scope = set(str(b) for b in (initial_scope or ()))
+        # Caffe2's lexical scope, computed only when a control-op builder needs
+        # it: the parent and its children so far (a list copy, no name sets).
+        self._scope_parent = parent
+        self._scope_siblings = list(parent._children) if parent is not None else ()
+        self._outer_scope_cache = None
         self._stop_blob = _stop_blob
         self._stop_blob_required = _stop_blob_required
-        self._use_control_ops = False
+        self._use_control_ops = bool(_use_control_ops)
+        if self._use_control_ops:
+            self._outer_scope()     # snapshot now, as Caffe2 does at creation
+
+    # -- lexical scope (control ops) -----------------------------------------------
+
+    def _outer_scope(self):
+        """Caffe2's ``_init_lexical_scope``: the blob names visible to this
+        builder when it was created -- ``initial_scope``, the parent's scope
+        and every name used by the parent's children before this one."""
+        scope = self._outer_scope_cache
+        if scope is None:
+            scope = set(self._init_lexical_scope)
+            parent = self._scope_parent
+            if parent is not None:
+                scope |= parent._outer_scope()
+                scope |= _children_scope(self._scope_siblings)
+            self._outer_scope_cache = scope
+        return scope
+
+    @property
+    def _lexical_scope(self):
+        """Blob names visible at this point of the builder: its outer scope
+        plus every name its children use (an exited control-op builder
+        contributes only its outer scope: its own blobs are local)."""
+        return self._outer_scope() | _children_scope(self._children)
+
+    def _reset_children(self):
+        self._current_net = None
+        self._children = []
 
     # -- stop blob ------------------------------------------------------------
 
@@ -79,6 +122,9 @@ class NetBuilder(context.Managed):
         ``stop_blob_init`` net that also sets it false becomes the first
         child, so the blob exists before the step is compiled.
         """
+        if self._use_control_ops:
+            raise GraphError("Stop blobs are not used with control operators "
+                             "(builder %s)" % self.name)
         if self._stop_blob is None:
             net = self.current_net()
             self._stop_blob = core.BlobReference(net.NextName("stop_blob"), net=net)
@@ -92,6 +138,9 @@ class NetBuilder(context.Managed):
     def stop_if(self, blob):
         """stop = stop OR blob; then end the current net so the executor's
         stop check (after each net) runs right after it."""
+        if self._use_control_ops:
+            raise GraphError("Stop blobs are not used with control operators "
+                             "(builder %s)" % self.name)
         stop_blob = self.stop_blob()
         self.current_net().Or([stop_blob, blob], [stop_blob])
         self._current_net = None
@@ -110,6 +159,13 @@ class NetBuilder(context.Managed):
         net, so later ops go to a new net after the child.
         """
         self._assert_mutable()
+        if self._use_control_ops and not (
+                isinstance(child, core.Net) or
+                (isinstance(child, NetBuilder) and child._use_control_ops)):
+            raise GraphError(
+                "builder %s uses control operators: only nets and IfNet/WhileNet "
+                "builders can be added to it, got %r (ops.loop, ops.If and "
+                "ops.stop_guard need stop blobs)" % (self.name, child))
         self._current_net = None
         self._children.append(child)
         if isinstance(child, core.Net):
@@ -138,6 +194,10 @@ class NetBuilder(context.Managed):
 
     def __exit__(self, etype, *args):
         super(NetBuilder, self).__exit__(etype, *args)
+        if etype is None and self._use_control_ops and self._children:
+            children = self._children
+            self._reset_children()
+            self._children = [_merge_nets(children, self._outer_scope())]
         self.freeze()
         if etype is not None:
             return
@@ -210,17 +270,42 @@ class Operations(object):
         return NetBuilder.current().add(_RunIf(cond, name=name))
 
     def IfNet(self, cond, name=None):
-        raise NotSupportedError("ops.IfNet needs the If operator (not provided)")
+        """Like ``If``, but one net with an ``If`` operator (Caffe2's IfNet);
+        ``ops.Elif(c)`` and ``ops.Else()`` may follow it."""
+        return NetBuilder.current().add(_RunIfNet(cond, name=name))
+
+    def Elif(self, cond, name=None):
+        """An else-if branch of the IfNet (or Elif) just before it (beyond
+        Caffe2, which has only ``Else``).  Nets between the two (computing
+        ``cond``) run only when the earlier conditions were false, as in
+        Python: they move into the else branch."""
+        parent = NetBuilder.current()
+        head, later = _last_if_net(parent, "Elif")
+        tail = head._tail
+        if tail._has_else:
+            raise GraphError("Elif not allowed after an Else.")
+        del parent._children[len(parent._children) - len(later):]
+        parent._current_net = None
+        branch = _RunIfNet(cond, name=name, _prev=tail, _prefix=later)
+        head._tail = branch
+        return branch
 
     def Else(self, name=None):
-        raise NotSupportedError(
-            "ops.Else() belongs to IfNet (not provided); use ops.If(c).Else()")
+        """Else branch of the IfNet (or Elif) just before it."""
+        return _RunElseNet(name=name)
 
     def WhileNet(self, name=None):
-        raise NotSupportedError("ops.WhileNet needs the While operator (not provided)")
+        """A builder for the ``While`` operator: its body is the loop net,
+        after an ``ops.Condition()`` block computing the condition."""
+        return NetBuilder.current().add(_RunWhileNet(name=name))
 
     def Condition(self, name=None):
-        raise NotSupportedError("ops.Condition belongs to WhileNet (not provided)")
+        """The loop condition of the enclosing WhileNet: the last op's single
+        output is the condition (a bool scalar), computed before the first
+        and after every iteration."""
+        if not isinstance(NetBuilder.current(), _RunWhileNet):
+            raise GraphError("Use of Condition outside of WhileNet")
+        return _RunWhileCondition(name=name)
 
     def _setup(self, key, kind, name=None):
         setup = _SetupBuilder(kind, name)
@@ -431,3 +516,326 @@ class _RunIf(_RunOnce):
         if self._is_else:
             raise GraphError("Else not allowed after an Else.")
         return self._sibling(None, name)
+
+
+# ---- control operators (Caffe2's control_ops_util and its builders) -----------
+
+
+def _children_scope(children):
+    names = set()
+    for child in children:
+        if isinstance(child, core.Net):
+            names |= child.UsedBlobNames()
+        elif isinstance(child, NetBuilder) and child._use_control_ops:
+            names |= child._outer_scope() if child._frozen else child._lexical_scope
+    return names
+
+
+def _merge_nets(nets_or_builders, outer_blob_names):
+    """Caffe2's ``NetBuilder.merge_nets``: append every child (nets, exited
+    control-op builders) to the first net; its external outputs keep only
+    the outer names."""
+    net = None
+    for n in nets_or_builders:
+        if isinstance(n, NetBuilder):
+            if not n._use_control_ops:
+                raise GraphError("Merging of NetBuilder supported only for control ops")
+            nets = n.get()
+            if len(nets) != 1 or not isinstance(nets[0], core.Net):
+                raise GraphError("Invalid control op net builder %s" % n.name)
+            cur = nets[0]
+        elif isinstance(n, core.Net):
+            cur = n
+        else:
+            raise GraphError("cannot merge %r into a control-op net" % (n,))
+        if net is not None:
+            net.AppendNet(cur)
+        else:
+            net = cur
+    if net is not None:
+        proto = net.Proto()
+        proto.external_output[:] = [o for o in proto.external_output
+                                    if o in outer_blob_names]
+    return net
+
+
+def _external_blob_names(net, lexical_scope):
+    """Caffe2's ``get_external_blob_names``: the outer blobs ``net`` reads
+    (read before written; each must be in the scope) and writes (in the
+    scope).  Sorted lists (Caffe2 iterates sets, in no fixed order)."""
+    proto = net.Proto()
+    ssa, _ = core.get_ssa(proto)
+    inputs = core.get_undefined_blobs(ssa)
+    for name in sorted(inputs):
+        if str(name) not in lexical_scope:
+            raise GraphError("Input blob %s is undefined (net %s reads it before "
+                             "any op writes it, and no blob of that name is "
+                             "visible outside)" % (name, proto.name))
+    outputs = set()
+    for op in proto.op:
+        for o in op.output:
+            if o in lexical_scope:
+                outputs.add(o)
+    return sorted(str(b) for b in inputs), sorted(outputs)
+
+
+def _add_do(parent_net, do_net, ws_suffix, body, inputs, outputs, **extra):
+    """Append to ``do_net`` a Do op running ``body`` in a child workspace
+    bound to the outer ``inputs`` and ``outputs`` (Caffe2's layout: inner
+    names equal outer names, indices into inputs + outputs); returns the
+    workspace blob (made by a CreateScope the caller adds)."""
+    ordered = inputs + outputs
+    outer = sorted(set(ordered))
+    ws_blob = parent_net.NextScopedBlob(parent_net.Name() + ws_suffix)
+    ins = [core.BlobReference(b, net=None) for b in inputs] + [ws_blob]
+    outs = [core.BlobReference(b, net=None) for b in outputs] + [ws_blob]
+    do_net.Do(ins, outs, net=body.Proto(), inner_blobs=outer,
+              outer_blobs_idx=[ordered.index(b) for b in outer], **extra)
+    do_net.AddExternalOutput(*outs)
+    return ws_blob
+
+
+def _add_if_op(if_net, cond_blob, lexical_scope, then_net, else_net=None):
+    """Caffe2's ``control_ops_util.add_if_op``: append to ``if_net`` the
+    CreateScope ops and an If op whose then (else) net is a Do running
+    ``then_net`` (``else_net``) over the outer blobs it uses."""
+    then_in, then_out = _external_blob_names(then_net, lexical_scope)
+    else_in, else_out = ([], [])
+    if else_net is not None:
+        else_in, else_out = _external_blob_names(else_net, lexical_scope)
+    if_inputs = [cond_blob] + [core.BlobReference(b, net=None)
+                               for b in sorted(set(then_in) | set(else_in))]
+    if_outputs = [core.BlobReference(b, net=None)
+                  for b in sorted(set(then_out) | set(else_out))]
+    do_then_net = core.Net("do_then_net")
+    then_ws = _add_do(if_net, do_then_net, "/workspace_if_then", then_net,
+                      then_in, then_out)
+    if_inputs.append(then_ws)
+    if_outputs.append(then_ws)
+    if_args = {"then_net": do_then_net.Proto()}
+    else_ws = None
+    if else_net is not None:
+        do_else_net = core.Net("do_else_net")
+        else_ws = _add_do(if_net, do_else_net, "/workspace_if_else", else_net,
+                          else_in, else_out)
+        if_inputs.append(else_ws)
+        if_outputs.append(else_ws)
+        if_args["else_net"] = do_else_net.Proto()
+    if_net.CreateScope([], [then_ws])
+    if else_ws is not None:
+        if_net.CreateScope([], [else_ws])
+    if_net.If(if_inputs, if_outputs, **if_args)
+    if_net.AddExternalOutput(*if_outputs)
+
+
+def _add_while_op(while_net, cond_blob, lexical_scope, loop_body_net,
+                  condition_body_net=None):
+    """Caffe2's ``control_ops_util.add_while_op``: a While op whose loop net
+    (and condition net) is a Do over the outer blobs it uses.  Outputs of
+    the loop are inputs too (the loop may not run at all)."""
+    body_in, body_out = _external_blob_names(loop_body_net, lexical_scope)
+    body_in = sorted(set(body_in) | set(body_out))
+    while_inputs = [cond_blob] + [core.BlobReference(b, net=None) for b in body_in]
+    while_outputs = [core.BlobReference(b, net=None) for b in body_out]
+    do_loop_body_net = core.Net("do_loop_body_net")
+    body_ws = _add_do(while_net, do_loop_body_net, "/workspace_loop_body",
+                      loop_body_net, body_in, body_out, copy_external_blobs=True)
+    while_inputs.append(body_ws)
+    while_outputs.append(body_ws)
+    while_args = {"loop_net": do_loop_body_net.Proto()}
+    cond_ws = None
+    if condition_body_net is not None:
+        cond_in, cond_out = _external_blob_names(condition_body_net, lexical_scope)
+        if not any(str(cond_blob) in op.output
+                   for op in condition_body_net.Proto().op):
+            raise GraphError("Condition net does not write into condition blob %s"
+                             % cond_blob)
+        if str(cond_blob) not in cond_out:
+            cond_out = sorted(set(cond_out) | {str(cond_blob)})
+        condition_net = core.Net("do_loop_condition_net")
+        cond_ws = _add_do(while_net, condition_net, "/workspace_loop_cond",
+                          condition_body_net, cond_in, cond_out)
+        while_args["cond_net"] = condition_net.Proto()
+        while_inputs += [core.BlobReference(b, net=None) for b in cond_in
+                         if b not in body_in] + [cond_ws]
+        while_outputs += [core.BlobReference(b, net=None) for b in cond_out
+                          if b not in body_out] + [cond_ws]
+        if str(cond_blob) not in lexical_scope:
+            while_net.ConstantFill([], cond_blob, dtype=core.DataType.BOOL, value=False)
+    while_net.CreateScope([], [body_ws])
+    if cond_ws is not None:
+        while_net.CreateScope([], [cond_ws])
+    while_net.While(while_inputs, while_outputs, **while_args)
+    while_net.AddExternalOutput(*while_outputs)
+
+
+def _exit_building(builder, build):
+    """Run ``build()`` at a control builder's exit; if it raises, leave the
+    builder's context first (so the enclosing builders stay usable)."""
+    try:
+        build()
+    except BaseException as exc:
+        NetBuilder.__exit__(builder, type(exc), exc, exc.__traceback__)
+        raise
+
+
+def _last_if_net(parent, what):
+    """The IfNet builder an Elif/Else attaches to: the last IfNet child of
+    ``parent``, followed by nothing but nets (``later``)."""
+    children = parent._children
+    for i in range(len(children) - 1, -1, -1):
+        child = children[i]
+        if isinstance(child, _RunIfNet):
+            later = children[i + 1:]
+            if what == "Else" and later:
+                break
+            return child, later
+        if not isinstance(child, core.Net):
+            break
+    raise GraphError("Invalid use of %s builder: it must immediately follow an "
+                     "IfNet (or Elif) in the same builder" % what)
+
+
+class _RunIfNet(NetBuilder):
+    """One net with an If operator (Caffe2's ``_RunIfNet``).  An ``Elif``
+    is an _RunIfNet too, not added to the parent: when it (or an Else after
+    it) exits, it becomes the else branch of the branch before it
+    (``_prev``), which is rebuilt, up to the IfNet that heads the chain."""
+
+    def __init__(self, cond_blob, name=None, _prev=None, _prefix=()):
+        if cond_blob is None:
+            raise GraphError("Conditional blob is not specified for an If net")
+        # an Elif also sees the blobs its condition nets (_prefix) name
+        NetBuilder.__init__(self, name=name, _use_control_ops=True,
+                            initial_scope=_children_scope(_prefix))
+        self._cond_blob = cond_blob
+        self._then_net = None
+        self._else_net = None
+        self._has_else = False
+        self._prev = _prev
+        self._prefix = list(_prefix)
+        self._tail = self       # the head's last Elif (where Else/Elif attach)
+
+    def __exit__(self, etype, *args):
+        if etype is None:
+            _exit_building(self, self._build)
+        NetBuilder.__exit__(self, etype, *args)
+
+    def _build(self):
+        then_nets = self._children
+        self._reset_children()
+        self._then_net = _merge_nets(then_nets, self._outer_scope())
+        if self._then_net is None:
+            self._then_net = core.Net("empty_then_net")
+        self._rebuild()
+
+    def _rebuild(self):
+        suffix = "/if_else_net" if self._else_net is not None else "/if_net"
+        if_net = core.Net(self.name + suffix)
+        _add_if_op(if_net, self._cond_blob, self._outer_scope(),
+                   self._then_net, self._else_net)
+        self._current_net = if_net
+        self._children = [if_net]
+        prev = self._prev
+        if prev is not None:
+            # this Elif (its condition nets, then its If) is prev's else branch
+            else_net = _merge_nets([core.Net(self.name + "/elif_net")] +
+                                   self._prefix + [if_net], prev._outer_scope())
+            prev._else_net = else_net
+            prev._rebuild()
+
+
+class _RunElseNet(NetBuilder):
+    """The else branch of the IfNet (or its last Elif) just before it."""
+
+    def __init__(self, name=None):
+        parent = NetBuilder.current(required=False)
+        if parent is None:
+            raise GraphError("Invalid use of Else builder: no active NetBuilder")
+        head, _ = _last_if_net(parent, "Else")
+        tail = head._tail
+        if tail._has_else:
+            raise GraphError("Else not allowed after an Else.")
+        NetBuilder.__init__(self, name=name, _use_control_ops=True)
+        tail._has_else = True
+        self._if_builder = tail
+
+    def __exit__(self, etype, *args):
+        if etype is None:
+            _exit_building(self, self._build)
+        NetBuilder.__exit__(self, etype, *args)
+
+    def _build(self):
+        else_nets = self._children
+        self._reset_children()
+        else_net = _merge_nets(else_nets, self._outer_scope())
+        if else_net is not None:
+            self._if_builder._else_net = else_net
+            self._if_builder._rebuild()
+
+
+class _RunWhileNet(NetBuilder):
+    """One net with a While operator (Caffe2's ``_RunWhileNet``)."""
+
+    def __init__(self, name=None):
+        NetBuilder.__init__(self, name=name, _use_control_ops=True)
+        self._cond_builder = None
+
+    def __exit__(self, etype, *args):
+        if etype is None:
+            _exit_building(self, self._build)
+        NetBuilder.__exit__(self, etype, *args)
+
+    def _build(self):
+        if self._cond_builder is None:
+            raise GraphError("Condition builder must be specified in While op "
+                             "(ops.Condition() inside ops.WhileNet())")
+        loop_body = self._children
+        self._reset_children()
+        body = _merge_nets(loop_body, self._outer_scope())
+        if body is None:
+            body = core.Net("empty_loop_body_net")
+        while_net = core.Net(self.name + "/while_net")
+        _add_while_op(while_net, self._cond_builder._cond_blob,
+                      self._outer_scope(), body, self._cond_builder._cond_net)
+        self._current_net = while_net
+        self._children = [while_net]
+
+
+class _RunWhileCondition(NetBuilder):
+    """The loop condition of a WhileNet: the last op must have one output, a
+    bool scalar; no other blob made here is visible outside."""
+
+    def __init__(self, name=None):
+        parent = NetBuilder.current(required=False)
+        if not isinstance(parent, _RunWhileNet):
+            raise GraphError("Invalid use of loop condition builder")
+        if parent._cond_builder is not None:
+            raise GraphError("Multiple loop condition builders specified")
+        if parent._children:
+            raise GraphError("Condition definition must be specified before the "
+                             "loop's body")
+        NetBuilder.__init__(self, name=name, _use_control_ops=True)
+        parent._cond_builder = self
+        self._cond_blob = None
+        self._cond_net = None
+
+    def __exit__(self, etype, *args):
+        if etype is None:
+            _exit_building(self, self._build)
+        NetBuilder.__exit__(self, etype, *args)
+
+    def _build(self):
+        body = self._children
+        self._reset_children()
+        self._cond_net = _merge_nets(body, self._outer_scope())
+        if self._cond_net is None or not self._cond_net.Proto().op:
+            raise GraphError("Invalid loop condition: ops.Condition() needs at "
+                             "least one op")
+        last_op = self._cond_net.Proto().op[-1]
+        if len(last_op.output) != 1:
+            raise GraphError("Invalid condition net: its last op (%s) must have "
+                             "exactly one output, the condition" % last_op.type)
+        self._cond_blob = core.BlobReference(last_op.output[0], net=None)
+        self._current_net = self._cond_net
+        self._children = [self._cond_net]

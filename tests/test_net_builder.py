@@ -217,14 +217,6 @@ def test_local_reporter_registers_on_group():
     assert tg._report_steps[0][1].Proto().run_every_ms == 50
 
 
-def test_control_op_builders_not_supported():
-    with NetBuilder():
-        with pytest.raises(NotImplementedError):
-            ops.IfNet(ops.Const(True))
-        with pytest.raises(NotImplementedError):
-            ops.WhileNet()
-
-
 def test_no_bare_asserts_in_pipeline_layer():
     import pathlib
     import re

@@ -115,6 +115,7 @@ cdef class Program:
     clone of a net) share one parsed template: lowering such an op is a
     copy of the template plus its names."""
     cdef vector[NetDesc*] nets
+    cdef vector[NetDesc*] subnets       # control ops' subnets (NetDef arguments), for freeing
     cdef vector[StepDesc*] steps        # top-level steps, in order
     cdef vector[StepDesc*] all_steps    # every StepDesc, for freeing
     cdef vector[OpDesc*] templates      # one per distinct parsed op, for freeing
@@ -139,6 +140,10 @@ cdef class Program:
             for j in range(self.nets[i].ops.size()):
                 del self.nets[i].ops[j]
             del self.nets[i]
+        for i in range(self.subnets.size()):
+            for j in range(self.subnets[i].ops.size()):
+                del self.subnets[i].ops[j]
+            del self.subnets[i]
         for i in range(self.all_steps.size()):
             del self.all_steps[i]
         for i in range(self.templates.size()):
@@ -182,6 +187,21 @@ cdef class Program:
             k += 1
         return d
 
+    cdef NetDesc* _lower_subnet(self, nd, str path) except NULL:
+        """A control op's NetDef argument as a child NetDesc, lowered by the
+        same path as a top-level net (kernels, arguments, Python ops, nested
+        control ops).  It is not one of the plan's nets: no step can name it
+        and its instances belong to the op that binds it (control.pxi).
+        ``path`` names it in messages: ``<net>/<op>.<argument>/<subnet>``."""
+        cdef NetDesc* d = new NetDesc()
+        cdef int k = 0
+        self.subnets.push_back(d)
+        d.name = _utf8(path)
+        for od in nd.op:
+            d.ops.push_back(self._lower_op(od, path, d.name, k))
+            k += 1
+        return d
+
     cdef Py_ssize_t _template(self, od, parsed, str net_name) except -1:
         """The index of the shared description of ops whose parse_args
         result is ``parsed``: kernel, type, parsed arguments."""
@@ -204,6 +224,8 @@ cdef class Program:
                                        "under token %r" % (net_name, token))
             pyobj = (func, pass_ws)
             self.keep.append(pyobj)
+        cdef NetDesc* sub
+        cdef size_t j
         cdef OpDesc* d = new OpDesc()
         d.run = e.run
         d.init = e.init
@@ -214,6 +236,24 @@ cdef class Program:
         d.type = _utf8(od.type)
         d.args.resize(len(schema.args))
         for k, (spec, value) in enumerate(zip(schema.args, values)):
+            if spec.kind == "net":
+                # a subnet: the slot holds its NetDesc (owned by this Program)
+                d.args[k].present = value is not None
+                if value is not None:
+                    label = "%s %r" % (od.type, od.name) if od.name else od.type
+                    try:
+                        sub = self._lower_subnet(
+                            value, "%s/%s.%s/%s" % (net_name, label, spec.name,
+                                                    value.name or spec.name))
+                    except BaseException:
+                        del d
+                        raise
+                    d.args[k].i = <int64_t><size_t>sub
+                    # an op whose subnet may wait on a queue may wait too
+                    for j in range(sub.ops.size()):
+                        if sub.ops[j].blocking:
+                            d.blocking = True
+                continue
             try:
                 fill_arg(&d.args[k], spec, value)
             except OverflowError:

@@ -77,6 +77,12 @@ reg("TextFileReaderRead", k_text_file_reader_read, tf_init, tf_fini)
 reg("CreateTextFileWriter", k_create_text_file_writer)
 reg("TextFileWriterWrite", k_text_file_writer_write, tw_init, tw_fini)
 reg("TextFileWriterClose", k_text_file_writer_close)
+# control ops (control.pxi): subnets bound at op init, freed at op fini
+reg("If", k_if, if_init, cond_state_free)
+# (a While may never end: blocking, so it runs where a cancel or Ctrl-C reaches it)
+reg("While", k_while, while_init, cond_state_free, True)
+reg("Do", k_do, do_init, do_fini)
+reg("CreateScope", k_create_scope)
 
 
 # Kernels in pyop.pxi: Print and PythonStage read their arguments by the
