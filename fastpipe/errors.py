@@ -9,7 +9,7 @@ status code into one of these classes in a single place
 __all__ = ["FastpipeError", "OperatorDefError", "PlanError", "BlobError",
            "RunError", "QueueClosedError", "CancelledError", "GraphError",
            "WorkspaceError", "ArgumentError", "OutOfMemoryError", "FastpipeWarning",
-           "IterTimeoutError",
+           "IterTimeoutError", "StallError",
            "NotSupportedError", "NotFoundError", "AttributeNotFoundError", "IndexOutOfRangeError"]
 
 
@@ -98,6 +98,20 @@ class FastpipeWarning(UserWarning):
     """A run did something legal but probably unintended, e.g. a
     ``Dataset.reader()`` whose cursor was already at the end when a re-run
     first read it (the run read nothing).  Emitted when the run ends."""
+
+
+class StallError(FastpipeError, TimeoutError):
+    """The stall watchdog (``LocalSession(stall_timeout=..., on_stall="raise")``)
+    saw no record move in any queue of the run for ``stall_timeout`` seconds
+    and cancelled it.  ``report`` is the :class:`fastpipe.observe.StallReport`
+    (who waits on what); ``str()`` shows it."""
+
+    def __init__(self, message="", report=None):
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self):
+        return (type(self), (str(self), None))
 
 
 class IterTimeoutError(FastpipeError, TimeoutError):
