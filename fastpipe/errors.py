@@ -43,20 +43,22 @@ class RunError(FastpipeError, RuntimeError):
     outside any operator): ``op_type`` (``"Add"``), ``op_index`` (the op's
     position in its net), ``net``, ``step`` (the innermost step) and
     ``instance`` (the runtime instance number, for steps with
-    ``num_concurrent_instances``)."""
+    ``num_concurrent_instances``) and ``stage`` (the pipe or task the op
+    belongs to, named as in ``run.stats()`` and ``net_printer.to_dot``)."""
 
     def __init__(self, message="", op_type=None, op_index=None, net=None,
-                 step=None, instance=None):
+                 step=None, instance=None, stage=None):
         super().__init__(message)
         self.op_type = op_type
         self.op_index = op_index
         self.net = net
         self.step = step
         self.instance = instance
+        self.stage = stage
 
     def __reduce__(self):  # keep the attributes across pickling (e.g. to a Ray driver)
         return (type(self), (str(self), self.op_type, self.op_index, self.net,
-                             self.step, self.instance))
+                             self.step, self.instance, self.stage))
 
     def __str__(self):
         return str(self.args[0]) if self.args else ""

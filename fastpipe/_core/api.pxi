@@ -327,8 +327,9 @@ cdef void ws_drop_run_nets(WS* ws, int64_t run_id) noexcept nogil:
         net_decref(n)
 
 
-cdef object _raise_status(RunState* rs):
-    """The one place where a native status becomes a Python exception."""
+cdef object _raise_status(RunState* rs, object info=None):
+    """The one place where a native status becomes a Python exception.
+    ``info`` (the Program's _observe_info) names the stage of the failing op."""
     code = rs.err_code
     if code == E_OK:
         return
@@ -336,7 +337,8 @@ cdef object _raise_status(RunState* rs):
     if code == E_INTERRUPT:
         raise KeyboardInterrupt()
     if code == E_ABORTED and rs.err_exc != NULL:
-        # the exception that ended Run.wait() (a signal handler's), as itself
+        # the exception that ended Run.wait() (a signal handler's, a
+        # StallError of the watchdog), as itself
         raise <object>rs.err_exc
     if code == E_PLAN:
         raise PlanError(msg)
@@ -347,14 +349,21 @@ cdef object _raise_status(RunState* rs):
     net = rs.err_net.decode("utf-8", "replace") if rs.err_has_op else None
     step = rs.err_step.decode("utf-8", "replace") if rs.err_has_step else None
     instance = rs.err_instance if rs.err_instance >= 0 else None
+    stage = None
+    if info is not None and 0 < rs.err_stage <= len(info["stages"]):
+        st = info["stages"][rs.err_stage - 1]
+        parent = info["stages"][st["parent"]]["name"] if st["parent"] >= 0 else None
+        stage = st["name"]
+        if parent and stage.startswith(parent + "/"):
+            stage = stage[len(parent) + 1:]      # as stats() and to_dot name it
     if code == E_CANCELLED:
-        raise CancelledError(msg, op_type, op_index, net, step, instance)
+        raise CancelledError(msg, op_type, op_index, net, step, instance, stage)
     if code == E_QUEUE_CLOSED:
-        raise QueueClosedError(msg, op_type, op_index, net, step, instance)
+        raise QueueClosedError(msg, op_type, op_index, net, step, instance, stage)
     if code == E_PYTHON and rs.err_exc != NULL:
         cause = <object>rs.err_exc
-        raise RunError(msg, op_type, op_index, net, step, instance) from cause
-    raise RunError(msg, op_type, op_index, net, step, instance)
+        raise RunError(msg, op_type, op_index, net, step, instance, stage) from cause
+    raise RunError(msg, op_type, op_index, net, step, instance, stage)
 
 
 cdef void _interrupt_python_ops(RunState* rs):
@@ -569,7 +578,7 @@ cdef class Run:
             if deadline >= 0 and fp_now_ns() >= deadline:
                 return False
         self._teardown()
-        _raise_status(rs)
+        _raise_status(rs, self.observe_info)
         _emit_run_warnings(self)    # dataset.pxi: warnings noted by kernels, once
         return True
 
@@ -670,6 +679,10 @@ cdef class Run:
                 depth=pq_depth[i], capacity=pq_cap[i]))
         prof = [(fp_load_relaxed(&o.prof_ns[k]), fp_load_relaxed(&o.prof_n[k]))
                 for k in range(o.nprof)] if o.profile else None
+        # and again after reading: an op flushes at its next record, so the
+        # next poll sees every record moved after this one (the first bump
+        # may have been answered before the read above)
+        fp_fetch_add(&o.epoch, 1)
         stalled = fp_load(&o.stalled_since)
         return dict(now_ns=now, start_ns=o.start_ns, end_ns=end, stages=stages,
                     queues=queues, probes=blocked, profile=prof,

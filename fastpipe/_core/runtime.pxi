@@ -198,6 +198,7 @@ cdef cppclass RunState:
     bint err_has_step
     string err_step
     int64_t err_instance    # -1: not in a runtime instance
+    int64_t err_stage       # OpDesc.stage of the failing op (0: none known)
     PyObject* err_exc       # owned; set with the GIL by the Python kernel
     vector[ObjHeader*] queues   # queues touched by this run (owned refs)
     vector[long] py_threads  # threads inside a Python op right now
@@ -227,6 +228,7 @@ cdef RunState* rs_new() noexcept nogil:
     rs.err_op_index = -1
     rs.err_has_step = False
     rs.err_instance = -1
+    rs.err_stage = 0
     rs.obs = NULL
     return rs
 
@@ -330,6 +332,7 @@ cdef bint rs_record(RunState* rs, int code, const string& msg, OpDesc* op,
             rs.err_op_type = op.type
             rs.err_op_index = op.index
             rs.err_net = op.net
+            rs.err_stage = op.stage
         if ctx != NULL and ctx.step != NULL:
             rs.err_has_step = True
             rs.err_step = ctx.step[0]
