@@ -408,13 +408,15 @@ class Progress(object):
     last line and joins the thread; the thread also ends by itself once the
     run has finished."""
 
-    def __init__(self, handle, stream=None, force=False, interval=0.25):
+    def __init__(self, handle, stream=None, force=False, interval=0.25, enabled=None):
         if interval < 0.25:
             interval = 0.25         # at most 4 refreshes a second
         self._handle = handle
         self._stream = stream if stream is not None else sys.stderr
         isatty = getattr(self._stream, "isatty", None)
         self.enabled = bool(force or (isatty is not None and isatty()))
+        if enabled is not None:
+            self.enabled = bool(enabled)
         self._interval = interval
         self._stop = threading.Event()
         self._thread = None
@@ -483,7 +485,7 @@ def _short_queue(name: str) -> str:
     return name.rsplit("/", 1)[-1] if "/" in name else name
 
 
-def progress(run, stream=None, force=False, interval=0.25) -> Progress:
+def progress(run, stream=None, force=False, interval=0.25, enabled=None) -> Progress:
     """A progress display for ``run`` (a RunHandle or a RecordIterator), as
     a context manager::
 
@@ -491,12 +493,12 @@ def progress(run, stream=None, force=False, interval=0.25) -> Progress:
             ...
 
     Writes to ``stream`` (default stderr) only when it is a terminal,
-    unless ``force``."""
+    unless ``force``; ``enabled`` (a bool) decides outright."""
     handle = getattr(run, "run", None) if not hasattr(run, "stats") else run
     if handle is None or not hasattr(handle, "stats"):
         from .errors import ArgumentError
         raise ArgumentError("progress: %r is not a RunHandle or a RecordIterator" % (run,))
-    return Progress(handle, stream=stream, force=force, interval=interval)
+    return Progress(handle, stream=stream, force=force, interval=interval, enabled=enabled)
 
 
 def stdout_is_terminal() -> bool:
