@@ -187,6 +187,12 @@ class Observer(object):
                 "writers_alive": q["writers"],
                 "readers_alive": q["readers"],
             })
+        # in pipeline order: by the first stage that writes them
+        order = {}
+        for k, st in enumerate(stages):
+            for q in st["outputs"]:
+                order.setdefault(q, k)
+        queues.sort(key=lambda q: (order.get(q["name"], len(stages)), q["name"]))
         profile = None
         if raw["profile"] is not None:
             profile = []
