@@ -339,3 +339,35 @@ def test_profile_lists_op_types_and_is_off_by_default(ws):
         it = s.iterate(tg, q)
         assert sum(len(ids) for ids, _ in it) == 64 * 4
         assert it.run.profile() is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("instances", [1, 2, 8])
+def test_polling_from_another_thread_keeps_counts_exact(ws, instances):
+    n = 64 * 200
+    tg, q = _three_stages(double, plus_one, double, n=n, capacity=2,
+                          instances=(instances, instances, 1))
+    stop = threading.Event()
+    seen = []
+
+    def poll(it):
+        while not stop.is_set():
+            st = it.stats()
+            seen.append(sum(s["records_out"] for s in st["stages"]))
+    with session.LocalSession(ws) as s:
+        it = s.iterate(tg, q)
+        t = threading.Thread(target=poll, args=(it,))
+        t.start()
+        try:
+            got = sum(len(ids) for ids, _ in it)
+        finally:
+            stop.set()
+            t.join(10)
+        assert not t.is_alive()
+        final = it.stats()
+    assert got == n
+    assert seen and seen == sorted(seen)            # counts never go back
+    st = _by_name(final)
+    assert st["double"]["instances"] == instances
+    assert all(s["records_out"] == n for s in final["stages"])
+    assert st["plus_one"]["records_in"] == n
