@@ -392,6 +392,13 @@ def make_stall_handler(native_ref, iterated, on_stall):
             if native is None:
                 return
             report = Observer(native, iterated).stall_report()
+            mine = [q for q in report.queues if q["name"] == iterated]
+            if mine and not mine[0]["closed"] and mine[0]["depth"] >= mine[0]["capacity"]:
+                # the queue the Python loop iterates is full: the loop has not
+                # asked for a record (a long training step), the job is fine
+                log.debug("fastpipe: nothing moved, but the loop over queue %r has not "
+                          "called next() (the queue is full): not a stall", iterated)
+                return
             log.warning("fastpipe: %s", report)
             if on_stall == "raise":
                 from .errors import StallError

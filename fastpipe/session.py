@@ -199,7 +199,8 @@ class LocalSession(Session):
         stall_timeout: seconds; when no record moves in any queue of a run
             for that long, the stall watchdog logs who waits on what
             (logger ``fastpipe``) and ``diagnose()`` returns that report.
-            None (default): no watchdog.
+            None (default): no watchdog.  A loop over ``iterate()`` that
+            does not call ``next()`` while its queue is full is not a stall.
         on_stall: ``"log"`` (default) or ``"raise"``: also cancel the run,
             so that ``wait()`` / ``next()`` raise ``StallError`` carrying
             the report (``.report``).

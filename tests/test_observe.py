@@ -371,3 +371,26 @@ def test_polling_from_another_thread_keeps_counts_exact(ws, instances):
     assert st["double"]["instances"] == instances
     assert all(s["records_out"] == n for s in final["stages"])
     assert st["plus_one"]["records_in"] == n
+
+
+@pytest.mark.timeout(30)
+def test_a_slow_loop_over_a_full_queue_is_not_a_stall(ws):
+    """The loop holds the job still (its queue full) for longer than
+    stall_timeout: the watchdog sees nothing move, and lets it be."""
+    tg, q = _three_stages(double, plus_one, double, n=64 * 40, capacity=2)
+    seen = _Seen()
+    logger = logging.getLogger("fastpipe")
+    logger.addHandler(seen)
+    try:
+        with session.LocalSession(ws, stall_timeout=0.05, on_stall="raise") as s:
+            it = s.iterate(tg, q)
+            next(it)
+            # wait (bounded) until the watchdog has looked at the still job
+            deadline = time.monotonic() + 10
+            while it.stats()["stalled_for_s"] is None:
+                assert time.monotonic() < deadline, "the watchdog never saw the job still"
+                threading.Event().wait(0.01)
+            assert sum(len(ids) for ids, _ in it) == 64 * 39      # and it goes on
+    finally:
+        logger.removeHandler(seen)
+    assert not [m for m in seen.messages if "stalled" in m]
