@@ -85,7 +85,14 @@ class Observer(object):
 
     def stats(self, raw: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """The run's stats now: ``{"elapsed_s", "done", "stages": [...],
-        "queues": [...], "profile": [...] | None, "stalled_for_s"}``."""
+        "queues": [...], "profile": [...] | None, "stalled_for_s"}``.
+
+        ``rate_*`` are records (rows) per second over the whole run;
+        ``interval_rate_*`` over the time since the previous ``stats()`` of
+        this run (None at the first).  ``busy``/``blocked_in``/``blocked_out``
+        are fractions of the stage's instance-seconds (its ops' lifetimes),
+        ``*_s`` seconds; a queue's ``full``/``empty`` is the fraction of the
+        run its writers / readers (on average) waited on it."""
         raw = raw if raw is not None else self.raw()
         stages_info = self._info["stages"]
         now = raw["now_ns"]
@@ -135,6 +142,7 @@ class Observer(object):
                 "rate_out": r_out / elapsed,
                 "rate_in": (r_in / elapsed) if st["reads"] else None,
                 "interval_rate_out": None,
+                "interval_rate_in": None,
                 "busy_s": busy,
                 "blocked_in_s": blocked_in,
                 "blocked_out_s": blocked_out,
@@ -146,12 +154,15 @@ class Observer(object):
             })
         with self._lock:
             prev = self._prev
-            cur = {s["name"]: s["records_out"] for s in stages}
+            cur = {s["name"]: (s["records_out"], s["records_in"]) for s in stages}
             if prev is not None and now > prev[0]:
                 dt = (now - prev[0]) * _NS
                 for s in stages:
                     if s["name"] in prev[1]:
-                        s["interval_rate_out"] = (s["records_out"] - prev[1][s["name"]]) / dt
+                        out0, in0 = prev[1][s["name"]]
+                        s["interval_rate_out"] = (s["records_out"] - out0) / dt
+                        if in0 is not None:
+                            s["interval_rate_in"] = (s["records_in"] - in0) / dt
             self._prev = (now, cur)
         queues = []
         for q in raw["queues"]:
