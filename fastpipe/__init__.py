@@ -13,12 +13,16 @@ def __getattr__(name):
     graph modules and the native core:
 
     * ``fastpipe.render`` (``net_printer.render``);
+    * ``fastpipe.progress`` (``observe.progress``);
     * ``fastpipe.workspace``, so that ``core.workspace`` -- Caffe2's core
       exposes its workspace module -- works while importing
       ``fastpipe.core`` alone still loads no native code."""
     if name == "render":
         from .net_printer import render
         return render
+    if name == "progress":
+        from .observe import progress
+        return progress
     if name == "workspace":
         # (``from . import workspace`` would look the attribute up first and
         # come back here)

@@ -96,7 +96,7 @@ class CompiledJob(object):
             outputs.append(core.BlobReference(str(name)))
         self.output_list.set_values(outputs, _fetch_func=fetch_func)
 
-    def start(self, ws, fetch_func):
+    def start(self, ws, fetch_func, **run_options):
         """Bind the outputs to ``ws`` and start the plan on it on native
         threads; returns the native ``_core.Run`` at once.
 
@@ -114,7 +114,7 @@ class CompiledJob(object):
                     "would share its queues and lose records; wait() for the previous run "
                     "or close() its iterator first" % self.plan.Proto().name)
             self.bind_outputs(ws, fetch_func)
-            run = native.start_program(program)
+            run = native.start_program(program, **run_options)  # profile, stall_*
             self._live[native] = weakref.ref(run)
         return run
 

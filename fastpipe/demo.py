@@ -15,6 +15,11 @@ what it did and how fast, and checks that every record reached the loop
 exactly once (count and id checksum) in both.
 
     python -m fastpipe demo [--records N] [--batch B] [--instances K] [--epochs E]
+                            [--progress auto|on|off]
+
+On a terminal (or with ``--progress on``) each fastpipe epoch shows a live
+progress line and the session runs with the stall watchdog on; after each
+epoch the demo prints ``diagnose()``'s verdict: which stage limited it.
 """
 
 import argparse
@@ -25,7 +30,7 @@ import time
 
 import numpy as np
 
-from fastpipe import pipeline, schema, session, sources, task, workspace
+from fastpipe import observe, pipeline, schema, session, sources, task, workspace
 from fastpipe.net_builder import ops
 
 FEATURES = 16
@@ -118,7 +123,10 @@ def main(argv=None):
     p.add_argument("--instances", type=int, default=2,
                    help="runtime instances per stage, and feeder threads (2)")
     p.add_argument("--epochs", type=int, default=2, help="epochs over the data (2)")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="a live progress line per epoch: auto = when stdout is a terminal")
     args = p.parse_args(argv)
+    show = args.progress == "on" or (args.progress == "auto" and observe.stdout_is_terminal())
 
     ids, xs = make_data(args.records)
     want = (args.records, int(ids.sum()))
@@ -127,7 +135,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     tg, q = build_job(ids, xs, args.batch, args.instances, seed=0)
     ws = workspace.C.Workspace()
-    sess = session.LocalSession(ws)
+    # on a terminal: a stall (nothing moving for 30 s) is logged with who waits on what
+    sess = session.LocalSession(ws, stall_timeout=30.0 if show else None)
     sess.compile(tg)
     build_s = time.perf_counter() - t0
 
@@ -142,7 +151,9 @@ def main(argv=None):
     fp_times = []
     for epoch in range(args.epochs):
         t1 = time.perf_counter()
-        seen, id_sum, loss = training_loop(sess.iterate(tg, q))
+        it = sess.iterate(tg, q)
+        with observe.progress(it, stream=sys.stdout, enabled=show):
+            seen, id_sum, loss = training_loop(it)
         dt = time.perf_counter() - t1
         fp_times.append(dt)
         good = (seen, id_sum) == want
@@ -150,6 +161,7 @@ def main(argv=None):
         print("  epoch %d: fastpipe delivered %d records in %.3f s = %.2f M records/s "
               "(mean loss %.4f); every record exactly once: %s"
               % (epoch, seen, dt, seen / dt / 1e6, loss / nbatches, "yes" if good else "NO"))
+        print("    diagnose(): %s" % it.diagnose())
 
     th_times = []
     for epoch in range(args.epochs):

@@ -9,7 +9,7 @@ status code into one of these classes in a single place
 __all__ = ["FastpipeError", "OperatorDefError", "PlanError", "BlobError",
            "RunError", "QueueClosedError", "CancelledError", "GraphError",
            "WorkspaceError", "ArgumentError", "OutOfMemoryError", "FastpipeWarning",
-           "IterTimeoutError",
+           "IterTimeoutError", "StallError",
            "NotSupportedError", "NotFoundError", "AttributeNotFoundError", "IndexOutOfRangeError"]
 
 
@@ -43,20 +43,22 @@ class RunError(FastpipeError, RuntimeError):
     outside any operator): ``op_type`` (``"Add"``), ``op_index`` (the op's
     position in its net), ``net``, ``step`` (the innermost step) and
     ``instance`` (the runtime instance number, for steps with
-    ``num_concurrent_instances``)."""
+    ``num_concurrent_instances``) and ``stage`` (the pipe or task the op
+    belongs to, named as in ``run.stats()`` and ``net_printer.to_dot``)."""
 
     def __init__(self, message="", op_type=None, op_index=None, net=None,
-                 step=None, instance=None):
+                 step=None, instance=None, stage=None):
         super().__init__(message)
         self.op_type = op_type
         self.op_index = op_index
         self.net = net
         self.step = step
         self.instance = instance
+        self.stage = stage
 
     def __reduce__(self):  # keep the attributes across pickling (e.g. to a Ray driver)
         return (type(self), (str(self), self.op_type, self.op_index, self.net,
-                             self.step, self.instance))
+                             self.step, self.instance, self.stage))
 
     def __str__(self):
         return str(self.args[0]) if self.args else ""
@@ -98,6 +100,20 @@ class FastpipeWarning(UserWarning):
     """A run did something legal but probably unintended, e.g. a
     ``Dataset.reader()`` whose cursor was already at the end when a re-run
     first read it (the run read nothing).  Emitted when the run ends."""
+
+
+class StallError(FastpipeError, TimeoutError):
+    """The stall watchdog (``LocalSession(stall_timeout=..., on_stall="raise")``)
+    saw no record move in any queue of the run for ``stall_timeout`` seconds
+    and cancelled it.  ``report`` is the :class:`fastpipe.observe.StallReport`
+    (who waits on what); ``str()`` shows it."""
+
+    def __init__(self, message="", report=None):
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self):
+        return (type(self), (str(self), None))
 
 
 class IterTimeoutError(FastpipeError, TimeoutError):

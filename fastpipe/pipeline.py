@@ -122,17 +122,23 @@ def normalize_processor_output(output):
 
 
 def processor_name(processor):
-    """A name for tasks and profiler counters: the processor's ``name``
-    (NetProcessor, PythonProcessor), a function's or method's
-    ``__qualname__`` (Caffe2 under Python 3 said ``function``), otherwise
-    the class name (readers, writers, queues)."""
+    """A name for tasks and profiler counters (and so for stages in errors,
+    ``to_dot`` and ``run.stats()``): the processor's ``name`` (NetProcessor,
+    PythonProcessor, named readers), a function's or method's
+    ``__qualname__`` (Caffe2 under Python 3 said ``function``; a lambda is
+    ``<lambda> at file.py:LINE``), a queue's blob name, otherwise the class
+    name (readers, writers)."""
     name = getattr(processor, "name", None)
     if isinstance(name, str) and name:
         return name
-    qualname = getattr(processor, "__qualname__", None)
-    if isinstance(qualname, str) and qualname:
-        return qualname
-    return processor.__class__.__name__
+    if not isinstance(processor, type) and callable(getattr(processor, "queue", None)):
+        try:
+            blob = str(processor.queue())      # a queue_util.QueueWrapper
+        except Exception:
+            blob = ""
+        if blob:
+            return blob[:-len("/handler")] if blob.endswith("/handler") else blob
+    return _callable_name(processor, processor.__class__.__name__)
 
 
 def pipe(input, output=None, num_threads=1, processor=None, name=None,
@@ -497,11 +503,23 @@ _static_copy = threading.local()
 _static_copy.value = None
 
 
-def _callable_name(f):
+def _callable_name(f, default=None):
+    """A function's ``__qualname__``; a lambda's is ``<lambda> at file.py:LINE``
+    (its qualname says only where it was written); a partial's is its
+    function's; another callable's its class's."""
+    import functools
+    import os
+    if isinstance(f, functools.partial):
+        return _callable_name(f.func, default)
     name = getattr(f, "__qualname__", None)
     if isinstance(name, str) and name:
+        if name.endswith("<lambda>"):
+            code = getattr(f, "__code__", None)
+            if code is not None:
+                return "<lambda> at %s:%d" % (os.path.basename(code.co_filename),
+                                              code.co_firstlineno)
         return name
-    return type(f).__qualname__
+    return default if default is not None else type(f).__qualname__
 
 
 class PythonProcessor(object):

@@ -196,14 +196,34 @@ class LocalSession(Session):
     Args:
         ws: the workspace to run on; default: the current module-level
             workspace (``workspace.C.Workspace.current``).
+        stall_timeout: seconds; when no record moves in any queue of a run
+            for that long, the stall watchdog logs who waits on what
+            (logger ``fastpipe``) and ``diagnose()`` returns that report.
+            None (default): no watchdog.  A loop over ``iterate()`` that
+            does not call ``next()`` while its queue is full is not a stall.
+        on_stall: ``"log"`` (default) or ``"raise"``: also cancel the run,
+            so that ``wait()`` / ``next()`` raise ``StallError`` carrying
+            the report (``.report``).
+        profile: time every op of every run (``RunHandle.profile()``).
     """
 
-    def __init__(self, ws=None):
+    def __init__(self, ws=None, stall_timeout=None, on_stall="log", profile=False):
         Session.__init__(self)
         if ws is None:
             from . import workspace
             ws = workspace.C.Workspace.current
         self._ws = ws
+        if stall_timeout is not None and (isinstance(stall_timeout, bool) or
+                                          not isinstance(stall_timeout, (int, float))
+                                          or not stall_timeout > 0):
+            raise ArgumentError("LocalSession: stall_timeout=%r must be a number of seconds "
+                                "> 0, or None" % (stall_timeout,))
+        if on_stall not in ("log", "raise"):
+            raise ArgumentError("LocalSession: on_stall=%r must be 'log' or 'raise'"
+                                % (on_stall,))
+        self._stall_timeout = stall_timeout
+        self._on_stall = on_stall
+        self._profile = bool(profile)
 
     @classmethod
     def _compile_task_group(cls, task_group, setup_net_list=None):
@@ -214,9 +234,22 @@ class LocalSession(Session):
     def _run_compiled(self, compiled):
         self._start_compiled(compiled).wait()
 
-    def _start_compiled(self, compiled):
-        return RunHandle(compiled.start(self._ws, _WorkspaceFetch(self._ws)),
-                         compiled.output_list)
+    def _start_compiled(self, compiled, progress=False, profile=None, iterated=None):
+        from . import observe
+        options = {"profile": self._profile if profile is None else bool(profile)}
+        box = []        # a weak reference to the native Run, for the watchdog (no cycle)
+        if self._stall_timeout is not None:
+            options["stall_timeout"] = float(self._stall_timeout)
+            options["stall_callback"] = observe.make_stall_handler(
+                lambda: box[0]() if box else None, iterated, self._on_stall)
+        native = compiled.start(self._ws, _WorkspaceFetch(self._ws), **options)
+        box.append(weakref.ref(native))
+        handle = RunHandle(native, compiled.output_list, iterated)
+        if progress:
+            handle._progress = observe.progress(
+                handle, force=progress == "force" or not isinstance(progress, (bool, str)),
+                stream=progress if not isinstance(progress, (bool, str)) else None).start()
+        return handle
 
     def _check_runnable(self, runnable):
         if not self.is_open():
@@ -224,9 +257,14 @@ class LocalSession(Session):
         if runnable is None:
             raise GraphError("Got a none runnable.")
 
-    def start(self, runnable, workspace_type=None) -> "RunHandle":
+    def start(self, runnable, workspace_type=None, progress=False,
+              profile=None) -> "RunHandle":
         """Compile (once) and start ``runnable`` on native threads; returns
         its :class:`RunHandle` at once.  ``run(r)`` is ``start(r).wait()``.
+
+        ``progress=True`` shows a one-line progress display on stderr when it
+        is a terminal (``"force"``, or a stream, to write it anyway); it
+        ends with the run.  ``profile`` overrides the session's.
 
         Example::
 
@@ -236,10 +274,12 @@ class LocalSession(Session):
                     run.wait()
         """
         self._check_runnable(runnable)
-        return self._start_compiled(self.compile(runnable, workspace_type).obj)
+        return self._start_compiled(self.compile(runnable, workspace_type).obj,
+                                    progress, profile)
 
     def iterate(self, runnable, queue, num_records: int = 1,
-                timeout: Optional[float] = None) -> "RecordIterator":
+                timeout: Optional[float] = None, progress=False,
+                profile=None) -> "RecordIterator":
         """Start ``runnable`` and iterate the records it writes into ``queue``
         while it runs.
 
@@ -252,6 +292,7 @@ class LocalSession(Session):
                 SafeDequeueBlobs does (the last item may hold fewer).
             timeout: seconds one ``next()`` may wait; then it raises
                 ``IterTimeoutError`` and the job keeps running.
+            progress, profile: as for :meth:`start`.
 
         Returns:
             A :class:`RecordIterator`: yields every record until the job has
@@ -280,7 +321,7 @@ class LocalSession(Session):
         # workspace (the job's CreateBlobsQueue lands there) and remember what
         # it holds now (a queue of an earlier run is not this run's)
         it = _core._make_iterator(self._ws._native, name, num_records, timeout, fields)
-        handle = self._start_compiled(compiled)
+        handle = self._start_compiled(compiled, progress, profile, iterated=name)
         it._attach(handle._run, handle)
         return it
 
@@ -327,11 +368,14 @@ class RunHandle(object):
         run.wait()
     """
 
-    __slots__ = ("_run", "_outputs", "__weakref__")
+    __slots__ = ("_run", "_outputs", "_obs", "_progress", "__weakref__")
 
-    def __init__(self, native_run, outputs=None):
+    def __init__(self, native_run, outputs=None, iterated=None):
+        from .observe import Observer
         self._run = native_run
         self._outputs = outputs
+        self._obs = Observer(native_run, iterated)
+        self._progress = None
 
     @property
     def outputs(self) -> Any:
@@ -339,7 +383,37 @@ class RunHandle(object):
         return self._outputs
 
     def wait(self, timeout: Optional[float] = None) -> bool:
-        return self._run.wait(timeout)
+        try:
+            done = self._run.wait(timeout)
+        except BaseException:
+            self._stop_progress()
+            raise
+        if done:
+            self._stop_progress()
+        return done
+
+    def stats(self) -> dict:
+        """Live stats of the job, per stage and per queue, as plain
+        JSON-serialisable data (see :mod:`fastpipe.observe`); read without
+        stopping the job.  Exact once it has finished."""
+        return self._obs.stats()
+
+    def diagnose(self):
+        """The stage that limits the job (a :class:`fastpipe.observe.Verdict`
+        whose ``str()`` is one line), or, after the stall watchdog fired,
+        the :class:`~fastpipe.observe.StallReport` of who waits on what."""
+        return self._obs.diagnose()
+
+    def profile(self):
+        """Time per op type per net (``profile=True`` runs; else None):
+        a list of ``{net, op_type, calls, total_s, mean_us}``, largest first."""
+        return self._obs.stats()["profile"]
+
+    def _stop_progress(self):
+        p = self._progress
+        if p is not None:
+            self._progress = None
+            p.stop()
 
     def cancel(self) -> None:
         self._run.cancel()
@@ -354,7 +428,7 @@ class RunHandle(object):
         if not self._run.done():
             self._run.cancel()
         try:
-            self._run.wait()
+            self.wait()
         except CancelledError:
             pass
         except Exception:

@@ -1,6 +1,9 @@
 """Tests of fastpipe.pipeline: graph shape (no runtime) and runtime
 behaviour (needs fastpipe.workspace)."""
 
+import functools
+import sys
+
 import numpy as np
 import pytest
 
@@ -100,12 +103,16 @@ def test_pipe_names():
         pipe(CountUntil(3), q)
         pipe(CountUntil(3))
     names = [t.name for t in tg.tasks()]
-    assert names == ["local/test_pipe_names.<locals>.my_fun", "local/pipe_into:Queue",
+    # the output queue's blob name (Caffe2: the class name, "Queue")
+    assert names == ["local/test_pipe_names.<locals>.my_fun", "local/pipe_into:queue_1",
                      "local/pipe_from:ReaderWithLimit"]
-    # a function's qualified name, never Caffe2's bare 'function'
+    # a function's qualified name, never Caffe2's bare 'function'; a lambda
+    # says where it was written
     assert processor_name(my_fun) == "test_pipe_names.<locals>.my_fun"
-    assert processor_name(lambda rec: rec) == "test_pipe_names.<locals>.<lambda>"
-    assert processor_name(Queue(3)) == "Queue"
+    line = sys._getframe().f_lineno + 1
+    assert processor_name(lambda rec: rec) == "<lambda> at test_pipeline.py:%d" % line
+    assert processor_name(functools.partial(my_fun)) == "test_pipe_names.<locals>.my_fun"
+    assert processor_name(Queue(3, name="tokens")) == "tokens"
 
 
 def test_output_needs_builder_and_exclusive_nets():

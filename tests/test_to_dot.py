@@ -161,17 +161,19 @@ def test_three_stage_pipe_names_stages_queues_and_edges(tmp_path):
 
 
 def test_default_pipe_names_and_static_copies():
-    """pipe_into:<writer>, a processor's __qualname__, and num_threads=N
+    """pipe_into:<output queue>, a processor's __qualname__ (a lambda's
+    place), and num_threads=N
     static copies shown as concurrent substeps of one task."""
     with TaskGroup() as tg:
         q = pipeline.pipe(sources.ArrayReader({"v": np.arange(4)}, batch_size=2,
                                               name="vals"),
                           processor=lambda rec: rec, num_threads=3)
         out = pipeline.pipe(q, output=pipeline.queue_util.Queue(capacity=2, name="sink"))
+    line = test_default_pipe_names_and_static_copies.__code__.co_firstlineno + 7
     dot = Dot(net_printer.to_dot(tg))
-    lam = dot.node_starting("test_default_pipe_names_and_static_copies.<locals>.<lambda> × 1")
+    lam = dot.node_starting("<lambda> at test_to_dot.py:%d × 1" % line)
     assert "3 concurrent substeps" in lam
-    into = dot.node("pipe_into:Queue × 1")
+    into = dot.node("pipe_into:%s × 1" % str(out.queue())[:-len("/handler")])
     sink = dot.node("queue %s" % out.queue())
     assert sink.endswith("capacity 2") and (into, sink) in dot.edges
     assert (lam, dot.node("queue %s" % q.queue())) in dot.edges

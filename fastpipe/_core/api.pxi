@@ -116,6 +116,13 @@ cdef void feed_tensor(Blob* b, value) except *:
 
 # ---- runs ------------------------------------------------------------------------------
 
+cdef cppclass QSnap:
+    # one queue of a run as a poller saw it (Run.observe)
+    string name
+    int64_t capacity, depth, closed, records, read_ns, read_n, write_ns, write_n
+    int64_t readers, writers        # bound ops reading / writing it (alive)
+
+
 cdef cppclass PlanRun:
     RunState* rs
     WS* ws
@@ -123,6 +130,135 @@ cdef cppclass PlanRun:
     NetInst* net            # run_net: the CreateNet'd net (one reference)
     int64_t num_iter
     fp_thread th
+    # stall watchdog (stall_ns > 0): a native thread started and joined by
+    # the driver; calls stall_cb (borrowed: the Run keeps it) with the GIL
+    int64_t stall_ns
+    PyObject* stall_cb
+    bint wd_stop            # under rs.lock
+    fp_thread wd_th
+    vector[QSnap] final_qs  # the run's queues at teardown (they are released then)
+    bint have_final
+
+
+cdef void queue_snaps(RunState* rs, vector[QSnap]* out) noexcept nogil:
+    """Every plain queue the run touched, read without stopping anyone
+    (atomics; rs.lock and obs.lock are never taken per record)."""
+    cdef size_t i, j
+    cdef Queue* q
+    cdef QSnap sn
+    cdef int64_t tail, head
+    cdef Probe* p
+    cdef vector[void*] seen         # a queue is registered once per op using it
+    cdef bint dup
+    fp_lock(&rs.lock)
+    for i in range(rs.queues.size()):
+        if rs.queues[i].kind != OBJ_QUEUE:
+            continue
+        q = <Queue*>rs.queues[i].impl
+        dup = False
+        for j in range(seen.size()):
+            if seen[j] == <void*>q:
+                dup = True
+                break
+        if dup:
+            continue
+        seen.push_back(<void*>q)
+        sn.name = q.name
+        sn.capacity = q.capacity
+        tail = fp_load(&q.tail)
+        head = fp_load(&q.head)
+        sn.closed = 1 if (tail & CLOSED_BIT) else 0
+        sn.depth = (tail & POS_MASK) - head
+        if sn.depth < 0:
+            sn.depth = 0
+        if sn.depth > q.capacity:
+            sn.depth = q.capacity
+        sn.records = fp_load_relaxed(&q.st_records)
+        sn.read_ns = fp_load_relaxed(&q.st_read_ns)
+        sn.read_n = fp_load_relaxed(&q.st_read_n)
+        sn.write_ns = fp_load_relaxed(&q.st_write_ns)
+        sn.write_n = fp_load_relaxed(&q.st_write_n)
+        sn.readers = 0
+        sn.writers = 0
+        if rs.obs != NULL:
+            fp_lock(&rs.obs.lock)
+            for j in range(rs.obs.probes.size()):
+                p = rs.obs.probes[j]
+                if p.queue == <void*>q:
+                    if p.kind == 0:
+                        sn.readers += 1
+                    else:
+                        sn.writers += 1
+            fp_unlock(&rs.obs.lock)
+        out.push_back(sn)
+    fp_unlock(&rs.lock)
+
+
+cdef int64_t queue_moves(RunState* rs, int64_t* nq) noexcept nogil:
+    """Sum of every run queue's read and write positions (caller holds rs.lock)."""
+    cdef size_t i
+    cdef Queue* q
+    cdef int64_t s = 0
+    nq[0] = 0
+    for i in range(rs.queues.size()):
+        if rs.queues[i].kind != OBJ_QUEUE:
+            continue
+        q = <Queue*>rs.queues[i].impl
+        s += (fp_load(&q.tail) & POS_MASK) + fp_load(&q.head)
+        nq[0] += 1
+    return s
+
+
+cdef void* watchdog_main(void* arg) noexcept nogil:
+    """Stall watchdog: when no queue of the run moves for stall_ns, note it
+    in obs.stalled_since and call stall_cb once (again after the next move
+    and stall).  Ends when the driver sets wd_stop."""
+    cdef PlanRun* pr = <PlanRun*>arg
+    cdef RunState* rs = pr.rs
+    cdef int64_t poll = pr.stall_ns // 4
+    cdef int64_t last = -1, last_move, now, moves, nq
+    cdef bint fired = False
+    if poll > 100000000:
+        poll = 100000000
+    if poll < 1000000:
+        poll = 1000000
+    last_move = fp_now_ns()
+    fp_lock(&rs.lock)
+    while not pr.wd_stop:
+        fp_wait_until(&rs.done_cv, &rs.lock, fp_now_ns() + poll)
+        if pr.wd_stop or fp_load(&rs.cancelled):
+            break
+        moves = queue_moves(rs, &nq)
+        now = fp_now_ns()
+        if moves != last or nq == 0:
+            last = moves
+            last_move = now
+            if fired:
+                fired = False
+                fp_store(&rs.obs.stalled_since, 0)
+            continue
+        if fired or now - last_move < pr.stall_ns:
+            continue
+        fired = True
+        fp_store(&rs.obs.stalled_since, last_move)
+        fp_unlock(&rs.lock)
+        if pr.stall_cb != NULL:
+            with gil:
+                try:
+                    (<object>pr.stall_cb)()
+                except BaseException:
+                    _log_stall_callback_failure()
+        fp_lock(&rs.lock)
+    fp_unlock(&rs.lock)
+    return NULL
+
+
+cdef void _log_stall_callback_failure() noexcept:
+    try:
+        import logging
+        logging.getLogger("fastpipe").exception("fastpipe: the stall watchdog's handler failed")
+    except BaseException:
+        pass
 
 
 cdef void rs_finish(RunState* rs) noexcept nogil:
@@ -157,7 +293,19 @@ cdef void plan_body(PlanRun* pr) noexcept nogil:
 
 cdef void* plan_main(void* arg) noexcept nogil:
     cdef PlanRun* pr = <PlanRun*>arg
+    cdef bint wd = False
+    if pr.stall_ns > 0 and pr.rs.obs != NULL:
+        pr.wd_stop = False
+        wd = fp_thread_start(&pr.wd_th, watchdog_main, pr) == 0
     plan_body(pr)
+    if pr.rs.obs != NULL:
+        fp_store(&pr.rs.obs.end_ns, fp_now_ns())
+    if wd:
+        fp_lock(&pr.rs.lock)
+        pr.wd_stop = True
+        fp_broadcast(&pr.rs.done_cv)
+        fp_unlock(&pr.rs.lock)
+        fp_thread_join(&pr.wd_th)
     rs_finish(pr.rs)
     return NULL
 
@@ -179,8 +327,9 @@ cdef void ws_drop_run_nets(WS* ws, int64_t run_id) noexcept nogil:
         net_decref(n)
 
 
-cdef object _raise_status(RunState* rs):
-    """The one place where a native status becomes a Python exception."""
+cdef object _raise_status(RunState* rs, object info=None):
+    """The one place where a native status becomes a Python exception.
+    ``info`` (the Program's _observe_info) names the stage of the failing op."""
     code = rs.err_code
     if code == E_OK:
         return
@@ -188,7 +337,8 @@ cdef object _raise_status(RunState* rs):
     if code == E_INTERRUPT:
         raise KeyboardInterrupt()
     if code == E_ABORTED and rs.err_exc != NULL:
-        # the exception that ended Run.wait() (a signal handler's), as itself
+        # the exception that ended Run.wait() (a signal handler's, a
+        # StallError of the watchdog), as itself
         raise <object>rs.err_exc
     if code == E_PLAN:
         raise PlanError(msg)
@@ -199,14 +349,21 @@ cdef object _raise_status(RunState* rs):
     net = rs.err_net.decode("utf-8", "replace") if rs.err_has_op else None
     step = rs.err_step.decode("utf-8", "replace") if rs.err_has_step else None
     instance = rs.err_instance if rs.err_instance >= 0 else None
+    stage = None
+    if info is not None and 0 < rs.err_stage <= len(info["stages"]):
+        st = info["stages"][rs.err_stage - 1]
+        parent = info["stages"][st["parent"]]["name"] if st["parent"] >= 0 else None
+        stage = st["name"]
+        if parent and stage.startswith(parent + "/"):
+            stage = stage[len(parent) + 1:]      # as stats() and to_dot name it
     if code == E_CANCELLED:
-        raise CancelledError(msg, op_type, op_index, net, step, instance)
+        raise CancelledError(msg, op_type, op_index, net, step, instance, stage)
     if code == E_QUEUE_CLOSED:
-        raise QueueClosedError(msg, op_type, op_index, net, step, instance)
+        raise QueueClosedError(msg, op_type, op_index, net, step, instance, stage)
     if code == E_PYTHON and rs.err_exc != NULL:
         cause = <object>rs.err_exc
-        raise RunError(msg, op_type, op_index, net, step, instance) from cause
-    raise RunError(msg, op_type, op_index, net, step, instance)
+        raise RunError(msg, op_type, op_index, net, step, instance, stage) from cause
+    raise RunError(msg, op_type, op_index, net, step, instance, stage)
 
 
 cdef void _interrupt_python_ops(RunState* rs):
@@ -262,6 +419,8 @@ cdef class Run:
     cdef int64_t* active        # the owning Workspace's run counter
     cdef Workspace owner        # None once torn down
     cdef Program prog           # None once torn down (or for run_net)
+    cdef object stall_cb        # the watchdog's handler (PlanRun.stall_cb borrows it)
+    cdef readonly object observe_info   # the Program's stages and profile keys (_observe_info)
     cdef object __weakref__
 
     def __cinit__(self):
@@ -274,11 +433,25 @@ cdef class Run:
     def __init__(self):
         raise ArgumentError("a Run is made by Workspace.start_program() or start_net()")
 
-    cdef _start(self, Workspace owner, Program prog, NetInst* net, int64_t num_iter):
+    cdef _start(self, Workspace owner, Program prog, NetInst* net, int64_t num_iter,
+                bint profile=False, double stall_timeout=0.0, object stall_callback=None):
         """Take ownership of net's reference (if any) and start the driver."""
         cdef PlanRun* pr = new PlanRun()
         cdef int rc
         pr.rs = rs_new()
+        pr.stall_ns = 0
+        pr.stall_cb = NULL
+        pr.have_final = False
+        info = _observe_info(prog) if prog is not None else _EMPTY_OBSERVE_INFO
+        self.observe_info = info
+        pr.rs.obs = obs_new(len(info["stages"]), len(info["profile_keys"]), profile)
+        if stall_timeout > 0:
+            pr.stall_ns = <int64_t>(min(stall_timeout, 1e9) * 1e9)
+            if pr.stall_ns < 1:
+                pr.stall_ns = 1
+            self.stall_cb = stall_callback
+            if stall_callback is not None:
+                pr.stall_cb = <PyObject*>stall_callback
         pr.ws = owner.ws
         pr.net = net
         pr.num_iter = num_iter
@@ -315,6 +488,9 @@ cdef class Run:
                     pr.net = NULL
                 else:
                     ws_drop_run_nets(pr.ws, pr.rs.run_id)
+                # the ops have flushed their counts: keep the queues' last view
+                queue_snaps(pr.rs, &pr.final_qs)
+                pr.have_final = True
                 rs_release_queues(pr.rs)
                 fp_fetch_add(self.active, -1)
                 self.joined = True
@@ -402,7 +578,7 @@ cdef class Run:
             if deadline >= 0 and fp_now_ns() >= deadline:
                 return False
         self._teardown()
-        _raise_status(rs)
+        _raise_status(rs, self.observe_info)
         _emit_run_warnings(self)    # dataset.pxi: warnings noted by kernels, once
         return True
 
@@ -416,6 +592,101 @@ cdef class Run:
             if not self.joined:
                 rs_cancel_unfinished(self.pr.rs, E_CANCELLED, b"the run was cancelled")
             fp_unlock(&self.lock)
+
+    def _fail_with(self, exc):
+        """Fail the run with ``exc`` (raised as itself by wait() and by an
+        iterator's next()) unless it has an error already; cancel it
+        everywhere.  Does not wait.  The stall watchdog's on_stall="raise"."""
+        cdef RunState* rs
+        cdef bint first = False
+        cdef string msg
+        if self.pr == NULL:
+            return False
+        rs = self.pr.rs
+        msg = _describe_exc(exc).encode("utf-8", "replace")
+        with nogil:
+            first = rs_record(rs, E_ABORTED, msg, NULL, NULL)
+        if first:
+            Py_INCREF(exc)
+            rs.err_exc = <PyObject*>exc
+        with nogil:
+            rs_cancel(rs)
+        _interrupt_python_ops(rs)
+        return first
+
+    def observe(self):
+        """A raw snapshot of the run's native counters (fastpipe.observe
+        turns it into stats): read without stopping or locking the workers."""
+        cdef RunState* rs
+        cdef RunObs* o
+        cdef vector[QSnap] qs
+        cdef vector[Probe] probes
+        cdef vector[string] pq_names
+        cdef vector[int64_t] pq_depth
+        cdef vector[int64_t] pq_cap
+        cdef Queue* q
+        cdef size_t i
+        cdef int64_t k, now, end
+        cdef StageCtr* sc
+        if self.pr == NULL:
+            raise RunError("this Run was never started")
+        rs = self.pr.rs
+        o = rs.obs
+        with nogil:
+            fp_fetch_add(&o.epoch, 1)       # ops flush at their next record
+            if self.pr.have_final:
+                qs = self.pr.final_qs
+            else:
+                queue_snaps(rs, &qs)
+            fp_lock(&o.lock)
+            for i in range(o.probes.size()):
+                probes.push_back(o.probes[i][0])
+                q = <Queue*>o.probes[i].queue
+                if q != NULL:
+                    pq_names.push_back(q.name)
+                    pq_cap.push_back(q.capacity)
+                    k = (fp_load(&q.tail) & POS_MASK) - fp_load(&q.head)
+                    pq_depth.push_back(k if k > 0 else 0)
+                else:
+                    pq_names.push_back(string())
+                    pq_cap.push_back(0)
+                    pq_depth.push_back(0)
+            fp_unlock(&o.lock)
+            now = fp_now_ns()
+            end = fp_load(&o.end_ns)
+        stages = []
+        for k in range(o.nstages):
+            sc = &o.stages[k]
+            stages.append((fp_load_relaxed(&sc.batches_in), fp_load_relaxed(&sc.rows_in),
+                           fp_load_relaxed(&sc.wait_in_ns), fp_load_relaxed(&sc.batches_out),
+                           fp_load_relaxed(&sc.rows_out), fp_load_relaxed(&sc.wait_out_ns),
+                           fp_load_relaxed(&sc.live_in_ns), fp_load_relaxed(&sc.live_out_ns)))
+        queues = [dict(name=qs[i].name.decode("utf-8", "replace"), capacity=qs[i].capacity,
+                       depth=qs[i].depth, closed=bool(qs[i].closed), records=qs[i].records,
+                       read_ns=qs[i].read_ns, read_n=qs[i].read_n, write_ns=qs[i].write_ns,
+                       write_n=qs[i].write_n, readers=qs[i].readers, writers=qs[i].writers)
+                  for i in range(qs.size())]
+        blocked = []
+        for i in range(probes.size()):
+            blocked.append(dict(
+                since_ns=probes[i].since, waiting=probes[i].since != 0,
+                bound_ns=probes[i].bound_ns,
+                kind="read" if probes[i].kind == 0 else "write",
+                stage=probes[i].stage, instance=probes[i].instance,
+                op=probes[i].op.decode("utf-8", "replace"),
+                step=probes[i].step.decode("utf-8", "replace"),
+                queue=pq_names[i].decode("utf-8", "replace"),
+                depth=pq_depth[i], capacity=pq_cap[i]))
+        prof = [(fp_load_relaxed(&o.prof_ns[k]), fp_load_relaxed(&o.prof_n[k]))
+                for k in range(o.nprof)] if o.profile else None
+        # and again after reading: an op flushes at its next record, so the
+        # next poll sees every record moved after this one (the first bump
+        # may have been answered before the read above)
+        fp_fetch_add(&o.epoch, 1)
+        stalled = fp_load(&o.stalled_since)
+        return dict(now_ns=now, start_ns=o.start_ns, end_ns=end, stages=stages,
+                    queues=queues, probes=blocked, profile=prof,
+                    stalled_since_ns=stalled if stalled else None)
 
     def done(self):
         """True once the run has finished (successfully or not); non-blocking."""
@@ -766,11 +1037,28 @@ cdef class Workspace:
             rs_free(pr.rs)
         return True
 
-    def start_program(self, Program prog not None):
+    def start_program(self, Program prog not None, bint profile=False,
+                      stall_timeout=None, stall_callback=None):
         """Start every top-level step of prog, in order, on a native driver
-        thread; returns its Run at once (see Run)."""
+        thread; returns its Run at once (see Run).  ``profile`` times every
+        op (Run.observe()["profile"]); ``stall_timeout`` (seconds) starts the
+        stall watchdog, which calls ``stall_callback()`` (any thread, GIL
+        held) when no queue of the run moved for that long."""
         cdef Run r = Run.__new__(Run)
-        r._start(self, prog, NULL, 0)
+        cdef double st = 0.0
+        if stall_timeout is not None:
+            try:
+                st = float(stall_timeout)
+            except (TypeError, ValueError):
+                raise ArgumentError("start_program: stall_timeout=%r is not a number of "
+                                    "seconds" % (stall_timeout,))
+            if not st > 0:
+                raise ArgumentError("start_program: stall_timeout=%r must be > 0 seconds"
+                                    % (stall_timeout,))
+        if stall_callback is not None and not callable(stall_callback):
+            raise ArgumentError("start_program: stall_callback=%r is not callable"
+                                % (stall_callback,))
+        r._start(self, prog, NULL, 0, profile, st, stall_callback)
         return r
 
     def run_program(self, Program prog not None, bint inline=False):
@@ -795,6 +1083,84 @@ cdef class Workspace:
                 ws_drop_run_nets(pr.ws, pr.rs.run_id)
             rs_free(pr.rs)
         return True
+
+
+# ---- observation info of a Program (stages, profile keys), once per Program ----------
+
+_EMPTY_OBSERVE_INFO = {"stages": [], "profile_keys": []}
+_observe_infos = _weakref.WeakKeyDictionary()
+
+
+cdef _observe_info(Program p):
+    """The stages of p -- a step named N with an N:init or N:exit substep,
+    the shape Task.get_step builds -- each {name, parent, instances, reads,
+    writes}, and the (net, op type) pairs of its ops; marks every OpDesc
+    with its stage and profile index (the descriptions are shared by every
+    run of p, so this runs once, before p's first run starts)."""
+    info = _observe_infos.get(p)
+    if info is not None:
+        return info
+    cdef size_t i, j
+    cdef OpDesc* od
+    stages = []
+    keys = []
+    kidx = {}
+    for i in range(p.nets.size()):
+        net = p.nets[i].name.decode("utf-8", "replace")
+        for j in range(p.nets[i].ops.size()):
+            od = p.nets[i].ops[j]
+            key = (net, od.type.decode("utf-8", "replace"))
+            k = kidx.get(key)
+            if k is None:
+                k = kidx[key] = len(keys)
+                keys.append(key)
+            od.prof_idx = k + 1
+            od.stage = 0
+    for i in range(p.steps.size()):
+        _observe_walk(p.steps[i], -1, stages)
+    info = {"stages": stages, "profile_keys": keys}
+    _observe_infos[p] = info
+    return info
+
+
+cdef _observe_walk(StepDesc* d, Py_ssize_t stage, list stages):
+    cdef size_t i, j, k
+    cdef OpDesc* od
+    name = d.name.decode("utf-8", "replace")
+    subs = set(d.substeps[i].name.decode("utf-8", "replace") for i in range(d.substeps.size()))
+    if ((name + ":init" in subs or name + ":exit" in subs)
+            and not (stage >= 0 and name == stages[stage]["name"] + ":instance")):
+        # (a task's per-instance setup step, "<task>:instance", is the task's)
+        stages.append({"name": name, "parent": stage, "instances": 1,
+                       "reads": [], "writes": [], "op_types": []})
+        stage = len(stages) - 1
+    if stage >= 0 and d.num_instances > 1:
+        st = stages[stage]
+        st["instances"] = max(st["instances"], <long long>d.num_instances)
+    for i in range(d.nets.size()):
+        if stage < 0:
+            continue
+        st = stages[stage]
+        for j in range(d.nets[i].ops.size()):
+            od = d.nets[i].ops[j]
+            if od.stage != 0:
+                continue
+            od.stage = stage + 1
+            ot = od.type.decode("utf-8", "replace")
+            if ot not in st["op_types"]:
+                st["op_types"].append(ot)
+            if od.init == qop_init and od.inputs.size():
+                if od.type.find(b"Dequeue") != <size_t>-1:
+                    for k in range(od.inputs.size()):
+                        qn = od.inputs[k].decode("utf-8", "replace")
+                        if qn not in st["reads"]:
+                            st["reads"].append(qn)
+                else:
+                    qn = od.inputs[0].decode("utf-8", "replace")
+                    if qn not in st["writes"]:
+                        st["writes"].append(qn)
+    for i in range(d.substeps.size()):
+        _observe_walk(d.substeps[i], stage, stages)
 
 
 cdef int64_t _num_iter(value) except -1:

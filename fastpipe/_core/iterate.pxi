@@ -446,6 +446,14 @@ cdef class RecordIterator:
         if self.nrun is not None:
             self.nrun.cancel()
 
+    def stats(self):
+        """The job's live stats (``RunHandle.stats``; fastpipe.observe)."""
+        return self.run.stats()
+
+    def diagnose(self):
+        """The job's bottleneck verdict or stall report (``RunHandle.diagnose``)."""
+        return self.run.diagnose()
+
     def close(self):
         """Cancel the job unless it finished, join every thread and release
         the queue.  Idempotent; the cancellation's CancelledError is

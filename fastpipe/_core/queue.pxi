@@ -26,7 +26,13 @@ ctypedef struct QStats:
     void* queue             # the Queue these belong to (NULL: none yet)
     int64_t writes, reads, records, bytes, read_ns, read_n, write_ns, write_n
     int64_t pending
+    int64_t rows            # rows moved (dim 0 of the record's first blob; 1 if 0-d)
     int64_t field_bytes[64]
+    # -- observation binding (kept across flushes; see RunObs in runtime.pxi)
+    RunObs* obs             # the run's, one reference held by the op's QOpState; NULL: none
+    StageCtr* stage         # the op's stage counters in obs (NULL: not in a stage)
+    Probe* probe            # the op's probe in obs (NULL: none)
+    int64_t epoch           # obs.epoch at the last flush
 
 
 ctypedef struct Slot:
@@ -238,11 +244,24 @@ cdef inline bint looks_empty(Queue* q) noexcept nogil:
 
 
 cdef void qstats_flush(QStats* st) noexcept nogil:
-    """Add an op's private counters into its queue's shared ones."""
+    """Add an op's private counters into its queue's shared ones (and its
+    stage's, when the op is bound to an observed run)."""
     cdef Queue* q = <Queue*>st.queue
     cdef int64_t j
+    cdef RunObs* obs = st.obs
+    cdef StageCtr* sc = st.stage
+    cdef Probe* probe = st.probe
     if q == NULL:
         return
+    if sc != NULL and probe != NULL:     # (bound together: qop_bind)
+        if probe.kind == 0:
+            fp_fetch_add_relaxed(&sc.batches_in, st.records)
+            fp_fetch_add_relaxed(&sc.rows_in, st.rows)
+            fp_fetch_add_relaxed(&sc.wait_in_ns, st.read_ns)
+        else:
+            fp_fetch_add_relaxed(&sc.batches_out, st.write_n)
+            fp_fetch_add_relaxed(&sc.rows_out, st.rows)
+            fp_fetch_add_relaxed(&sc.wait_out_ns, st.write_ns)
     fp_fetch_add_relaxed(&q.st_writes, st.writes)
     fp_fetch_add_relaxed(&q.st_reads, st.reads)
     fp_fetch_add_relaxed(&q.st_records, st.records)
@@ -256,19 +275,44 @@ cdef void qstats_flush(QStats* st) noexcept nogil:
             fp_fetch_add_relaxed(&q.st_field_bytes[j], st.field_bytes[j])
     memset(st, 0, sizeof(QStats))
     st.queue = <void*>q
+    st.obs = obs
+    st.stage = sc
+    st.probe = probe
+    if obs != NULL:
+        st.epoch = fp_load_relaxed(&obs.epoch)
 
 
 cdef inline void qstats_use(QStats* st, Queue* q) noexcept nogil:
     if st.queue != <void*>q:
-        qstats_flush(st)
-        memset(st, 0, sizeof(QStats))
+        qstats_flush(st)        # zeroes the counters (they are zero when queue is NULL)
         st.queue = <void*>q
 
 
 cdef inline void qstats_tick(QStats* st) noexcept nogil:
     st.pending += 1
-    if st.pending >= STATS_FLUSH:
+    # a poller (Run.stats) bumps obs.epoch: flush at the next record so it
+    # sees fresh counts; one relaxed load of a read-mostly word per record
+    if st.pending >= STATS_FLUSH or (st.obs != NULL and
+                                     fp_load_relaxed(&st.obs.epoch) != st.epoch):
         qstats_flush(st)
+
+
+cdef inline int64_t record_rows(Tensor** ts, int64_t nblobs) noexcept nogil:
+    if nblobs < 1 or ts[0].ndim < 1:
+        return 1
+    return ts[0].shape[0]
+
+
+cdef inline void probe_wait_begin(QStats* st, Queue* q, int64_t t0) noexcept nogil:
+    """The op starts waiting on q (the watchdog and diagnose() read this)."""
+    if st.probe != NULL:
+        st.probe.queue = <void*>q
+        fp_store(&st.probe.since, t0)
+
+
+cdef inline void probe_wait_end(QStats* st) noexcept nogil:
+    if st.probe != NULL:
+        fp_store(&st.probe.since, 0)
 
 
 cdef inline bint backoff(int* round) noexcept nogil:
@@ -294,6 +338,7 @@ cdef int queue_write(Queue* q, Tensor** ts, int64_t timeout_ns, QStats* st) noex
     cdef int rounds = 0
     cdef int64_t t0 = 0
     cdef int64_t deadline = 0
+    cdef int64_t rows = record_rows(ts, q.nblobs)     # before the swap empties ts
     qstats_use(st, q)
     st.writes += 1
     while True:
@@ -307,8 +352,11 @@ cdef int queue_write(Queue* q, Tensor** ts, int64_t timeout_ns, QStats* st) noex
             t0 = fp_now_ns()
             if timeout_ns > 0:
                 deadline = t0 + timeout_ns
+            probe_wait_begin(st, q, t0)
         if backoff(&rounds):
             continue
+        if rounds == 2 + YIELD_ROUNDS:
+            qstats_flush(st)    # about to park (a futex anyway): let pollers see the counts
         # park until a reader makes room, the queue closes, or the deadline
         fp_lock(&q.mu)
         fp_fetch_add(&q.wait_writers, 1)
@@ -325,8 +373,11 @@ cdef int queue_write(Queue* q, Tensor** ts, int64_t timeout_ns, QStats* st) noex
         fp_fetch_add(&q.wait_writers, -1)
         fp_unlock(&q.mu)
         rounds = 0
+    if t0:
+        probe_wait_end(st)
     if r == Q_OK:
         st.write_n += 1
+        st.rows += rows
         if t0:
             st.write_ns += fp_now_ns() - t0
         wake(q, &q.wait_readers, &q.not_empty)
@@ -361,8 +412,11 @@ cdef int queue_read(Queue* q, Tensor** outs, int64_t timeout_ns, QStats* st) noe
             t0 = fp_now_ns()
             if timeout_ns > 0:
                 deadline = t0 + timeout_ns
+            probe_wait_begin(st, q, t0)
         if backoff(&rounds):
             continue
+        if rounds == 2 + YIELD_ROUNDS:
+            qstats_flush(st)    # about to park (a futex anyway): let pollers see the counts
         if deadline and fp_now_ns() >= deadline:
             r = Q_TIMEOUT
             break
@@ -377,9 +431,12 @@ cdef int queue_read(Queue* q, Tensor** outs, int64_t timeout_ns, QStats* st) noe
         fp_fetch_add(&q.wait_readers, -1)
         fp_unlock(&q.mu)
         rounds = 0
+    if t0:
+        probe_wait_end(st)
     if r == Q_OK:
         st.records += 1
         st.read_n += 1
+        st.rows += record_rows(outs, q.nblobs)
         if t0:
             st.read_ns += fp_now_ns() - t0
     qstats_tick(st)
@@ -441,6 +498,8 @@ cdef Queue* op_queue(OpInst* op, RunCtx* ctx, size_t i) noexcept nogil:
             return NULL
         rs_register_queue(ctx.rs, h)
         op.obj_run[i] = ctx.rs.run_id
+        if op.d.init == qop_init:
+            qop_bind(op, ctx, <Queue*>h.impl)
     return <Queue*>h.impl
 
 
@@ -471,6 +530,7 @@ ctypedef struct QOpState:
     Tensor* scratch         # SafeDequeueBlobs num_records > 1: R * n tensors
     int64_t nscratch
     uint64_t rng            # WeightedSampleDequeueBlobs
+    Probe* probe            # while bound to an observed run (new'd: it holds strings)
 
 
 cdef enum:
@@ -508,11 +568,58 @@ cdef void qop_fini(OpInst* op) noexcept nogil:
     if s == NULL:
         return
     qstats_flush(&s.st)      # the op still holds its queue (op.objs)
+    qop_unbind(s)
     for i in range(s.nscratch):
         tensor_clear(&s.scratch[i])
     free(s.scratch)
     free(s)
     op.state = NULL
+
+
+cdef void qop_unbind(QOpState* s) noexcept nogil:
+    cdef StageCtr* sc = s.st.stage
+    if s.st.obs != NULL:
+        qstats_flush(&s.st)
+        if sc != NULL:
+            fp_fetch_add_relaxed(&sc.live_in_ns if s.probe.kind == 0 else &sc.live_out_ns,
+                                 fp_now_ns() - s.probe.bound_ns)
+        obs_remove_probe(s.st.obs, s.probe)
+        obs_decref(s.st.obs)
+    s.st.obs = NULL
+    s.st.stage = NULL
+    s.st.probe = NULL
+    if s.probe != NULL:
+        del s.probe
+        s.probe = NULL
+
+
+cdef void qop_bind(OpInst* op, RunCtx* ctx, Queue* q) noexcept nogil:
+    """Bind a queue op to its run's observation (once per op per run, at
+    its first use in the run; an op of a CreateNet'd net is rebound by each
+    run that uses it)."""
+    cdef QOpState* s = <QOpState*>op.state
+    cdef RunObs* o = ctx.rs.obs
+    if s == NULL or s.st.obs == o:
+        return
+    qop_unbind(s)
+    if o == NULL:
+        return
+    s.probe = new Probe()
+    s.probe.since = 0
+    s.probe.queue = <void*>q
+    s.probe.kind = 0 if op.d.type.find(b"Dequeue") != <size_t>-1 else 1
+    s.probe.stage = op.d.stage - 1
+    s.probe.instance = ctx.instance
+    s.probe.bound_ns = fp_now_ns()
+    s.probe.op = op_where(op, ctx)
+    if ctx.step != NULL:
+        s.probe.step = ctx.step[0]
+    obs_incref(o)
+    s.st.obs = o
+    s.st.probe = s.probe
+    s.st.stage = &o.stages[op.d.stage - 1] if 0 < op.d.stage <= o.nstages else NULL
+    s.st.epoch = fp_load_relaxed(&o.epoch)
+    obs_add_probe(o, s.probe)
 
 
 cdef inline QStats* qst(OpInst* op) noexcept nogil:

@@ -51,6 +51,8 @@ cdef cppclass OpDesc:
     PyObject* pyobj       # Python ops: (func, pass_ws, is_factory); kept alive by Program
     int64_t index         # position of the op in its net (errors name it)
     bint blocking         # may wait on a queue
+    int64_t stage         # 1 + index of its stage in its Program's observe info; 0: none
+    int64_t prof_idx      # 1 + index of its (net, op type) there; 0: none (api.pxi: _observe_info)
 
 
 cdef cppclass NetDesc:
@@ -76,6 +78,105 @@ cdef cppclass StepDesc:
 
 # ---- run state ----------------------------------------------------------------
 
+# ---- observation: per-stage counters, blocked-op probes, profile ---------------
+#
+# A run's RunObs is shared by the run and by every queue op bound to it (each
+# holds one reference: an op of a CreateNet'd net may outlive the run).  Ops
+# count into their own unshared QStats (queue.pxi) and add them into these
+# atomics every STATS_FLUSH records, when they wait, when the poller bumps
+# `epoch`, and when they go away; a poller reads the atomics and never takes
+# a lock a worker takes per record.
+
+cdef cppclass StageCtr:
+    # all atomics (relaxed adds by the op flushing, loads by the poller)
+    int64_t batches_in      # queue records dequeued by the stage
+    int64_t rows_in         # rows of them (dim 0 of the first blob)
+    int64_t wait_in_ns      # time its reads waited for a record
+    int64_t batches_out
+    int64_t rows_out
+    int64_t wait_out_ns     # time its writes waited for room
+    int64_t live_in_ns      # summed lifetimes of its finished reading ops (bind to unbind)
+    int64_t live_out_ns     # the same for its writing ops
+
+
+cdef cppclass Probe:
+    # One per bound queue op (and per RecordIterator): where it waits.
+    # Written by its own thread only; `since` is read by the poller.
+    int64_t since           # atomic: fp_now_ns() when it began waiting; 0: not waiting
+    void* queue             # atomic-ish pointer store: the Queue it waits on (set before since)
+    int64_t kind            # 0: reads, 1: writes
+    int64_t stage           # OpDesc.stage (-1: none)
+    int64_t instance
+    int64_t bound_ns        # when the op was bound (its first record of the run)
+    string op               # "Type 'name' in net 'n'"
+    string step
+
+
+cdef cppclass RunObs:
+    int64_t refcnt          # atomic
+    int64_t epoch           # atomic: bumped by a poller; ops flush at their next record
+    fp_mutex lock           # protects probes (taken when an op binds or goes away, and by pollers)
+    vector[Probe*] probes
+    StageCtr* stages
+    int64_t nstages
+    bint profile
+    int64_t* prof_ns        # per Program.profile_keys entry (atomics)
+    int64_t* prof_n
+    int64_t nprof
+    int64_t start_ns
+    int64_t end_ns          # atomic: when the driver finished (0: running)
+    int64_t moves           # atomic: queue positions at the watchdog's last look
+    int64_t stalled_since   # atomic: 0, or when the watchdog saw the last move before a stall
+
+
+cdef RunObs* obs_new(int64_t nstages, int64_t nprof, bint profile) noexcept nogil:
+    cdef RunObs* o = new RunObs()
+    o.refcnt = 1
+    o.epoch = 0
+    fp_mutex_init(&o.lock)
+    o.nstages = nstages
+    o.stages = <StageCtr*>calloc(nstages if nstages > 0 else 1, sizeof(StageCtr))
+    o.profile = profile
+    o.nprof = nprof
+    o.prof_ns = <int64_t*>calloc(nprof if nprof > 0 else 1, sizeof(int64_t))
+    o.prof_n = <int64_t*>calloc(nprof if nprof > 0 else 1, sizeof(int64_t))
+    o.start_ns = fp_now_ns()
+    o.end_ns = 0
+    o.moves = -1
+    o.stalled_since = 0
+    return o
+
+
+cdef inline void obs_incref(RunObs* o) noexcept nogil:
+    fp_fetch_add(&o.refcnt, 1)
+
+
+cdef void obs_decref(RunObs* o) noexcept nogil:
+    if o != NULL and fp_fetch_add(&o.refcnt, -1) == 1:
+        free(o.stages)
+        free(o.prof_ns)
+        free(o.prof_n)
+        fp_mutex_destroy(&o.lock)
+        del o
+
+
+cdef void obs_add_probe(RunObs* o, Probe* p) noexcept nogil:
+    fp_lock(&o.lock)
+    o.probes.push_back(p)
+    fp_unlock(&o.lock)
+
+
+cdef void obs_remove_probe(RunObs* o, Probe* p) noexcept nogil:
+    cdef size_t i
+    fp_lock(&o.lock)
+    for i in range(o.probes.size()):
+        if o.probes[i] == p:
+            o.probes[i] = o.probes.back()
+            o.probes.pop_back()
+            break
+    fp_unlock(&o.lock)
+
+
 cdef int64_t g_run_ids = 0
 
 
@@ -97,12 +198,14 @@ cdef cppclass RunState:
     bint err_has_step
     string err_step
     int64_t err_instance    # -1: not in a runtime instance
+    int64_t err_stage       # OpDesc.stage of the failing op (0: none known)
     PyObject* err_exc       # owned; set with the GIL by the Python kernel
     vector[ObjHeader*] queues   # queues touched by this run (owned refs)
     vector[long] py_threads  # threads inside a Python op right now
     # Warnings noted by kernels (rs_warn), each message once; Python emits
     # them as FastpipeWarning when the run ends (run_warnings in dataset.pxi).
     vector[string] warnings
+    RunObs* obs             # one reference, set before the driver starts; NULL: not observed
 
 
 ctypedef struct RunCtx:
@@ -125,6 +228,8 @@ cdef RunState* rs_new() noexcept nogil:
     rs.err_op_index = -1
     rs.err_has_step = False
     rs.err_instance = -1
+    rs.err_stage = 0
+    rs.obs = NULL
     return rs
 
 
@@ -147,6 +252,7 @@ cdef void rs_free(RunState* rs) noexcept nogil:
     if rs.err_exc != NULL:
         with gil:
             Py_DECREF(<object>rs.err_exc)
+    obs_decref(rs.obs)
     fp_mutex_destroy(&rs.lock)
     fp_cond_destroy(&rs.done_cv)
     del rs
@@ -226,6 +332,7 @@ cdef bint rs_record(RunState* rs, int code, const string& msg, OpDesc* op,
             rs.err_op_type = op.type
             rs.err_op_index = op.index
             rs.err_net = op.net
+            rs.err_stage = op.stage
         if ctx != NULL and ctx.step != NULL:
             rs.err_has_step = True
             rs.err_step = ctx.step[0]
@@ -473,11 +580,37 @@ cdef int net_busy(NetInst* n, RunCtx* ctx) noexcept nogil:
     return rs_fail(ctx.rs, E_PLAN, msg)
 
 
+cdef int net_run_profiled(NetInst* n, RunCtx* ctx, RunObs* o) noexcept nogil:
+    """net_run timing each op into the run's profile (profile=True only)."""
+    cdef size_t i
+    cdef OpInst* op
+    cdef int rc = 0
+    cdef int64_t t0, t1
+    if n.shared and fp_exchange(&n.running, 1) != 0:
+        return net_busy(n, ctx)
+    t0 = fp_now_ns()
+    for i in range(n.ops.size()):
+        op = n.ops[i]
+        rc = op.d.run(op, ctx)
+        t1 = fp_now_ns()
+        if op.d.prof_idx > 0 and op.d.prof_idx <= o.nprof:
+            fp_fetch_add_relaxed(&o.prof_ns[op.d.prof_idx - 1], t1 - t0)
+            fp_fetch_add_relaxed(&o.prof_n[op.d.prof_idx - 1], 1)
+        t0 = t1
+        if rc != 0:
+            break
+    if n.shared:
+        fp_store(&n.running, 0)
+    return rc
+
+
 cdef int net_run(NetInst* n, RunCtx* ctx) noexcept nogil:
     cdef size_t i
     cdef size_t nops = n.ops.size()
     cdef OpInst* op
     cdef int rc = 0
+    if ctx.rs != NULL and ctx.rs.obs != NULL and ctx.rs.obs.profile:
+        return net_run_profiled(n, ctx, ctx.rs.obs)
     if not n.shared:
         # Only this net's one step runs it, on one thread at a time.
         for i in range(nops):
