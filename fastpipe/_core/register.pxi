@@ -77,6 +77,11 @@ reg("TextFileReaderRead", k_text_file_reader_read, tf_init, tf_fini)
 reg("CreateTextFileWriter", k_create_text_file_writer)
 reg("TextFileWriterWrite", k_text_file_writer_write, tw_init, tw_fini)
 reg("TextFileWriterClose", k_text_file_writer_close)
+# checkpoints over minidb (savedb.pxi)
+reg("Save", k_save)
+reg("Load", k_load)
+reg("DBExists", k_db_exists)
+reg("GetAllBlobNames", k_get_all_blob_names)
 
 
 # Kernels in pyop.pxi: Print and PythonStage read their arguments by the
