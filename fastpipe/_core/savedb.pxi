@@ -362,8 +362,8 @@ cdef int k_save(OpInst* op, RunCtx* ctx) noexcept nogil:
     put_u32(&hdr, DB_VERSION)
     put_u32(&hdr, 0)
     put_u64(&hdr, n)
-    put_u32(&hdr, fp_crc32c(0, hdr.data(), hdr.size()))
     put_u32(&hdr, 0)
+    put_u32(&hdr, fp_crc32c(0, hdr.data(), hdr.size()))
     for i in range(n):
         if db_save_blob(fd, op.ins[i],
                         strip_to(over[0][i] if over.size() else op.d.inputs[i],
@@ -468,12 +468,14 @@ cdef int db_open(DbReader* r, const string& path, string* err) noexcept nogil:
         return -1
     if memcmp(h, b"FPMINIDB", 8) != 0:
         return db_fail(r, err, b"not a fastpipe minidb file (bad magic; docs/minidb.md)")
-    if get_u32(h + 24) != fp_crc32c(0, h, 24):
+    if get_u32(h + 28) != fp_crc32c(0, h, 28):
         return db_fail(r, err, b"the file header is corrupt (checksum mismatch)")
     if get_u32(h + 8) != DB_VERSION:
         m = cstr(b"format version ") + to_str(get_u32(h + 8)) + \
             cstr(b" is not supported (this fastpipe reads version ") + to_str(DB_VERSION) + cstr(b")")
         return db_fail(r, err, m.c_str())
+    if get_u32(h + 12) != 0:
+        return db_fail(r, err, b"the file uses format flags this fastpipe does not know")
     r.nrec = get_u64(h + 16)
     return 0
 
