@@ -416,3 +416,77 @@ def test_save_inside_the_read_loop_records_the_position_after_each_read(tmp_path
     _load(fresh, ["cursor"], tmp_path / "db")
     fresh.feed_blob("vals", np.arange(n, dtype=np.int64) * 10)
     assert _read(fresh, 2) == [280, 290]
+
+
+# --- the file format, read independently of the core (docs/minidb.md) ------------------------
+
+
+def _crc32c(data, crc=0):
+    table = _crc32c.table
+    if table is None:
+        table = []
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+            table.append(c)
+        _crc32c.table = table
+    c = crc ^ 0xFFFFFFFF
+    for b in data:
+        c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+_crc32c.table = None
+
+
+def _parse_minidb(data):
+    """Parse a minidb file as docs/minidb.md describes it, checking every
+    checksum; returns [(name, kind, dtype, shape, payload)]."""
+    import struct
+    assert data[:8] == b"FPMINIDB"
+    version, flags, nrec, reserved, crc = struct.unpack_from("<IIQII", data, 8)
+    assert (version, flags, reserved) == (1, 0, 0)
+    assert crc == _crc32c(data[:28])
+    pos, out = 32, []
+    for _ in range(nrec):
+        magic, kind, dtype, ndim, nlen, zero, plen = struct.unpack_from("<4sIIIIIQ", data, pos)
+        assert magic == b"FPRC" and zero == 0
+        shape = struct.unpack_from("<%dq" % ndim, data, pos + 32)
+        name_at = pos + 32 + 8 * ndim
+        name = data[name_at:name_at + nlen].decode()
+        hdr_end = name_at + nlen
+        (hcrc,) = struct.unpack_from("<I", data, hdr_end)
+        assert hcrc == _crc32c(data[pos:hdr_end])
+        payload = data[hdr_end + 4:hdr_end + 4 + plen]
+        (pcrc,) = struct.unpack_from("<I", data, hdr_end + 4 + plen)
+        assert pcrc == _crc32c(payload)
+        out.append((name, kind, dtype, shape, payload))
+        pos = hdr_end + 8 + plen
+    assert pos == len(data)
+    return out
+
+
+def test_crc32c_check_value():
+    assert _crc32c(b"123456789") == 0xE3069283      # the CRC-32C check value
+
+
+def test_file_layout_matches_the_documented_format(ws, tmp_path):
+    # payloads long enough for the core's 3-stream CRC path (3 x 8 KiB blocks)
+    # and odd lengths for its tails
+    x = np.random.default_rng(2).random(25_001, dtype=np.float64)
+    ws.feed_blob("x", x)
+    ws.feed_blob("s", np.array([b"ab", b"", b"xyz"], dtype=object))
+    ws.feed_blob("i", np.arange(6, dtype=np.int16).reshape(2, 3))
+    init = core.Net("ctr")
+    init.CreateCounter([], ["c"], init_count=41)
+    ws.run(init)
+    _save(ws, ["x", "s", "i", "c"], tmp_path / "db", blob_name_overrides=["x", "s", "i", "c"])
+    recs = _parse_minidb((tmp_path / "db").read_bytes())
+    assert [r[0] for r in recs] == ["x", "s", "i", "c"]
+    name, kind, dtype, shape, payload = recs[0]
+    assert (kind, dtype, shape) == (0, 13, (25_001,)) and payload == x.tobytes()
+    assert recs[1][1:4] == (0, 4, (3,))
+    assert recs[1][4] == (b"\x02" + b"\0" * 7 + b"ab" + b"\0" * 8 + b"\x03" + b"\0" * 7 + b"xyz")
+    assert recs[2][1:4] == (0, 9, (2, 3)) and recs[2][4] == np.arange(6, dtype=np.int16).tobytes()
+    assert recs[3][1:4] == (1, 0, ()) and recs[3][4] == np.int64(41).tobytes()

@@ -69,13 +69,95 @@ cdef extern from *:
     }
 
     #if defined(__x86_64__)
+    /* Three independent CRC streams over adjacent blocks hide the crc32
+       instruction's 3-cycle latency; the block CRCs are combined with
+       "append LEN zero bytes" operators (GF(2) matrices applied through
+       byte tables), as in Mark Adler's crc32c.c. */
+    enum { FP_CRC_LONG = 8192, FP_CRC_SHORT = 256 };
+
+    static uint32_t fp_gf2_times(const uint32_t* mat, uint32_t vec) {
+        uint32_t sum = 0;
+        while (vec) { if (vec & 1) sum ^= *mat; vec >>= 1; mat++; }
+        return sum;
+    }
+    static void fp_gf2_square(uint32_t* sq, const uint32_t* mat) {
+        for (int n = 0; n < 32; n++) sq[n] = fp_gf2_times(mat, mat[n]);
+    }
+    /* the operator that appends len zero bytes to a (raw) CRC register */
+    static void fp_crc_zeros_op(uint32_t* even, size_t len) {
+        uint32_t odd[32], row = 1;
+        odd[0] = 0x82F63B78u;
+        for (int n = 1; n < 32; n++) { odd[n] = row; row <<= 1; }
+        fp_gf2_square(even, odd);   /* 2 zero bits */
+        fp_gf2_square(odd, even);   /* 4 zero bits */
+        do {
+            fp_gf2_square(even, odd);
+            len >>= 1;
+            if (len == 0) return;
+            fp_gf2_square(odd, even);
+            len >>= 1;
+        } while (len);
+        for (int n = 0; n < 32; n++) even[n] = odd[n];
+    }
+    struct FpCrcShift {
+        uint32_t t[4][256];
+        explicit FpCrcShift(size_t len) {
+            uint32_t op[32];
+            fp_crc_zeros_op(op, len);
+            for (uint32_t n = 0; n < 256; n++) {
+                t[0][n] = fp_gf2_times(op, n);
+                t[1][n] = fp_gf2_times(op, n << 8);
+                t[2][n] = fp_gf2_times(op, n << 16);
+                t[3][n] = fp_gf2_times(op, n << 24);
+            }
+        }
+        uint32_t operator()(uint32_t c) const {
+            return t[0][c & 0xFF] ^ t[1][(c >> 8) & 0xFF] ^ t[2][(c >> 16) & 0xFF] ^ t[3][c >> 24];
+        }
+    };
+    static const FpCrcShift& fp_crc_long() { static FpCrcShift s(FP_CRC_LONG); return s; }
+    static const FpCrcShift& fp_crc_short() { static FpCrcShift s(FP_CRC_SHORT); return s; }
+
     __attribute__((target("sse4.2")))
     static uint32_t fp_crc32c_hw(uint32_t c32, const unsigned char* p, size_t n) {
-        uint64_t c = c32;
-        while (n && ((uintptr_t)p & 7)) { c = _mm_crc32_u8((uint32_t)c, *p++); n--; }
-        while (n >= 8) { uint64_t v; memcpy(&v, p, 8); c = _mm_crc32_u64(c, v); p += 8; n -= 8; }
-        while (n) { c = _mm_crc32_u8((uint32_t)c, *p++); n--; }
-        return (uint32_t)c;
+        uint64_t c0 = c32, c1, c2, v0, v1, v2;
+        const unsigned char* end;
+        while (n && ((uintptr_t)p & 7)) { c0 = _mm_crc32_u8((uint32_t)c0, *p++); n--; }
+        if (n >= 3 * FP_CRC_LONG) {
+            const FpCrcShift& sh = fp_crc_long();
+            do {
+                c1 = c2 = 0;
+                end = p + FP_CRC_LONG;
+                do {
+                    memcpy(&v0, p, 8); memcpy(&v1, p + FP_CRC_LONG, 8); memcpy(&v2, p + 2 * FP_CRC_LONG, 8);
+                    c0 = _mm_crc32_u64(c0, v0); c1 = _mm_crc32_u64(c1, v1); c2 = _mm_crc32_u64(c2, v2);
+                    p += 8;
+                } while (p < end);
+                c0 = sh((uint32_t)c0) ^ (uint32_t)c1;
+                c0 = sh((uint32_t)c0) ^ (uint32_t)c2;
+                p += 2 * FP_CRC_LONG;
+                n -= 3 * FP_CRC_LONG;
+            } while (n >= 3 * FP_CRC_LONG);
+        }
+        if (n >= 3 * FP_CRC_SHORT) {
+            const FpCrcShift& sh = fp_crc_short();
+            do {
+                c1 = c2 = 0;
+                end = p + FP_CRC_SHORT;
+                do {
+                    memcpy(&v0, p, 8); memcpy(&v1, p + FP_CRC_SHORT, 8); memcpy(&v2, p + 2 * FP_CRC_SHORT, 8);
+                    c0 = _mm_crc32_u64(c0, v0); c1 = _mm_crc32_u64(c1, v1); c2 = _mm_crc32_u64(c2, v2);
+                    p += 8;
+                } while (p < end);
+                c0 = sh((uint32_t)c0) ^ (uint32_t)c1;
+                c0 = sh((uint32_t)c0) ^ (uint32_t)c2;
+                p += 2 * FP_CRC_SHORT;
+                n -= 3 * FP_CRC_SHORT;
+            } while (n >= 3 * FP_CRC_SHORT);
+        }
+        while (n >= 8) { memcpy(&v0, p, 8); c0 = _mm_crc32_u64(c0, v0); p += 8; n -= 8; }
+        while (n) { c0 = _mm_crc32_u8((uint32_t)c0, *p++); n--; }
+        return (uint32_t)c0;
     }
     static int fp_crc_has_hw() { static int hw = __builtin_cpu_supports("sse4.2"); return hw; }
     #endif
