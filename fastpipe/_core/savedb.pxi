@@ -12,8 +12,9 @@
 # the new one, never half of one, and a crash mid-save leaves the old db.
 #
 # Blobs that hold native objects with state are saved too: counters (their
-# count) and dataset cursors (field names and offsets; see cursor_get_state in
-# dataset.pxi).  Queues, mutexes, timers, readers and writers are refused with
+# count), dataset cursors (field names and offsets; cursor_get_state in
+# dataset.pxi) and text file readers (file, fields and position;
+# text_reader_get_state in textfile.pxi).  Queues, mutexes, timers, readers and writers are refused with
 # an error naming the blob, as Caffe2's Save refuses a blob it has no
 # serializer for.
 #
@@ -360,11 +361,15 @@ cdef int db_save_blob(int fd, Blob* b, const string& key, string* pending,
             put_u64(&pay, <uint64_t>counter_get_state(h.impl))
         elif h.kind == OBJ_CURSOR:
             cursor_get_state(h.impl, &pay)
+        elif h.kind == OBJ_TEXT_READER:
+            if text_reader_get_state(h.impl, &pay, err) != 0:
+                obj_decref(h)
+                return -1
         else:
             err[0] = cstr(b"holds a ")
             err.append(OBJ_NAMES[h.kind])
-            err.append(b", which cannot be saved (Save stores tensors, counters and dataset "
-                       b"cursors)")
+            err.append(b", which cannot be saved (Save stores tensors, counters, dataset "
+                       b"cursors and text file readers)")
             obj_decref(h)
             return -1
         db_record_header(pending, key, <uint32_t>h.kind, 0, 0, zero_shape, pay.size())
@@ -690,6 +695,10 @@ cdef int db_load_object(DbReader* r, Blob* target, string* err) noexcept nogil:
     elif r.kind == OBJ_CURSOR:
         if cursor_from_state(pay.data(), pay.size(), &h, &why) != 0:
             why = cstr(b"cursor state: ") + why
+            return db_fail(r, err, why.c_str())
+    elif r.kind == OBJ_TEXT_READER:
+        if text_reader_from_state(pay.data(), pay.size(), &h, &why) != 0:
+            why = cstr(b"text file reader state: ") + why
             return db_fail(r, err, why.c_str())
     else:
         return db_fail(r, err, b"the file is corrupt (unknown record kind)")
