@@ -961,14 +961,15 @@ register("TextFileWriterClose", 1, (0, 1), [],
 DB_TYPES = ("minidb",)
 
 
-class UnsupportedDbTypeError(OperatorDefError, NotSupportedError):
-    """A Save/Load/DBExists op names a db type fastpipe does not provide."""
+class DbNotSupportedError(OperatorDefError, NotSupportedError):
+    """A Save/Load/DBExists op asks for a db type (or DBReader inputs) fastpipe does
+    not provide."""
 
 
 def _check_db_type(op, a):
     db_type = a["db_type"]
     if db_type not in DB_TYPES:
-        raise UnsupportedDbTypeError(
+        raise DbNotSupportedError(
             "%s: db_type=%r is not supported: fastpipe reads and writes only 'minidb' "
             "(its own format, docs/minidb.md)%s" % (
                 _where(op, None), db_type,
@@ -995,6 +996,10 @@ def _check_save(op, a):
 
 
 def _check_load(op, a):
+    if len(op.input):
+        raise DbNotSupportedError(
+            "%s: DBReader inputs (%d given) are not provided by fastpipe: name the db(s) "
+            "with db= or dbs= and db_type='minidb'" % (_where(op, None), len(op.input)))
     _check_db_type(op, a)
     dbs = a["dbs"]
     if not dbs and not a["db"]:
@@ -1035,7 +1040,7 @@ register("Save", (1, INF), 0,
          "Write the inputs (tensors of every dtype, counters, dataset cursors) to a minidb "
          "file, atomically (temporary file, fsync, rename).", _check_save,
          ignored=("chunk_size", "options"))
-register("Load", 0, (0, INF),
+register("Load", (0, INF), (0, INF),
          [A("absolute_path", "bool", False, "db/dbs are " + _PATH_DOC),
           A("add_prefix", "str", "", "prefix added to every name read"),
           A("strip_prefix", "str", "", "drop each name read up to and including this prefix"),

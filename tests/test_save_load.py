@@ -255,6 +255,8 @@ def test_bad_arguments_are_build_time_errors():
         net.Load([], ["a"], db="d", db_type="minidb", source_blob_names=["x"], load_all=1)
     with pytest.raises(OperatorDefError, match="Duplicated db name"):
         net.Load([], ["a"], dbs=["d", "d"], db_type="minidb")
+    with pytest.raises(NotSupportedError, match="DBReader inputs .1 given. are not provided"):
+        net.Load(["reader"], ["a"], db_type="minidb")
 
 
 def test_missing_file_names_it(ws, tmp_path):
