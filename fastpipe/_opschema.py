@@ -18,7 +18,7 @@ Argument kinds:
   lowering step lowers it to a child net description
 """
 
-from .errors import ArgumentError, OperatorDefError
+from .errors import ArgumentError, NotSupportedError, OperatorDefError
 
 INF = 1 << 30
 
@@ -1087,6 +1087,111 @@ register("CreateScope", 0, 1, doc=(
     "Make the workspace blob a Do op names as its last input and output.  fastpipe "
     "keeps each Do's child workspace in the Do op's own binding, so the blob "
     "carries no data."))
+# ---- checkpoints: Save / Load / DBExists / GetAllBlobNames over minidb ----------
+
+DB_TYPES = ("minidb",)
+
+
+class DbNotSupportedError(OperatorDefError, NotSupportedError):
+    """A Save/Load/DBExists op asks for a db type (or DBReader inputs) fastpipe does
+    not provide."""
+
+
+def _check_db_type(op, a):
+    db_type = a["db_type"]
+    if db_type not in DB_TYPES:
+        raise DbNotSupportedError(
+            "%s: db_type=%r is not supported: fastpipe reads and writes only 'minidb' "
+            "(its own format, docs/minidb.md)%s" % (
+                _where(op, None), db_type,
+                "" if db_type else "; Caffe2 also requires a db type"))
+
+
+def _check_save(op, a):
+    _check_db_type(op, a)
+    if not a["db"]:
+        return "Must specify a db name (argument db)"
+    over = a["blob_name_overrides"]
+    if over and len(over) != len(op.input):
+        return "blob_name_overrides has %d names for %d inputs" % (len(over), len(op.input))
+    names = list(over) if over else [str(x) for x in op.input]
+    strip = a["strip_prefix"]
+    if strip:
+        names = [n[n.find(strip) + len(strip):] if strip in n else n for n in names]
+    seen = set()
+    for n in names:
+        if n in seen:
+            return "duplicated blob name %r in the db (after strip_prefix/blob_name_overrides)" % n
+        seen.add(n)
+    return None
+
+
+def _check_load(op, a):
+    if len(op.input):
+        raise DbNotSupportedError(
+            "%s: DBReader inputs (%d given) are not provided by fastpipe: name the db(s) "
+            "with db= or dbs= and db_type='minidb'" % (_where(op, None), len(op.input)))
+    _check_db_type(op, a)
+    dbs = a["dbs"]
+    if not dbs and not a["db"]:
+        return "Must specify a db name (argument db or dbs)"
+    if dbs:
+        if any(not d for d in dbs):
+            return "Db name should not be empty (argument dbs)"
+        if len(set(dbs)) != len(dbs):
+            return "Duplicated db name in dbs=%r" % (list(dbs),)
+    src = a["source_blob_names"]
+    if src and len(src) != len(op.output):
+        return ("Number of output blobs (%d) and source_blob_names (%d) mismatch"
+                % (len(op.output), len(src)))
+    if src and a["strip_prefix"]:
+        return "strip_prefix and source_blob_names are mutually exclusive"
+    if src and a["load_all"]:
+        return "cannot load_all while using source_blob_names"
+    if not a["load_all"]:
+        names = list(src) if src else [str(x) for x in op.output]
+        if len(set(names)) != len(names):
+            return "Duplicated source blob name in %r" % (names,)
+    return None
+
+
+def _check_db_exists(op, a):
+    _check_db_type(op, a)
+    return None
+
+
+_PATH_DOC = ("absolute path; otherwise relative to the workspace root folder "
+             "(the current directory, as Caffe2's default '.')")
+register("Save", (1, INF), 0,
+         [A("absolute_path", "bool", False, "db is an " + _PATH_DOC),
+          A("strip_prefix", "str", "", "drop each name up to and including this prefix"),
+          A("blob_name_overrides", "strings", [], "names to store instead of the inputs'"),
+          A("db", "str", "", "the db file"),
+          A("db_type", "str", "", "must be 'minidb'")],
+         "Write the inputs (tensors of every dtype, counters, dataset cursors) to a minidb "
+         "file, atomically (temporary file, fsync, rename).", _check_save,
+         ignored=("chunk_size", "options"))
+register("Load", (0, INF), (0, INF),
+         [A("absolute_path", "bool", False, "db/dbs are " + _PATH_DOC),
+          A("add_prefix", "str", "", "prefix added to every name read"),
+          A("strip_prefix", "str", "", "drop each name read up to and including this prefix"),
+          A("db", "str", "", "the db file"),
+          A("dbs", "strings", [], "several db files (instead of db)"),
+          A("db_type", "str", "", "must be 'minidb'"),
+          A("keep_device", "bool", False, "accepted (fastpipe has one device)"),
+          A("load_all", "bool", False, "load every blob of the db(s) into the workspace"),
+          A("allow_incomplete", "bool", False, "outputs missing from the db(s) are no error"),
+          A("source_blob_names", "strings", [], "names in the db, one per output")],
+         "Read blobs from minidb file(s) into the outputs (matched by name).  Caffe2's "
+         "DBReader inputs are not provided.", _check_load, ignored=("shape", "db_options"))
+register("DBExists", 0, 1,
+         [A("absolute_path", "bool", False, "db_name is an " + _PATH_DOC),
+          A("db_name", "str", "", "the db file"),
+          A("db_type", "str", "", "must be 'minidb'")],
+         "Bool scalar: the db file exists.", _check_db_exists)
+register("GetAllBlobNames", 0, 1,
+         [A("include_shared", "bool", True, "also the blobs of parent workspaces")],
+         "1-D string tensor: the names of the blobs of the workspace the op runs in, sorted.")
 
 # Checks that read only the op's arguments and arity (not its input/output
 # names), so parse_args may share one result between ops of equal arity.

@@ -193,6 +193,80 @@ cdef void cursor_destroy(void* p) noexcept nogil:
     del c
 
 
+# Save/Load (savedb.pxi): a cursor's state is its field names and offsets
+# (u32 count + u32-length-prefixed names, u32 count + int64 offsets; an empty
+# offset list is "at start").  A loaded cursor has never been read (last_run 0).
+cdef void cursor_get_state(void* impl, string* out) noexcept nogil:
+    cdef Cursor* c = <Cursor*>impl
+    cdef vector[int64_t] offs
+    cdef uint32_t n
+    cdef size_t i
+    fp_lock(&c.mu)
+    offs = c.offsets
+    fp_unlock(&c.mu)
+    n = <uint32_t>c.tree.names.size()
+    out.append(<const char*>&n, 4)
+    for i in range(c.tree.names.size()):
+        n = <uint32_t>c.tree.names[i].size()
+        out.append(<const char*>&n, 4)
+        out.append(c.tree.names[i])
+    n = <uint32_t>offs.size()
+    out.append(<const char*>&n, 4)
+    if offs.size():
+        out.append(<const char*>offs.data(), 8 * offs.size())
+
+
+cdef int cursor_from_state(const char* p, size_t len, ObjHeader** out, string* err) noexcept nogil:
+    """A new cursor object from cursor_get_state's bytes.  0, or -1 with err."""
+    cdef vector[string] fields
+    cdef uint32_t n, k, ln
+    cdef size_t pos = 0
+    cdef Cursor* c
+    if len < 4:
+        err[0] = cstr(b"too short")
+        return -1
+    memcpy(&n, p, 4)
+    pos = 4
+    for k in range(n):
+        if len - pos < 4:
+            err[0] = cstr(b"too short")
+            return -1
+        memcpy(&ln, p + pos, 4)
+        pos += 4
+        if len - pos < ln:
+            err[0] = cstr(b"too short")
+            return -1
+        fields.push_back(string(p + pos, ln))
+        pos += ln
+    if len - pos < 4:
+        err[0] = cstr(b"too short")
+        return -1
+    memcpy(&n, p + pos, 4)
+    pos += 4
+    if len - pos != <size_t>n * 8:
+        err[0] = cstr(b"offset count does not match its length")
+        return -1
+    c = new Cursor()
+    if tree_build(&c.tree, fields, err) != 0:
+        del c
+        return -1
+    if n and n != <uint32_t>c.tree.ndomains:
+        err[0] = cstr(b"offsets for ") + to_str(n) + cstr(b" domains, the fields have ") + \
+            to_str(c.tree.ndomains)
+        del c
+        return -1
+    c.offsets.resize(n)
+    if n:
+        memcpy(c.offsets.data(), p + pos, 8 * n)
+    fp_mutex_init(&c.mu)
+    c.last_run = 0
+    out[0] = obj_new(OBJ_CURSOR, c, cursor_destroy)
+    if out[0] == NULL:
+        err[0] = cstr(b"out of memory")
+        return -1
+    return 0
+
+
 cdef enum:   # argument positions (checked against the schemas on import)
     TC_FIELDS = 0                   # CreateTreeCursor, CheckDatasetConsistency
     RNB_BATCH_SIZE = 0              # ReadNextBatch

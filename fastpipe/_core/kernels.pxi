@@ -759,6 +759,20 @@ cdef void counter_destroy(void* p) noexcept nogil:
     free(p)
 
 
+# Save/Load (savedb.pxi): a counter's state is its count.
+cdef int64_t counter_get_state(void* impl) noexcept nogil:
+    return fp_load(&(<Counter*>impl).count)
+
+
+cdef ObjHeader* counter_from_state(int64_t count) noexcept nogil:
+    """A new counter object holding count; NULL when out of memory."""
+    cdef Counter* c = <Counter*>malloc(sizeof(Counter))
+    if c == NULL:
+        return NULL
+    c.count = count
+    return obj_new(OBJ_COUNTER, c, counter_destroy)
+
+
 cdef ObjHeader* op_obj_slow(OpInst* op, RunCtx* ctx, size_t i, int kind) noexcept nogil:
     cdef Blob* b = op.ins[i]
     cdef ObjHeader* h = blob_get_obj(b)

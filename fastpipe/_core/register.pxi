@@ -83,6 +83,11 @@ reg("If", k_if, if_init, cond_state_free)
 reg("While", k_while, while_init, cond_state_free, True)
 reg("Do", k_do, do_init, do_fini)
 reg("CreateScope", k_create_scope)
+# checkpoints over minidb (savedb.pxi)
+reg("Save", k_save)
+reg("Load", k_load)
+reg("DBExists", k_db_exists)
+reg("GetAllBlobNames", k_get_all_blob_names)
 
 
 # Kernels in pyop.pxi: Print and PythonStage read their arguments by the

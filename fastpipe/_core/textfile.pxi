@@ -223,6 +223,8 @@ cdef extern from *:
     string fp_tsv_strerror(int e) noexcept nogil
 
 from libc.string cimport memchr, memmove
+from libc.stdio cimport SEEK_CUR, SEEK_SET
+from posix.unistd cimport lseek
 
 
 # The reader's block: read() fills it in pieces of up to this size.  It grows
@@ -253,6 +255,135 @@ cdef void text_reader_destroy(void* p) noexcept nogil:
     free(r.buf)
     fp_mutex_destroy(&r.mu)
     del r
+
+
+# Save/Load (savedb.pxi): a reader's state is its description (file name,
+# field types and names, num_passes) and its position: pass, lines handed out
+# in the pass, and the byte offset of the next line not handed out (the fd's
+# offset minus the bytes still buffered).  Loading reopens the file by name
+# and seeks there, so the lines handed out after the load are exactly the
+# ones the saved reader had not handed out (for the same file).
+cdef inline void _tr_put64(string* out, int64_t v) noexcept nogil:
+    out.append(<const char*>&v, 8)
+
+
+cdef inline void _tr_putstr(string* out, const string& v) noexcept nogil:
+    cdef uint32_t n = <uint32_t>v.size()
+    out.append(<const char*>&n, 4)
+    out.append(v)
+
+
+cdef int text_reader_get_state(void* impl, string* out, string* err) noexcept nogil:
+    cdef TextReader* r = <TextReader*>impl
+    cdef int64_t off
+    cdef uint32_t n
+    cdef size_t i
+    fp_lock(&r.mu)
+    off = lseek(r.fd, 0, SEEK_CUR)
+    off = off - (r.end - r.beg) if off >= 0 else -1
+    _tr_putstr(out, r.filename)
+    n = <uint32_t>r.types.size()
+    out.append(<const char*>&n, 4)
+    for i in range(r.types.size()):
+        out.append(<const char*>&r.types[i], 4)
+    n = <uint32_t>r.names.size()
+    out.append(<const char*>&n, 4)
+    for i in range(r.names.size()):
+        _tr_putstr(out, r.names[i])
+    _tr_put64(out, r.num_passes)
+    _tr_put64(out, r.pass_no)
+    _tr_put64(out, r.line_no)
+    _tr_put64(out, off)
+    fp_unlock(&r.mu)
+    if off < 0:
+        err[0] = cstr(b"cannot tell the position in file '") + r.filename + cstr(b"'")
+        return -1
+    return 0
+
+
+cdef int _tr_getstr(const char* p, size_t len, size_t* pos, string* v) noexcept nogil:
+    cdef uint32_t n
+    if len - pos[0] < 4:
+        return -1
+    memcpy(&n, p + pos[0], 4)
+    pos[0] += 4
+    if len - pos[0] < n:
+        return -1
+    v.assign(p + pos[0], n)
+    pos[0] += n
+    return 0
+
+
+cdef int text_reader_from_state(const char* p, size_t len, ObjHeader** out,
+                                string* err) noexcept nogil:
+    """A new reader (the file reopened, positioned) from
+    text_reader_get_state's bytes.  0, or -1 with err."""
+    cdef TextReader* r
+    cdef string fname, nm
+    cdef vector[int] types
+    cdef vector[string] names
+    cdef int64_t v[4]
+    cdef uint32_t n, k
+    cdef int t
+    cdef size_t pos = 0
+    cdef int fd
+    if _tr_getstr(p, len, &pos, &fname) != 0 or len - pos < 4:
+        err[0] = cstr(b"too short")
+        return -1
+    memcpy(&n, p + pos, 4)
+    pos += 4
+    if len - pos < <size_t>n * 4:
+        err[0] = cstr(b"too short")
+        return -1
+    for k in range(n):
+        memcpy(&t, p + pos, 4)
+        pos += 4
+        types.push_back(t)
+    if len - pos < 4:
+        err[0] = cstr(b"too short")
+        return -1
+    memcpy(&n, p + pos, 4)
+    pos += 4
+    for k in range(n):
+        if _tr_getstr(p, len, &pos, &nm) != 0:
+            err[0] = cstr(b"too short")
+            return -1
+        names.push_back(nm)
+    if len - pos != 32:
+        err[0] = cstr(b"bad length")
+        return -1
+    memcpy(v, p + pos, 32)
+    fd = fp_tsv_open(fname.c_str(), err)
+    if fd < 0:
+        err[0] = cstr(b"cannot reopen file '") + fname + cstr(b"': ") + err[0]
+        return -1
+    if v[3] < 0 or lseek(fd, v[3], SEEK_SET) != v[3]:
+        fp_tsv_close(fd)
+        err[0] = cstr(b"cannot seek file '") + fname + cstr(b"' to ") + to_str(v[3])
+        return -1
+    r = new TextReader()
+    r.filename = fname
+    r.types = types
+    r.names = names
+    r.num_passes = v[0]
+    r.pass_no = v[1]
+    r.line_no = v[2]
+    r.fd = fd
+    r.buf = <char*>malloc(TF_BLOCK)
+    r.cap = TF_BLOCK
+    r.beg = 0
+    r.end = 0
+    r.at_eof = False
+    fp_mutex_init(&r.mu)
+    if r.buf == NULL:
+        text_reader_destroy(r)
+        err[0] = cstr(b"out of memory")
+        return -1
+    out[0] = obj_new(OBJ_TEXT_READER, r, text_reader_destroy)
+    if out[0] == NULL:
+        err[0] = cstr(b"out of memory")
+        return -1
+    return 0
 
 
 # Per read op (one per runtime instance): the lines it was handed, copied out
