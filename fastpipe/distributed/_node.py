@@ -310,7 +310,14 @@ class NodeHost(object):
             raise RunError("node %r: job %r is not loaded (the driver sent no plan)"
                            % (self.node, job_key))
         objects = []
-        nplan, funcs = loads_payload(payload, objects)
+        try:
+            nplan, funcs = loads_payload(payload, objects)
+        except Exception as e:
+            raise RunError("node %r could not load its part of the job (unpickling its plan "
+                           "and Python functions raised %s: %s); functions must be importable "
+                           "on the cluster, or registered with "
+                           "ray.cloudpickle.register_pickle_by_value(module)"
+                           % (self.node, type(e).__name__, e)) from e
         keep = _rebind_python_ops(nplan.plandef, funcs) + objects
         plandef = self._with_bridges(nplan)
         prog = _core.Program.from_plan(plandef)

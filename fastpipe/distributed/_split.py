@@ -17,6 +17,7 @@ that the node actor can register them again under its own tokens.
 """
 
 import copy
+import re
 
 from .. import _pyop, core
 from .. import proto as _proto
@@ -82,7 +83,8 @@ class NodePlan(object):
             if not name:
                 continue
             for t in self.task_names:
-                if (name == t or name.startswith(t + "/") or name.startswith(t + ":")) and (
+                # a net is named '<task>/...', '<task>:...' or '<task>_<n>' (made unique)
+                if re.match(re.escape(t) + r"(_\d+)?([/:]|$)", name) and (
                         best is None or len(t) > len(best)):
                     best = t
         if best is None and len(self.task_names) == 1:
