@@ -66,7 +66,7 @@ def assert_actors_gone(handles):
     """Every actor handle refers to a dead actor (the ping cannot succeed)."""
     for name, a in handles.items():
         with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(a.ping.remote(), timeout=30)
+            ray.get(a.ping.remote(), timeout=30)    # the session confirmed the kill
 
 
 # ---- jobs ---------------------------------------------------------------------------

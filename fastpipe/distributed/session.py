@@ -196,11 +196,7 @@ class RaySession(_session.Session):
     def _kill_actors(self):
         with self._lock:
             actors, self._actors, self._loaded = self._actors, {}, {}
-        for a in actors.values():
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:
-                pass
+        _kill_confirmed(actors.values(), self.node_timeout_s)
 
     def _do_close(self):
         cur = self._current
@@ -503,6 +499,30 @@ class RayRunHandle(object):
 
     def __repr__(self):
         return "<RayRunHandle %s>" % ("done" if self.done() else "running")
+
+
+def _kill_confirmed(actors, timeout):
+    """Kill ``actors`` and return once each is dead (ray.kill only requests
+    it: a call sent right after may still be served), or ``timeout`` passed."""
+    actors = list(actors)
+    for a in actors:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:
+            pass
+    deadline = time.monotonic() + timeout
+    for a in actors:
+        while time.monotonic() < deadline:
+            try:
+                ray.get(a.ping.remote(), timeout=max(0.01, deadline - time.monotonic()))
+            except ray.exceptions.RayActorError:
+                break                   # dead
+            except Exception:
+                break                   # no answer within the bound: nothing more to do
+            try:
+                ray.kill(a, no_restart=True)    # still served a call: ask again
+            except Exception:
+                pass
 
 
 def _first_line(e):
