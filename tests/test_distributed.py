@@ -23,7 +23,7 @@ from fastpipe.errors import CancelledError, FastpipeError, NotSupportedError, Ru
 from fastpipe.net_builder import ops  # noqa: E402
 
 from fastpipe.distributed import (NodeFailedError, NodeLostError,  # noqa: E402
-                                  RaySession)
+                                  RayRunHandle, RaySession)
 
 # the jobs' Python functions live in this module, which the node actors
 # cannot import: ship them by value (as functions of a __main__ script are)
@@ -333,3 +333,43 @@ def test_import_fastpipe_never_imports_ray_and_distributed_says_how_to_install()
                          env=env, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "pip install fastpipe[ray]" in out.stdout
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_waiting_cancels_the_cluster_job():
+    import _thread
+    with task.TaskGroup() as tg:
+        with task.Node("reader"):
+            q = pipeline.pipe(sources.ArrayReader({"id": np.arange(10 ** 6, dtype=np.int64)},
+                                                  batch_size=1), capacity=2)
+        with task.Node("trainer"):
+            pipeline.pipe(q, processor=pipeline.PythonProcessor(lambda i: None))
+    main = threading.main_thread().ident
+    with RaySession(node_timeout_s=TIMEOUT_S) as s:
+        run = s.start(tg)
+        actors = s.actors()
+
+        def interrupt_once_waiting():
+            # a handshake, not a sleep: wait (bounded) until the main thread
+            # is inside RayRunHandle.wait, then press Ctrl-C
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                f = sys._current_frames().get(main)
+                codes = []
+                while f is not None:
+                    codes.append(f.f_code)
+                    f = f.f_back
+                if RayRunHandle.wait.__code__ in codes:
+                    _thread.interrupt_main()
+                    return
+                os.sched_yield()
+        t = threading.Thread(target=interrupt_once_waiting)
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            run.wait()
+        t.join(10)
+        assert run.done()          # cancelled on every node and joined before the raise
+        with pytest.raises(CancelledError):
+            run.wait()
+        assert s.actors() == {}
+    assert_actors_gone(actors)
