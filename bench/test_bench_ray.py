@@ -17,7 +17,6 @@ Run: python -m pytest bench/test_bench_ray.py --benchmark-only
 """
 import os
 import sys
-import time
 
 import numpy as np
 import pytest

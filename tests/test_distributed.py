@@ -185,7 +185,7 @@ def test_backpressure_bounds_batches_in_flight_when_consumer_is_slow():
             q = pipeline.pipe(sources.ArrayReader({"id": np.arange(n, dtype=np.int64)},
                                                   batch_size=1), capacity=2)
         with task.Node("consumer"):
-            out = pipeline.pipe(q, processor=pipeline.PythonProcessor(slow), capacity=n + 1)
+            pipeline.pipe(q, processor=pipeline.PythonProcessor(slow), capacity=n + 1)
     with RaySession(node_timeout_s=TIMEOUT_S, batch_size=b, max_in_flight=k) as s:
         s.run(tg)
         stats = s.last_stats

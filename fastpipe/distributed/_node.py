@@ -40,10 +40,13 @@ while ``pull``/``cancel``/``ping`` run on others.  ``self._lock`` protects
 ``_runs`` and ``_jobs``; each Outbox has its own lock and condition.
 """
 
+import copy
+import io
 import os
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 
 import numpy as np
@@ -399,7 +402,6 @@ class NodeHost(object):
 
 
 def copy_op(op):
-    import copy
     return copy.deepcopy(op)
 
 
@@ -555,23 +557,19 @@ def _describe_failure(node, exc, rs, nplan):
 # alive for as long as the job is loaded (``_keep``) and hands the op a
 # new weak reference to it.
 
-import io as _io
-import threading as _threading
-import weakref as _weakref
-
-_LOCK_TYPES = (type(_threading.Lock()), type(_threading.RLock()))
-_loading = _threading.local()        # .keep: the list of the payload being loaded
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+_loading = threading.local()        # .keep: the list of the payload being loaded
 
 
 def _revive_lock(kind):
-    return _threading.RLock() if kind == "rlock" else _threading.Lock()
+    return threading.RLock() if kind == "rlock" else threading.Lock()
 
 
 def _revive_weakref(obj):
     keep = getattr(_loading, "keep", None)
     if keep is not None:
         keep.append(obj)
-    return _weakref.ref(obj)
+    return weakref.ref(obj)
 
 
 def dumps_payload(obj):
@@ -588,11 +586,11 @@ def dumps_payload(obj):
     table.update(getattr(cloudpickle.CloudPickler, "dispatch_table", {}) or {})
     table[_LOCK_TYPES[0]] = lambda lk: (_revive_lock, ("lock",))
     table[_LOCK_TYPES[1]] = lambda lk: (_revive_lock, ("rlock",))
-    table[_weakref.ReferenceType] = reduce_ref
+    table[weakref.ReferenceType] = reduce_ref
 
     class _Pickler(cloudpickle.CloudPickler):
         dispatch_table = table
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     p = _Pickler(buf, protocol=5)
     p.dump(obj)
     return buf.getvalue()
@@ -603,7 +601,7 @@ class _Dead(object):
 
 
 def _dead_ref():
-    return _weakref.ref(_Dead())        # dead at once, as the original was
+    return weakref.ref(_Dead())        # dead at once, as the original was
 
 
 def loads_payload(data, keep):

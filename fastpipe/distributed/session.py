@@ -27,12 +27,11 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Optional
+from typing import Optional
 
 from .. import core
 from .. import session as _session
-from ..errors import (ArgumentError, CancelledError, FastpipeError, GraphError,
-                      IterTimeoutError, RunError)
+from ..errors import ArgumentError, CancelledError, GraphError, IterTimeoutError, RunError
 from . import _node
 from ._split import split_task_group
 
