@@ -373,3 +373,40 @@ def test_ctrl_c_while_waiting_cancels_the_cluster_job():
             run.wait()
         assert s.actors() == {}
     assert_actors_gone(actors)
+
+
+@pytest.mark.timeout(120)
+def test_consumer_that_stops_early_stops_the_producer_across_nodes():
+    """The trainer reads 20 records and ends; its copy of the queue closes,
+    the bridge asks the reader node to close its copy, and the reader (with
+    10^6 records left) stops as it would on one node: the job finishes."""
+    from fastpipe import dataio
+    with task.TaskGroup() as tg:
+        with task.Node("reader"):
+            q = pipeline.pipe(sources.ArrayReader({"id": np.arange(10 ** 6, dtype=np.int64)},
+                                                  batch_size=1), capacity=2)
+        with task.Node("trainer"):
+            out = pipeline.pipe(dataio.ReaderWithLimit(q.reader(), num_iter=20), capacity=2)
+    with RaySession(node_timeout_s=TIMEOUT_S, batch_size=4, max_in_flight=2) as s:
+        got = [rec[0] for rec in s.iterate(tg, out)]
+        stats = s.last_stats
+    assert len(got) == 20
+    assert len(set(np.concatenate(got).tolist())) == 20
+    sent = stats["reader"]["send"][str(q.queue())]["records"]
+    assert sent < 1000          # the reader stopped long before its 10^6 records
+
+
+@pytest.mark.timeout(120)
+def test_iterate_yields_views_of_the_object_store():
+    """Large batches reach the driver as numpy views of Ray's object store
+    (read-only, not copies), with the queue's field names."""
+    n, width = 16, 64 * 1024          # 256 KiB per record: batches go to the store
+    xs = np.arange(n * width, dtype=np.float32).reshape(n, width)
+    with task.TaskGroup() as tg:
+        with task.Node("reader"):
+            q = pipeline.pipe(sources.ArrayReader({"x": xs}, batch_size=1), capacity=2)
+    with RaySession(node_timeout_s=TIMEOUT_S, batch_size=4) as s:
+        recs = list(s.iterate(tg, q))
+    assert len(recs) == n
+    assert np.array_equal(np.sort(np.concatenate([r.x for r in recs])[:, 0]), xs[:, 0])
+    assert all(not r.x.flags.writeable for r in recs)
