@@ -410,3 +410,15 @@ def test_iterate_yields_views_of_the_object_store():
     assert len(recs) == n
     assert np.array_equal(np.sort(np.concatenate([r.x for r in recs])[:, 0]), xs[:, 0])
     assert all(not r.x.flags.writeable for r in recs)
+
+
+def test_group_compiled_for_local_session_is_a_clear_error():
+    with task.TaskGroup() as tg:
+        with task.Node("a"):
+            q = pipeline.pipe(sources.ArrayReader({"id": np.arange(10, dtype=np.int64)},
+                                                  batch_size=1))
+        with task.Node("b"):
+            pipeline.pipe(q)
+    session.LocalSession.compile(tg)
+    with pytest.raises(FastpipeError, match="build the group again for RaySession"):
+        RaySession.compile(tg)

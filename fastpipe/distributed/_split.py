@@ -188,7 +188,13 @@ def split_task_group(task_group):
     node_kwargs = dict(Cluster.current().node_kwargs())
     with _proto.gc_paused():
         with Cluster():
-            grouped = task_group.tasks_by_node()
+            try:
+                grouped = task_group.tasks_by_node()
+            except GraphError as e:
+                raise GraphError(
+                    "RaySession cannot split this TaskGroup by node: it was grouped for "
+                    "another session already (a LocalSession maps every node onto one); "
+                    "build the group again for RaySession (%s)" % e) from e
         by_node = {}
         for t in task_group.tasks():
             by_node.setdefault(t.node, []).append(t.name)
