@@ -422,3 +422,21 @@ def test_group_compiled_for_local_session_is_a_clear_error():
     session.LocalSession.compile(tg)
     with pytest.raises(FastpipeError, match="build the group again for RaySession"):
         RaySession.compile(tg)
+
+
+@pytest.mark.timeout(120)
+def test_a_long_session_keeps_a_bounded_number_of_jobs_per_node():
+    from fastpipe.distributed import session as dsession
+
+    def job(k):
+        with task.TaskGroup() as tg:
+            with task.Node("solo"):
+                pipeline.pipe(sources.ArrayReader({"id": np.arange(k + 1, dtype=np.int64)},
+                                                  batch_size=1), capacity=k + 2)
+        return tg
+    with RaySession(node_timeout_s=TIMEOUT_S) as s:
+        for k in range(dsession._JOBS_KEPT_PER_NODE + 4):
+            s.run(job(k))
+        actor = s.actors()["solo"]
+        assert ray.get(actor.loaded_jobs.remote(), timeout=30) == dsession._JOBS_KEPT_PER_NODE
+        s.run(job(0))           # still runs after the evictions

@@ -214,6 +214,16 @@ class NodeHost(object):
             recv = {r: dict(rs.recv_stats) for r, rs in self._runs.items()}
         return {"stacks": text, "outboxes": boxes, "recv": recv}
 
+    def loaded_jobs(self):
+        with self._lock:
+            return len(self._jobs)
+
+    def forget(self, job_key):
+        """Drop a loaded job (the driver keeps the last few loaded per node)."""
+        with self._lock:
+            self._jobs.pop(job_key, None)
+        return True
+
     def cancel(self, run_id):
         with self._lock:
             rs = self._runs.get(run_id)

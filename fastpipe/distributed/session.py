@@ -26,7 +26,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Optional
 
 from .. import core
@@ -41,6 +41,7 @@ __all__ = ["RaySession", "RayRunHandle", "RayRecordIterator", "NodeFailedError",
            "NodeLostError", "RayCompiledJob"]
 
 _SLICE_S = 0.05
+_JOBS_KEPT_PER_NODE = 8
 
 
 class NodeFailedError(RunError):
@@ -184,7 +185,7 @@ class RaySession(_session.Session):
             opts.update(self._actor_options)
             a = ray.remote(_node.NodeHost).options(**opts).remote(node)
             self._actors[node] = a
-            self._loaded[node] = set()
+            self._loaded[node] = OrderedDict()
             return a
 
     def actors(self):
@@ -306,13 +307,20 @@ class RayRunHandle(object):
     def _start(self):
         s = self._session
         refs = {}
+        key = self._compiled.key
         for node, actor in self._actors.items():
-            loaded = s._loaded.get(node, set())
-            payload = None if self._compiled.key in loaded else self._compiled.payload(node)
-            refs[node] = actor.run.remote(self._run_id, self._compiled.key, payload,
+            loaded = s._loaded.setdefault(node, OrderedDict())
+            payload = None if key in loaded else self._compiled.payload(node)
+            refs[node] = actor.run.remote(self._run_id, key, payload,
                                           self._actors, s.max_in_flight, s.batch_size,
                                           s.node_timeout_s)
-            loaded.add(self._compiled.key)
+            loaded[key] = True
+            loaded.move_to_end(key)
+            # an actor keeps the last few jobs it ran (lowered programs and the
+            # data their functions hold), not every job of a long session
+            while len(loaded) > _JOBS_KEPT_PER_NODE:
+                old, _ = loaded.popitem(last=False)
+                actor.forget.remote(old)
         values = {}
         self._values = values
         names = [str(n) for n in self._compiled.output_list.names()]
