@@ -440,3 +440,21 @@ def test_a_long_session_keeps_a_bounded_number_of_jobs_per_node():
         actor = s.actors()["solo"]
         assert ray.get(actor.loaded_jobs.remote(), timeout=30) == dsession._JOBS_KEPT_PER_NODE
         s.run(job(0))           # still runs after the evictions
+
+
+@pytest.mark.timeout(120)
+def test_plain_tasks_and_plans_run_and_outputs_come_back():
+    net = core.Net("fill")
+    blob = net.ConstantFill([], "filled", shape=[3], value=7.0)
+    t = task.Task(step=net, outputs=blob)
+    plan_net = core.Net("plan_fill")
+    plan_net.ConstantFill([], "plan_filled", shape=[2], value=1.0)
+    plan = core.Plan("p")
+    plan.AddStep(core.execution_step("s", plan_net))
+    with RaySession(node_timeout_s=TIMEOUT_S) as s:
+        s.run(t)
+        s.run(plan)
+        compiled = RaySession.compile(t)
+        assert compiled.session_class is RaySession
+        assert s.compile(t) is compiled          # cached on the runnable
+    assert np.array_equal(t.outputs()[0].fetch(), np.full(3, 7.0, np.float32))
