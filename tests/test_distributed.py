@@ -458,3 +458,30 @@ def test_plain_tasks_and_plans_run_and_outputs_come_back():
         assert compiled.session_class is RaySession
         assert s.compile(t) is compiled          # cached on the runnable
     assert np.array_equal(t.outputs()[0].fetch(), np.full(3, 7.0, np.float32))
+
+
+def _three_then_nothing():
+    for i in range(3):
+        yield (np.array(i, dtype=np.int64),)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:    # a source with nothing more for a long while
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(120)
+def test_a_part_filled_batch_reaches_the_consumer_while_the_producer_waits():
+    """batch_size=64 and a producer that writes 3 records and then has
+    nothing for a minute: a pull takes the open batch after LINGER_S, so the
+    3 records arrive (before, they waited for 61 more or the end of stream:
+    iterate timed out)."""
+    with task.TaskGroup() as tg:
+        with task.Node("producer"):
+            q = pipeline.pipe(sources.IterableReader(_three_then_nothing, fields=["id"]),
+                              capacity=4)
+        with task.Node("consumer"):
+            out = pipeline.pipe(q, processor=pipeline.PythonProcessor(lambda i: i), capacity=4)
+    with RaySession(node_timeout_s=TIMEOUT_S, batch_size=64) as s:
+        it = s.iterate(tg, out, timeout=20)
+        got = sorted(int(next(it)[0]) for _ in range(3))
+        it.close()
+    assert got == [0, 1, 2]

@@ -60,6 +60,7 @@ __all__ = ["NodeHost", "EOS", "CANCELLED", "PeerLostError"]
 EOS = "__fastpipe_eos__"
 CANCELLED = "__fastpipe_cancelled__"
 _SLICE_S = 0.05          # every blocking wait checks cancellation this often
+LINGER_S = 0.005         # a pull takes a part-filled batch after it waited this long
 
 
 class PeerLostError(FastpipeError, RuntimeError):
@@ -81,6 +82,12 @@ class Outbox(object):
         self.cond = threading.Condition(self.lock)
         self.batches = deque()
         self.max_in_flight = max_in_flight
+        # The batch being filled.  A pull that finds no full batch takes it
+        # once it has waited LINGER_S, so a producer that writes a few
+        # records and then waits (for its consumer, or on a slow source)
+        # is never left holding them.
+        self.open = []
+        self.open_since = 0.0
         self.finished = False           # the local queue is drained and closed
         self.cancelled = False
         self.consumer_closed = False    # the consumer's copy was closed early
@@ -91,10 +98,32 @@ class Outbox(object):
         self.max_outbox = 0
         self.max_in_flight_seen = 0     # max(put - acked) at a put
 
-    def put(self, batch):
-        """Block (cancellably) until there is room; False if the consumer
-        closed its copy (the batch is dropped, as a closed queue drops)."""
+    def _seal(self):
+        """Move the open batch into the ready batches (lock held)."""
+        batch, self.open = self.open, []
+        self.batches.append(batch)
+        self.put_batches += 1
+        self.put_records += len(batch)
+        self.max_outbox = max(self.max_outbox, len(self.batches))
+        self.max_in_flight_seen = max(self.max_in_flight_seen,
+                                      self.put_batches - self.acked)
+        self.cond.notify_all()
+
+    def add(self, record, batch_size):
+        """Add one record to the open batch; a full batch waits (cancellably)
+        for room among the ready ones.  False if the consumer closed its
+        copy (the record is dropped, as a closed queue drops)."""
         with self.cond:
+            if self.cancelled:
+                raise _Cancelled("queue bridge cancelled")
+            if self.consumer_closed:
+                return False
+            if not self.open:
+                self.open_since = time.monotonic()
+                self.cond.notify_all()      # a waiting pull starts its linger clock
+            self.open.append(record)
+            if len(self.open) < batch_size:
+                return True
             while (len(self.batches) >= self.max_in_flight and not self.cancelled
                    and not self.consumer_closed):
                 self.cond.wait(_SLICE_S)
@@ -102,17 +131,14 @@ class Outbox(object):
                 raise _Cancelled("queue bridge cancelled")
             if self.consumer_closed:
                 return False
-            self.batches.append(batch)
-            self.put_batches += 1
-            self.put_records += len(batch)
-            self.max_outbox = max(self.max_outbox, len(self.batches))
-            self.max_in_flight_seen = max(self.max_in_flight_seen,
-                                          self.put_batches - self.acked)
-            self.cond.notify_all()
+            if self.open:                   # (a pull may have taken it meanwhile)
+                self._seal()
             return True
 
     def finish(self):
         with self.cond:
+            if self.open:
+                self._seal()
             self.finished = True
             self.cond.notify_all()
 
@@ -125,6 +151,7 @@ class Outbox(object):
         with self.cond:
             self.consumer_closed = True
             self.batches.clear()
+            self.open = []
             self.cond.notify_all()
 
     def take(self, acked, deadline):
@@ -134,6 +161,9 @@ class Outbox(object):
             while True:
                 if self.cancelled:
                     return CANCELLED
+                if not self.batches and self.open and \
+                        time.monotonic() - self.open_since >= LINGER_S:
+                    self._seal()
                 if self.batches:
                     batch = self.batches.popleft()
                     self.cond.notify_all()
@@ -142,17 +172,20 @@ class Outbox(object):
                     self.eos_given = True
                     self.cond.notify_all()
                     return EOS
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     return None
-                self.cond.wait(min(left, _SLICE_S))
+                if self.open:
+                    left = min(left, self.open_since + LINGER_S - now)
+                self.cond.wait(max(min(left, _SLICE_S), 0.0005))
 
     def wait_delivered(self, cancelled):
         """Block until every batch and the end-of-stream were handed to the
         consumer (or the run is cancelled, or the consumer closed its copy)."""
         with self.cond:
             while not (self.cancelled or self.consumer_closed or
-                       (self.finished and not self.batches and self.eos_given)):
+                       (self.finished and not self.batches and not self.open and self.eos_given)):
                 if cancelled.is_set():
                     raise _Cancelled("queue bridge cancelled")
                 self.cond.wait(_SLICE_S)
@@ -437,19 +470,15 @@ def _make_sender(host, queue):
     rs = host._active
     box = rs.outboxes[queue]
     batch_size = rs.batch_size
-    pending = []
 
     def send(inputs, outputs):
         done = bool(inputs[-1].data)
         closed = False
+        if rs.cancelled.is_set():
+            raise _Cancelled("queue bridge cancelled")
         if not done:
-            pending.append(tuple(np.asarray(t.data) for t in inputs[:-1]))
-        if pending and (done or len(pending) >= batch_size):
-            if rs.cancelled.is_set():
-                raise _Cancelled("queue bridge cancelled")
-            closed = not box.put(list(pending))
-            del pending[:]
-        if done and not rs.cancelled.is_set():
+            closed = not box.add(tuple(np.asarray(t.data) for t in inputs[:-1]), batch_size)
+        elif not rs.cancelled.is_set():
             box.finish()
         outputs[0].feed(np.array(done or closed or box.consumer_closed))
     return send

@@ -118,7 +118,8 @@ class RaySession(_session.Session):
             raised on the driver within about twice this.
         max_in_flight: batches of one cross-node queue in flight at once
             (outbox + outstanding pulls each hold at most this many).
-        batch_size: records per batch moved between nodes.
+        batch_size: records per batch moved between nodes (a part-filled
+            batch leaves once a pull has waited 5 ms for it).
         num_cpus: CPUs each node actor asks for (``Node(name, num_cpus=x)``
             overrides per node).  Default 0: runtime instances are native
             threads inside the actor, and Ray's CPU accounting would refuse
