@@ -27,7 +27,7 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.object cimport PyObject_GetAttr
 import operator as _operator
 import keyword as _keyword
-from fastpipe.errors import IterTimeoutError as _IterTimeoutError
+from fastpipe.errors import IterTimeoutError as _IterTimeoutError, NotSupportedError
 
 cdef extern from "Python.h":
     ctypedef struct _PyTypeObj "PyTypeObject":
@@ -45,6 +45,37 @@ cdef enum:
 
 
 DEF POOL_MAX = 64        # recycled buffers kept per field
+
+# Exact resume (state() / iterate(state=...)): the iterator keeps, per
+# source, the set of source positions its items carried (provenance tags,
+# runtime.pxi).  Helpers over those sets; orphans and the first untagged
+# enqueue come from the run's FpTrack under its mutex.
+cdef extern from *:
+    """
+    static void fp_track_collect(FpTrack* t, std::vector<FpRanges>* d, std::string* untracked) {
+        std::lock_guard<std::mutex> g(t->mu);
+        for (const FpTag& x : t->orphans)
+            if (x.src >= 0 && (size_t)x.src < d->size()) (*d)[x.src].add(x.start, x.end);
+        t->orphans.clear();
+        *untracked = t->untracked;
+    }
+    static void fp_ranges_export(const FpRanges* s, std::vector<int64_t>* out) {
+        out->clear();
+        for (const auto& kv : s->r) { out->push_back(kv.first); out->push_back(kv.second); }
+    }
+    static void fp_ranges_absorb(std::vector<FpRanges>* d, FpTags* t) {
+        for (const FpTag& x : *t)
+            if (x.src >= 0 && (size_t)x.src < d->size()) (*d)[x.src].add(x.start, x.end);
+        delete t;
+    }
+    static FpTrack* fp_track_new() { return new FpTrack(); }
+    static void fp_track_add_key(FpTrack* t, const std::string& k, int64_t src) { t->src_of[k] = src; }
+    """
+    void fp_track_collect(FpTrack* t, vector[FpRanges]* d, string* untracked) except +
+    void fp_ranges_export(const FpRanges* s, vector[int64_t]* out) except +
+    void fp_ranges_absorb(vector[FpRanges]* d, vector[FpTag]* t) except +
+    FpTrack* fp_track_new() except +
+    void fp_track_add_key(FpTrack* t, const string& k, int64_t src) except +
 
 
 @cython.final
@@ -332,7 +363,7 @@ cdef class RecordIterator:
     cdef Tensor* ptrs[MAX_REC_BLOBS]
     cdef int64_t timeout_ns     # per next(); -1: none
     cdef int64_t wake_mark      # wake parked writers once the fill is <= this
-    cdef int state
+    cdef int phase              # IT_* (named `phase`: `state` is the resume method)
     cdef bint busy              # a next() is in its slow path (GIL released at times)
     cdef QStats st
     cdef object rec_type        # None: plain tuples
@@ -340,10 +371,14 @@ cdef class RecordIterator:
     cdef object _fields
     cdef str qname
     cdef readonly object run    # the RunHandle
+    cdef FpTrack* trk           # provenance tracking of the run (one ref), or NULL
+    cdef vector[FpRanges]* dlv  # per source: positions delivered (items returned)
+    cdef object _src_meta       # per source: its JSON description (session.py)
+    cdef object _refusals       # why this run cannot be resumed exactly (strs)
     cdef object __weakref__
 
     def __cinit__(self):
-        self.state = IT_NEW
+        self.phase = IT_NEW
         self.busy = False
         self.rs = NULL
         self.blob = NULL
@@ -353,6 +388,8 @@ cdef class RecordIterator:
         self.outs = NULL
         self.nblobs = 0
         memset(&self.st, 0, sizeof(QStats))
+        self.trk = NULL
+        self.dlv = NULL
 
     def __init__(self):
         raise ArgumentError("a RecordIterator is made by LocalSession.iterate()")
@@ -368,12 +405,12 @@ cdef class RecordIterator:
 
     def _attach(self, Run nrun not None, handle):
         """Bind the started run (LocalSession.iterate, right after the start)."""
-        if self.state != IT_NEW:
+        if self.phase != IT_NEW:
             raise ArgumentError("RecordIterator is attached already")
         self.nrun = nrun
         self.rs = nrun.pr.rs
         self.run = handle
-        self.state = IT_RESOLVE
+        self.phase = IT_RESOLVE
 
     # -- teardown
 
@@ -413,7 +450,7 @@ cdef class RecordIterator:
         raise IterTimeoutError; a later next() waits again."""
         cdef int64_t left
         cdef bint finished
-        self.state = IT_DRAIN
+        self.phase = IT_DRAIN
         self._release()
         try:
             if deadline >= 0:
@@ -422,7 +459,7 @@ cdef class RecordIterator:
             else:
                 finished = self.nrun.wait()
         except BaseException:
-            self.state = IT_END     # the job's error is raised once
+            self.phase = IT_END     # the job's error is raised once
             raise
         if not finished:
             raise _IterTimeoutError(
@@ -430,13 +467,13 @@ cdef class RecordIterator:
                     "%.3g s: another of its tasks is blocked (an output queue nobody "
                     "reads?); the job keeps running (close() the iterator to stop it)"
                 % (self.qname, self.timeout_ns / 1e9))
-        self.state = IT_END
+        self.phase = IT_END
         raise StopIteration
 
     cdef _abort(self, exc):
         """An exception (Ctrl-C, a signal handler's) interrupted a wait in
         next(): stop the run everywhere and join it; the caller re-raises."""
-        self.state = IT_END
+        self.phase = IT_END
         self._release()
         self.nrun._abort(exc)
 
@@ -451,7 +488,7 @@ cdef class RecordIterator:
         the queue.  Idempotent; the cancellation's CancelledError is
         suppressed (a job error that came first is raised)."""
         if self.nrun is None:
-            self.state = IT_END
+            self.phase = IT_END
             self._release()
             return
         if self.busy:
@@ -459,8 +496,8 @@ cdef class RecordIterator:
             # releases the queue and raises CancelledError there) and join
             self.nrun._stop(True)
             return
-        already = self.state == IT_END
-        self.state = IT_END
+        already = self.phase == IT_END
+        self.phase = IT_END
         self._release()
         # cancel, interrupt Python ops (as dropping the iterator does) and join
         self.nrun._stop(True)
@@ -486,9 +523,86 @@ cdef class RecordIterator:
         return False
 
     def __dealloc__(self):
-        if self.nrun is not None and self.state != IT_END:
+        if self.nrun is not None and self.phase != IT_END:
             self.nrun._stop(True)   # cancel and join; never raises the job's error
         self._release()
+        fp_track_decref(self.trk)   # the run holds its own reference
+        self.trk = NULL
+        del self.dlv
+        self.dlv = NULL
+
+    # -- exact resume
+
+    def _track(self, keys, skip, meta, refusals):
+        """Track provenance in the run about to start (LocalSession.iterate,
+        just before the start, on the starting thread): ``keys[i]`` are the
+        input-0 blob names of source i's reader ops, ``skip[i]`` ``(low,
+        [[a, b], ...])`` delivered before (resume) or None, ``meta[i]`` its
+        description in state(), ``refusals`` the reasons state() refuses."""
+        cdef size_t i
+        cdef FpTrack* t
+        if self.trk != NULL:
+            raise ArgumentError("RecordIterator: tracking is set up already")
+        t = fp_track_new()
+        self.trk = t
+        self.dlv = new vector[FpRanges](len(keys))
+        for i, ks in enumerate(keys):
+            for k in ks:
+                fp_track_add_key(t, _bname(k), <int64_t>i)
+        t.skip.resize(len(keys))
+        for i, sk in enumerate(skip):
+            if sk is None:
+                continue
+            t.resumed = True
+            low, ranges = sk
+            t.skip[i].add(0, low)
+            self.dlv[0][i].add(0, low)
+            for a, b in ranges:
+                t.skip[i].add(a, b)
+                self.dlv[0][i].add(a, b)
+        self._src_meta = list(meta)
+        self._refusals = list(refusals)
+        fp_tags_free(fp_tags_take())        # nothing of another run on this thread
+        fp_track_set_next(t)
+
+    cdef inline void _absorb(self):
+        """The tags of the records just read (this thread's pending tags)
+        join the delivered set: call only when the item is handed over."""
+        cdef vector[FpTag]* t = fp_tags_take()
+        if t != NULL:
+            if self.dlv != NULL:
+                fp_ranges_absorb(self.dlv, t)
+            else:
+                fp_tags_free(t)
+
+    def state(self):
+        """A small JSON-serialisable dict saying which records this iterator
+        (and the runs it resumes) has delivered; ``LocalSession.iterate(...,
+        state=s)`` resumes from it (see there).  Safe at any point: before
+        the first record, while iterating, after the end.
+
+        Raises NotSupportedError when the job cannot be resumed exactly (the
+        message names the source or stage)."""
+        cdef string untracked
+        cdef vector[int64_t] flat
+        cdef size_t i, j
+        if self.trk == NULL:
+            raise NotSupportedError("RecordIterator over queue %r: this iterator does not "
+                                    "track what it delivered (made without LocalSession."
+                                    "iterate)" % self.qname)
+        if self._refusals:
+            raise NotSupportedError(self._refusals[0])
+        fp_track_collect(self.trk, self.dlv, &untracked)
+        if untracked.size():
+            raise NotSupportedError("cannot resume: " + untracked.decode("utf-8", "replace"))
+        sources = []
+        for i in range(self.dlv.size()):
+            fp_ranges_export(&self.dlv[0][i], &flat)
+            d = dict(self._src_meta[i])
+            d["low"] = int(self.dlv[0][i].low)
+            d["ranges"] = [[int(flat[j]), int(flat[j + 1])] for j in range(0, flat.size(), 2)]
+            sources.append(d)
+        return {"version": 1, "queue": self.qname, "sources": sources}
 
     def __iter__(self):
         return self
@@ -687,12 +801,14 @@ cdef class RecordIterator:
         # and building an item allocates (a GC pass may run other threads)
         self.busy = True
         try:
-            if self.state == IT_READ:
+            if self.phase == IT_READ:
                 # fast path: a record is waiting, the run is healthy
                 if self.k == 1 and not fp_load_relaxed(&self.rs.cancelled):
                     self._prime(self.outs)
                     if try_read(self.q, self.ptrs, &self.st) == Q_OK:
                         self._after_read()
+                        if self.trk != NULL:
+                            self._absorb()
                         return self._item(self.outs)
             return self._next_slow()
         finally:
@@ -700,28 +816,30 @@ cdef class RecordIterator:
 
     cdef object _next_slow(self):
         cdef int64_t deadline = -1
-        if self.state == IT_READ:
+        if self.phase == IT_READ:
             pass
-        elif self.state == IT_RESOLVE:
+        elif self.phase == IT_RESOLVE:
             if not self._resolve():
-                self.state = IT_END
+                self.phase = IT_END
                 self._release()
                 self.nrun.wait()        # the run's error, if it failed
                 raise BlobError("queue blob %r holds no queue: the job finished without "
                                 "creating it (is it a queue of this job?)" % self.qname)
-            self.state = IT_READ
-        elif self.state == IT_END:
+            self.phase = IT_READ
+        elif self.phase == IT_END:
             raise StopIteration
-        elif self.state != IT_DRAIN:
+        elif self.phase != IT_DRAIN:
             raise ArgumentError("RecordIterator was never started")
         if self.timeout_ns >= 0:
             deadline = fp_now_ns() + self.timeout_ns
-        if self.state == IT_DRAIN:
+        if self.phase == IT_DRAIN:
             return self._end(deadline)
         if self.k == 1:
             self._prime(self.outs)
             if not self._read_one(self.ptrs, deadline):
                 return self._end(deadline)
+            if self.trk != NULL:
+                self._absorb()
             return self._item(self.outs)
         return self._next_batch(deadline)
 
@@ -748,7 +866,10 @@ cdef class RecordIterator:
                 break
             got += 1
         if got == 0 or fp_load_relaxed(&self.rs.cancelled):
+            fp_tags_free(fp_tags_take())    # not handed over: not delivered
             return self._end(deadline)
+        if self.trk != NULL:
+            self._absorb()                  # the k records' tags, as one item
         return self._concat(got)
 
     cdef object _concat(self, int64_t got):
@@ -801,7 +922,7 @@ cdef class RecordIterator:
                     off += r.size
                 arrays.append(_take_array(&out, base, j))
         except BaseException:
-            self.state = IT_END
+            self.phase = IT_END
             self._release()
             self.nrun._stop(True)
             raise
@@ -862,3 +983,9 @@ def _make_iterator(Workspace ws not None, name, num_records, timeout, fields):
     ws.active += 1
     it.old_h = blob_get_obj(it.blob)
     return it
+
+
+def _track_disarm():
+    """Forget a tracking handed to the next run of this thread and not taken
+    (LocalSession.iterate, after the start)."""
+    fp_track_set_next(NULL)

@@ -33,7 +33,8 @@ ctypedef struct Slot:
     # Slots live inline in one cache-aligned block (stride: a multiple of
     # 64 bytes) so a record's sequence word and tensors share cache lines.
     int64_t seq             # Vyukov sequence: pos = free for the writer at pos, pos+1 = full
-    int64_t pad_            # the slot's nblobs tensors follow at byte 16 (slot_t)
+    vector[FpTag]* tags     # the record's provenance tags (NULL: none; runtime.pxi)
+                            # the slot's nblobs tensors follow at byte 16 (slot_t)
 
 
 cdef cppclass Queue:
@@ -76,6 +77,7 @@ cdef void queue_destroy(void* p) noexcept nogil:
     cdef int64_t i, j
     live_queue_remove(q)
     for i in range(q.ring):
+        fp_tags_free(slot_at(q, i).tags)
         for j in range(q.nblobs):
             tensor_clear(&slot_t(slot_at(q, i))[j])
     free(q.slot_mem)
@@ -197,6 +199,8 @@ cdef int try_write(Queue* q, Tensor** ts) noexcept nogil:
             raw = fp_load_relaxed(&q.tail)
     for j in range(q.nblobs):
         tensor_swap(&slot_t(s)[j], ts[j])
+    if fp_tracking_active():
+        s.tags = fp_tags_take()         # the writer's pending tags ride on the record
     fp_exchange(&s.seq, pos + 1)        # publish (seq_cst: pairs with wake())
     return Q_OK
 
@@ -223,6 +227,9 @@ cdef int try_read(Queue* q, Tensor** outs, QStats* st) noexcept nogil:
         st.bytes += nb
         st.field_bytes[j] += nb
         tensor_swap(&slot_t(s)[j], outs[j])
+    if s.tags != NULL:
+        fp_tags_merge(s.tags)           # the reader's thread now carries them
+        s.tags = NULL
     fp_exchange(&s.seq, pos + q.ring)   # release the slot (seq_cst: pairs with wake())
     return Q_OK
 
@@ -529,12 +536,24 @@ cdef int enqueue_inputs(OpInst* op, RunCtx* ctx, Queue* q, size_t n) noexcept no
     return queue_write(q, ts, 0, qst(op))
 
 
+cdef void track_untagged(OpInst* op, RunCtx* ctx, const string& qname) noexcept nogil:
+    """A tracking run enqueues a record that carries no provenance tag: it
+    came from a source fastpipe cannot resume, or it is the second piece of
+    a split record.  Noted once; the iterator's state() refuses with it."""
+    fp_track_note_untracked(ctx.rs.track, op_where(op, ctx) + cstr(b" enqueued into queue '") +
+                            qname + cstr(b"' a record that no resumable source read (a reader "
+                            b"fastpipe cannot resume, e.g. a Python op, or a stage that splits "
+                            b"one item into several queue items)"))
+
+
 cdef int k_enqueue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Queue* q = op_queue(op, ctx, 0)
     cdef size_t n = op.ins.size() - 1
     cdef int r
     if q == NULL or check_record(op, ctx, q, 1, n) != 0:
         return -1
+    if ctx.rs.track != NULL and fp_tags_peek() == NULL:
+        track_untagged(op, ctx, q.name)
     r = enqueue_inputs(op, ctx, q, n)
     if r == -1:
         return -1
@@ -552,6 +571,8 @@ cdef int k_safe_enqueue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int r
     if q == NULL or check_record(op, ctx, q, 1, n) != 0:
         return -1
+    if ctx.rs.track != NULL and fp_tags_peek() == NULL:
+        track_untagged(op, ctx, q.name)
     r = enqueue_inputs(op, ctx, q, n)
     if r == -1:
         return -1

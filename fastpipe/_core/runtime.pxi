@@ -76,6 +76,190 @@ cdef cppclass StepDesc:
 
 # ---- run state ----------------------------------------------------------------
 
+# ---- provenance tags (exact resume of iterate; see iterate.pxi) ----------------
+#
+# A record read by a resumable source carries the source-space ranges it came
+# from, (source, start, end).  The tags travel with the thread: a reader op
+# adds its range to the calling thread's pending tags (a thread-local list,
+# NULL when nothing is pending: a run that does not track pays one load per
+# enqueue), a dequeue adds the dequeued record's tags, an enqueue moves the
+# pending tags onto the record (the slot's `tags` word).  A net iteration
+# that enqueues nothing (a filter dropped the record) keeps its tags pending:
+# they ride on that thread's next enqueue, or are handed to the run as
+# "orphans" when the thread ends normally.  A run tracks only when it was
+# started with an FpTrack (LocalSession.iterate hands one over through
+# fp_track_set_next on the starting thread; rs_new takes it).
+
+cdef extern from *:
+    """
+    #include <vector>
+    #include <map>
+    #include <string>
+    #include <unordered_map>
+    #include <atomic>
+    #include <mutex>
+    #include <cstdint>
+    struct FpTag { int64_t src, start, end; };
+    typedef std::vector<FpTag> FpTags;
+    static thread_local FpTags* fp_tls_tags = nullptr;
+    static std::atomic<int64_t> fp_tracking_runs{0};
+    static inline int fp_tracking_active() noexcept {
+        return fp_tracking_runs.load(std::memory_order_relaxed) != 0;
+    }
+    static inline FpTags* fp_tags_peek() noexcept { return fp_tls_tags; }
+    static inline FpTags* fp_tags_take() noexcept {
+        FpTags* t = fp_tls_tags; fp_tls_tags = nullptr; return t;
+    }
+    static inline void fp_tags_put(FpTags* t) noexcept { fp_tls_tags = t; }
+    static inline void fp_tags_free(FpTags* t) noexcept { delete t; }
+    static int fp_tags_add(int64_t src, int64_t a, int64_t b) noexcept {
+        if (b <= a || src < 0) return 0;
+        try {
+            FpTags* t = fp_tls_tags;
+            if (!t) { t = new FpTags(); t->reserve(2); fp_tls_tags = t; }
+            if (!t->empty() && t->back().src == src && t->back().end == a) {
+                t->back().end = b; return 0;
+            }
+            t->push_back(FpTag{src, a, b});
+            return 0;
+        } catch (...) { return -1; }
+    }
+    /* Add t's tags to this thread's pending ones (takes t). */
+    static void fp_tags_merge(FpTags* t) noexcept {
+        if (!t) return;
+        FpTags* cur = fp_tls_tags;
+        if (!cur) { fp_tls_tags = t; return; }
+        try { cur->insert(cur->end(), t->begin(), t->end()); } catch (...) {}
+        delete t;
+    }
+    /* Disjoint, non-adjacent ranges [a, b) above `low` (everything below
+       low is in the set): what an iterator delivered, per source. */
+    struct FpRanges {
+        int64_t low = 0;
+        std::map<int64_t, int64_t> r;
+        void add(int64_t a, int64_t b) {
+            if (b <= low) return;
+            if (a < low) a = low;
+            if (a == low) {
+                low = b;
+                while (!r.empty() && r.begin()->first <= low) {
+                    if (r.begin()->second > low) low = r.begin()->second;
+                    r.erase(r.begin());
+                }
+                return;
+            }
+            auto it = r.upper_bound(a);
+            if (it != r.begin()) {
+                auto p = std::prev(it);
+                if (p->second >= a) {
+                    a = p->first;
+                    if (p->second > b) b = p->second;
+                    r.erase(p);
+                }
+            }
+            while (it != r.end() && it->first <= b) {
+                if (it->second > b) b = it->second;
+                it = r.erase(it);
+            }
+            r[a] = b;
+        }
+    };
+    /* A reader's cursor at pos: the first position >= pos not in s, and in
+       *limit the start of the next range of s above it (INT64_MAX: none). */
+    static int64_t fp_ranges_jump(const FpRanges* s, int64_t pos, int64_t* limit) noexcept {
+        if (pos < s->low) pos = s->low;
+        auto it = s->r.upper_bound(pos);
+        if (it != s->r.begin()) {
+            auto p = std::prev(it);
+            if (p->second > pos) pos = p->second;
+        }
+        *limit = it == s->r.end() ? INT64_MAX : it->first;
+        return pos;
+    }
+    /* What a tracking run shares with its iterator (refcounted: the run's
+       RunState and the iterator each hold one reference). */
+    struct FpTrack {
+        std::atomic<int64_t> refcnt{1};
+        std::unordered_map<std::string, int64_t> src_of;  // reader input 0 -> source id
+        std::vector<FpRanges> skip;         // per source: delivered before (resume)
+        bool resumed = false;               // a resumed run: cursors restart at 0
+        std::mutex mu;                      // protects orphans and untracked
+        std::vector<FpTag> orphans;         // tags of records no enqueue carried on
+        std::string untracked;              // the first enqueue of an untagged record
+    };
+    static thread_local FpTrack* fp_next_track = nullptr;
+    static inline void fp_track_decref(FpTrack* t) noexcept {
+        if (t && t->refcnt.fetch_sub(1) == 1) delete t;
+    }
+    /* The next rs_new on this thread tracks with t (one reference is given). */
+    static inline void fp_track_set_next(FpTrack* t) noexcept {
+        if (fp_next_track) fp_track_decref(fp_next_track);
+        if (t) t->refcnt.fetch_add(1);
+        fp_next_track = t;
+    }
+    static inline FpTrack* fp_track_take_next() noexcept {
+        FpTrack* t = fp_next_track; fp_next_track = nullptr;
+        if (t) fp_tracking_runs.fetch_add(1);
+        return t;
+    }
+    static inline void fp_track_run_done(FpTrack* t) noexcept {
+        if (t) { fp_tracking_runs.fetch_sub(1); fp_track_decref(t); }
+    }
+    static inline int64_t fp_track_src(FpTrack* t, const std::string& name) noexcept {
+        auto it = t->src_of.find(name);
+        return it == t->src_of.end() ? -1 : it->second;
+    }
+    static inline const FpRanges* fp_track_skip(FpTrack* t, int64_t src) noexcept {
+        if (!t->resumed || src < 0 || (size_t)src >= t->skip.size()) return nullptr;
+        return &t->skip[src];
+    }
+    /* A thread ends normally: its pending tags belong to records nothing
+       carried on (dropped by a filter): delivered-empty. */
+    static void fp_track_thread_end(FpTrack* t, int ok) noexcept {
+        FpTags* p = fp_tags_take();
+        if (!p) return;
+        if (t && ok) {
+            std::lock_guard<std::mutex> g(t->mu);
+            try { t->orphans.insert(t->orphans.end(), p->begin(), p->end()); } catch (...) {}
+        }
+        delete p;
+    }
+    static void fp_track_note_untracked(FpTrack* t, const std::string& msg) noexcept {
+        std::lock_guard<std::mutex> g(t->mu);
+        if (t->untracked.empty()) { try { t->untracked = msg; } catch (...) {} }
+    }
+    """
+    ctypedef struct FpTag:
+        int64_t src
+        int64_t start
+        int64_t end
+    cppclass FpRanges:
+        int64_t low
+        void add(int64_t a, int64_t b) except +
+    cppclass FpTrack:
+        unordered_map[string, int64_t] src_of
+        vector[FpRanges] skip
+        bint resumed
+        vector[FpTag] orphans
+        string untracked
+    bint fp_tracking_active() noexcept nogil
+    vector[FpTag]* fp_tags_peek() noexcept nogil
+    vector[FpTag]* fp_tags_take() noexcept nogil
+    void fp_tags_put(vector[FpTag]* t) noexcept nogil
+    void fp_tags_free(vector[FpTag]* t) noexcept nogil
+    int fp_tags_add(int64_t src, int64_t a, int64_t b) noexcept nogil
+    void fp_tags_merge(vector[FpTag]* t) noexcept nogil
+    int64_t fp_ranges_jump(const FpRanges* s, int64_t pos, int64_t* limit) noexcept nogil
+    void fp_track_decref(FpTrack* t) noexcept nogil
+    void fp_track_set_next(FpTrack* t) noexcept nogil
+    FpTrack* fp_track_take_next() noexcept nogil
+    void fp_track_run_done(FpTrack* t) noexcept nogil
+    int64_t fp_track_src(FpTrack* t, const string& name) noexcept nogil
+    const FpRanges* fp_track_skip(FpTrack* t, int64_t src) noexcept nogil
+    void fp_track_thread_end(FpTrack* t, bint ok) noexcept nogil
+    void fp_track_note_untracked(FpTrack* t, const string& msg) noexcept nogil
+
+
 cdef int64_t g_run_ids = 0
 
 
@@ -103,6 +287,7 @@ cdef cppclass RunState:
     # Warnings noted by kernels (rs_warn), each message once; Python emits
     # them as FastpipeWarning when the run ends (run_warnings in dataset.pxi).
     vector[string] warnings
+    FpTrack* track          # provenance tracking (NULL: this run does not track)
 
 
 ctypedef struct RunCtx:
@@ -125,6 +310,7 @@ cdef RunState* rs_new() noexcept nogil:
     rs.err_op_index = -1
     rs.err_has_step = False
     rs.err_instance = -1
+    rs.track = fp_track_take_next()     # set by LocalSession.iterate on this thread
     return rs
 
 
@@ -147,6 +333,7 @@ cdef void rs_free(RunState* rs) noexcept nogil:
     if rs.err_exc != NULL:
         with gil:
             Py_DECREF(<object>rs.err_exc)
+    fp_track_run_done(rs.track)
     fp_mutex_destroy(&rs.lock)
     fp_cond_destroy(&rs.done_cv)
     del rs
@@ -267,6 +454,17 @@ cdef bint rs_cancel_unfinished(RunState* rs, int code, const string& msg) noexce
 
 cdef inline bint rs_cancelled(RunCtx* ctx) noexcept nogil:
     return fp_load_relaxed(&ctx.rs.cancelled) != 0
+
+
+cdef inline int64_t track_src(OpInst* op, RunCtx* ctx, int64_t* run, int64_t* src) noexcept nogil:
+    """The source id of reader op `op` (keyed by its input 0: the cursor or
+    reader blob) in a tracking run, else -1; cached in *run / *src."""
+    if ctx.rs == NULL or ctx.rs.track == NULL:
+        return -1
+    if run[0] != ctx.rs.run_id:
+        src[0] = fp_track_src(ctx.rs.track, op.d.inputs[0])
+        run[0] = ctx.rs.run_id
+    return src[0]
 
 
 cdef string op_where(OpInst* op, RunCtx* ctx) noexcept nogil:
@@ -764,6 +962,8 @@ cdef void* worker_main(void* arg) noexcept nogil:
         w.rc = -1
     else:
         w.rc = exec_step(w.step, &w.ctx)
+    if fp_tags_peek() != NULL:
+        fp_track_thread_end(w.ctx.rs.track, w.rc == 0 and not rs_cancelled(&w.ctx))
     return NULL
 
 
