@@ -512,6 +512,10 @@ def _resume_sources(compiled):
             elif p is not None:
                 refusals.append("cannot resume: %s reads in the order of %r, made by %s, which "
                                 "fastpipe cannot reproduce" % (where, op.input[1], _op_label(p)))
+            elif p is None and _core._unseeded_order(op.input[1]):
+                refusals.append("cannot resume: %s reads in the order of %r, made by a "
+                                "SortAndShuffle without a seed (a new run shuffles "
+                                "differently; give SortAndShuffle a seed)" % (where, op.input[1]))
         index[key] = len(sources)
         sources.append(([key], meta, array_state))
     return sources, refusals

@@ -641,6 +641,24 @@ cdef int k_compute_offset(OpInst* op, RunCtx* ctx) noexcept nogil:
 
 # ---- SortAndShuffle ------------------------------------------------------------------
 
+# Output blob names of SortAndShuffle runs without a seed (the last run of
+# each name wins): a reader through such an order cannot be resumed exactly,
+# even when the order was made outside the job (LocalSession.iterate asks).
+cdef fp_mutex g_unseeded_lock      # protects g_unseeded_orders
+fp_mutex_init(&g_unseeded_lock)
+cdef unordered_map[string, int64_t] g_unseeded_orders
+
+
+def _unseeded_order(name):
+    """True when blob `name` was last written by a SortAndShuffle without a seed."""
+    cdef string k = _bname(name)
+    cdef bint r
+    fp_lock(&g_unseeded_lock)
+    r = g_unseeded_orders.count(k) != 0
+    fp_unlock(&g_unseeded_lock)
+    return r
+
+
 cdef int k_sort_and_shuffle(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Cursor* c = op_cursor(op, ctx)
     cdef FieldTree* t
@@ -704,6 +722,12 @@ cdef int k_sort_and_shuffle(OpInst* op, RunCtx* ctx) noexcept nogil:
     # seed given (the schema checked its range): that permutation, every time;
     # not given: a fresh random seed on every run, so that processes (and runs)
     # do not all read in one order
+    fp_lock(&g_unseeded_lock)
+    if op.d.args[SAS_SEED].present:
+        g_unseeded_orders.erase(op.d.outputs[0])
+    else:
+        g_unseeded_orders[op.d.outputs[0]] = 1
+    fp_unlock(&g_unseeded_lock)
     if op.d.args[SAS_SEED].present:
         seed = <uint32_t>op.d.args[SAS_SEED].i
     else:

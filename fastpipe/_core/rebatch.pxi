@@ -269,6 +269,12 @@ cdef int k_enqueue_rebatching_queue(OpInst* op, RunCtx* ctx) noexcept nogil:
                         cstr(b"' holds ") + to_str(q.nblobs) +
                         cstr(b" blobs per record, but the op has ") + to_str(n) +
                         cstr(b" data inputs"))
+    if ctx.rs.track != NULL:
+        # provenance tags (runtime.pxi) do not follow rows split off a batch
+        fp_track_note_untracked(ctx.rs.track, op_where(op, ctx) + cstr(b" enqueues into "
+                                b"rebatching queue '") + q.name + cstr(b"', which splits and "
+                                b"regroups records: exact resume cannot follow them"))
+        fp_tags_free(fp_tags_take())
     for j in range(n):
         t = in_t(op, ctx, 1 + j)
         if t == NULL:
