@@ -421,7 +421,7 @@ class _WorkspaceFetch(object):
 # ---- exact resume of iterate (provenance tags: fastpipe/_core/runtime.pxi) --------
 
 #: reader ops whose input 0 (cursor / reader) is a resumable source, by op type
-_RESUMABLE_READS = ("ReadNextBatch", "ReadRandomBatch", "ReadArrayBatch")
+_RESUMABLE_READS = ("ReadNextBatch", "ReadRandomBatch", "ReadArrayBatch", "TextFileReaderRead")
 _STATE_VERSION = 1
 
 

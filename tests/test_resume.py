@@ -42,13 +42,35 @@ def _dataset(ws, n, name):
     return ds
 
 
+_TSV = {}
+
+
+def _tsv_file(n):
+    """A TSV file of ids 0..n-1, one per line (made once per process)."""
+    if n not in _TSV:
+        import tempfile
+        fd, path = tempfile.mkstemp(suffix=".tsv")
+        with os.fdopen(fd, "w") as f:
+            f.write("".join("%d\n" % i for i in range(n)))
+        _TSV[n] = path
+    return _TSV[n]
+
+
 def _reader(ws, kind, n, batch, shuffle, tag=""):
     """A resumable source of ids 0..n-1 (`kind`), seeded when shuffled."""
     if kind == "array":
         return sources.ArrayReader({"id": np.arange(n, dtype=np.int64)}, batch_size=batch,
                                    shuffle=shuffle, seed=11)
-    ds = _dataset(ws, n, "ds" + tag)
     bs = batch or 1
+    if kind == "text":
+        from fastpipe.text_file_reader import TextFileReader
+        path = _tsv_file(n)
+        init = core.Net("tsv_init" + tag)
+        r = TextFileReader(init, path, schema.Struct(("id", schema.Scalar(np.int64))),
+                           batch_size=bs)
+        ws.run(init)
+        return r
+    ds = _dataset(ws, n, "ds" + tag)
     if kind == "dataset":
         return ds.reader(batch_size=bs)
     if kind == "epoch":
@@ -129,7 +151,7 @@ def _expected(n, keep_odd=False, native_filter=False):
 @pytest.mark.timeout(120)
 @settings(max_examples=int(os.environ.get("FASTPIPE_RESUME_EXAMPLES", "40")), deadline=None,
           suppress_health_check=list(HealthCheck))
-@given(kind=st.sampled_from(["array", "dataset", "epoch", "random"]),
+@given(kind=st.sampled_from(["array", "dataset", "epoch", "random", "text"]),
        shuffle=st.booleans(),
        batch1=st.sampled_from([None, 1, 3, 16]), batch2=st.sampled_from([None, 1, 5, 16]),
        inst1=st.tuples(st.integers(1, 4), st.integers(1, 4)),
@@ -473,3 +495,44 @@ def test_untracked_job_pays_nothing_and_plain_iterate_still_works():
     with session.LocalSession(ws).iterate(tg, q, timeout=TIMEOUT) as it:
         got = sorted(int(rec[0]) for rec in it)
     assert got == list(range(N))
+
+
+# ---- TextFileReader -------------------------------------------------------------------
+
+def _tsv_job(ws, path, batch, inst, passes):
+    from fastpipe.text_file_reader import TextFileReader
+    init = core.Net("tsv_init")
+    reader = TextFileReader(init, str(path), schema.Struct(("id", schema.Scalar(np.int64))),
+                            num_passes=passes, batch_size=batch)
+    ws.run(init)
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(reader, processor=_py_stage(True), num_runtime_threads=inst[0],
+                          capacity=2)
+        q = pipeline.pipe(q, num_runtime_threads=inst[1], capacity=3)
+    return tg, q
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("passes,stop", [(1, 0), (1, 13), (2, 40), (2, 1000)])
+def test_text_file_reader_resumes_by_line(tmp_path, passes, stop):
+    path = tmp_path / "ids.tsv"
+    path.write_text("".join("%d\n" % i for i in range(N)))
+    ws = workspace.C.Workspace()
+    tg, q = _tsv_job(ws, path, 7, (2, 2), passes)
+    first, saved = _run1(ws, tg, q, stop)
+    ws = workspace.C.Workspace()
+    tg, q = _tsv_job(ws, path, 3, (3, 1), passes)
+    second, _ = _run2(ws, tg, q, saved)
+    assert sorted(first + second) == sorted(_expected(N, keep_odd=True) * passes)
+
+
+def test_text_file_reader_same_reader_restarts_on_resume(tmp_path):
+    """The reader object of run 1 (its file read to the middle) resumes
+    from the start of the file, skipping what was delivered."""
+    path = tmp_path / "ids.tsv"
+    path.write_text("".join("%d\n" % i for i in range(N)) + "%d" % N)   # no last newline
+    ws = workspace.C.Workspace()
+    tg, q = _tsv_job(ws, path, 5, (2, 2), 1)
+    first, saved = _run1(ws, tg, q, stop=9)
+    second, _ = _run2(ws, tg, q, saved)
+    assert sorted(first + second) == _expected(N + 1, keep_odd=True)
