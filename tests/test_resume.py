@@ -536,3 +536,62 @@ def test_text_file_reader_same_reader_restarts_on_resume(tmp_path):
     first, saved = _run1(ws, tg, q, stop=9)
     second, _ = _run2(ws, tg, q, saved)
     assert sorted(first + second) == _expected(N + 1, keep_odd=True)
+
+
+# ---- iterate over a rebatching queue ----------------------------------------------------
+
+def _rebatch_job(ws, rows, iters, capacity=8):
+    mk = core.Net("rq_mk")
+    mk.CreateRebatchingQueue([], "rq_it", capacity=capacity, num_blobs=2)
+    ws.run(mk)
+    ws.feed_blob("rq_ids", np.arange(rows, dtype=np.int64))
+    ws.feed_blob("rq_x", np.arange(rows * 3, dtype=np.float32).reshape(rows, 3))
+    with task.TaskGroup() as tg:
+        with task.Task(name="fill"):
+            fill = core.Net("rq_fill")
+            fill.EnqueueRebatchingQueue(["rq_it", "rq_ids", "rq_x"], [], enqueue_batch=True)
+            ops.net(core.execution_step("rq_fill_loop", fill, num_iter=iters))
+            close = core.Net("rq_close")
+            close.CloseRebatchingQueue(["rq_it"], [])
+            ops.net(close)
+    return tg
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("k,capacity", [(1, 1), (5, 8), (64, 4)])
+def test_iterate_a_rebatching_queue(k, capacity):
+    ws = workspace.C.Workspace()
+    tg = _rebatch_job(ws, rows=12, iters=10, capacity=capacity)
+    with session.LocalSession(ws).iterate(tg, "rq_it", num_records=k, timeout=TIMEOUT) as it:
+        items = list(it)
+    # what DequeueRebatchingQueue(num_elements=k) returns: k records stacked on a new dim 0
+    assert all(ids.shape[0] <= k and x.shape == (ids.shape[0], 3) for ids, x in items)
+    assert sum(ids.shape[0] for ids, _ in items) == 120
+    ids = np.concatenate([i for i, _ in items])
+    xs = np.concatenate([x for _, x in items])
+    assert sorted(ids.tolist()) == sorted(list(range(12)) * 10)
+    assert (xs[:, 0] == ids * 3).all()
+    if k < 120:
+        assert items[0][0].shape == (k,)
+
+
+@pytest.mark.timeout(60)
+def test_state_over_a_rebatching_queue_is_refused():
+    ws = workspace.C.Workspace()
+    tg = _rebatch_job(ws, rows=4, iters=3)
+    with session.LocalSession(ws).iterate(tg, "rq_it", num_records=2, timeout=TIMEOUT) as it:
+        assert sum(i.shape[0] for i, _ in it) == 12
+        with pytest.raises(NotSupportedError, match=r"enqueues into rebatching queue 'rq_it'"):
+            it.state()
+
+
+@pytest.mark.timeout(60)
+def test_closing_an_iterator_over_a_blocked_rebatching_queue_joins_the_job():
+    ws = workspace.C.Workspace()
+    tg = _rebatch_job(ws, rows=4, iters=1000, capacity=2)     # the filler blocks on full
+    it = session.LocalSession(ws).iterate(tg, "rq_it", num_records=3, timeout=TIMEOUT)
+    ids, _ = next(it)
+    assert ids.shape == (3,)
+    it.close()                  # cancels the job: the blocked enqueue wakes, threads join
+    with pytest.raises(StopIteration):
+        next(it)

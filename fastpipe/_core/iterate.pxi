@@ -357,6 +357,7 @@ cdef class RecordIterator:
     cdef ObjHeader* old_h       # what the blob held before the start (one ref)
     cdef ObjHeader* qh          # the queue (one ref) once resolved
     cdef Queue* q
+    cdef RebatchQueue* rq       # instead of q: iterating a rebatching queue
     cdef int64_t nblobs
     cdef int64_t k              # records per item
     cdef Tensor* outs           # k * nblobs tensors of the iterator (no locks)
@@ -385,6 +386,7 @@ cdef class RecordIterator:
         self.old_h = NULL
         self.qh = NULL
         self.q = NULL
+        self.rq = NULL
         self.outs = NULL
         self.nblobs = 0
         memset(&self.st, 0, sizeof(QStats))
@@ -424,6 +426,7 @@ cdef class RecordIterator:
             obj_decref(self.qh)
             self.qh = NULL
             self.q = NULL
+            self.rq = NULL
         if self.old_h != NULL:
             obj_decref(self.old_h)
             self.old_h = NULL
@@ -627,7 +630,8 @@ cdef class RecordIterator:
                     # this check broadcasts done_cv after we wait (no lost wake-up)
                     h = blob_get_obj(b)
                     registered = h != NULL and _rs_has_queue(rs, h)
-                    ok = h != NULL and h.kind == OBJ_QUEUE and (registered or h != self.old_h)
+                    ok = h != NULL and (h.kind == OBJ_QUEUE or h.kind == OBJ_REBATCH_QUEUE) \
+                        and (registered or h != self.old_h)
                     done = rs.done
                     if ok or done:
                         break
@@ -639,7 +643,8 @@ cdef class RecordIterator:
                     if fp_wait_until(&rs.done_cv, &rs.lock, slice_end):
                         break       # slice over: check signals and the deadline
                 fp_unlock(&rs.lock)
-            if not ok and done and h != NULL and h.kind == OBJ_QUEUE:
+            if not ok and done and h != NULL and (h.kind == OBJ_QUEUE or
+                                                  h.kind == OBJ_REBATCH_QUEUE):
                 ok = True       # the run ended; the blob holds a queue it did not register
             if ok:
                 break
@@ -660,6 +665,8 @@ cdef class RecordIterator:
             # make sure the run's failure or cancellation closes it
             rs_register_queue(rs, h)
         self.qh = h
+        if h.kind == OBJ_REBATCH_QUEUE:
+            return self._resolved_rq(h)
         self.q = <Queue*>h.impl
         self.nblobs = self.q.nblobs
         self.wake_mark = self.q.capacity - max(1, self.q.capacity // 4)
@@ -680,10 +687,128 @@ cdef class RecordIterator:
         self._set_fields()
         return 1
 
+    cdef int _resolved_rq(self, ObjHeader* h) except -1:
+        """The blob holds a rebatching queue: items are what
+        DequeueRebatchingQueue(num_elements=num_records) returns (up to k
+        records stacked along a new dim 0)."""
+        self.rq = <RebatchQueue*>h.impl
+        self.nblobs = self.rq.nblobs
+        if self.nblobs > MAX_REC_BLOBS:
+            raise ArgumentError("rebatching queue %r holds %d blobs per record, at most %d "
+                                "can be iterated" % (self.qname, self.nblobs, MAX_REC_BLOBS))
+        self.outs = <Tensor*>calloc(self.k * self.nblobs if self.nblobs else 1, sizeof(Tensor))
+        if self.outs == NULL:
+            raise OutOfMemoryError("RecordIterator over rebatching queue %r" % self.qname)
+        obj_decref(self.old_h)
+        self.old_h = NULL
+        self._drop_blob()
+        self._set_fields()
+        return 1
+
+    cdef object _next_rq(self, int64_t deadline):
+        """Up to k records of the rebatching queue, stacked along a new dim 0."""
+        cdef int64_t got = 0, r, n = self.nblobs, slice_end, now
+        cdef bint drained = False, done
+        cdef RunState* rs = self.rs
+        while got < self.k:
+            if fp_load_relaxed(&rs.cancelled):
+                break
+            now = fp_now_ns()
+            if deadline >= 0 and now >= deadline:
+                if got:
+                    break           # hand over the records already taken
+                raise _IterTimeoutError(
+                    "RecordIterator: no record from rebatching queue %r within %.3g s (the "
+                    "job keeps running)" % (self.qname, self.timeout_ns / 1e9))
+            slice_end = now + IT_SLICE_NS
+            if deadline >= 0 and deadline < slice_end:
+                slice_end = deadline
+            with nogil:
+                r = rq_pop_until(self.rq, &self.outs[got * n], self.k - got, slice_end,
+                                 &drained)
+            got += r
+            if got == self.k or drained:
+                break
+            if r:
+                continue
+            fp_lock(&rs.lock)
+            done = rs.done
+            fp_unlock(&rs.lock)
+            if done:                # the run ended without closing it: take what is left
+                with nogil:
+                    got += rq_pop_until(self.rq, &self.outs[got * n], self.k - got, 0,
+                                        &drained)
+                break
+            try:
+                PyErr_CheckSignals()
+            except BaseException as e:
+                self._abort(e)
+                raise
+        fp_tags_free(fp_tags_take())    # rebatched records carry no tags to keep
+        if got == 0 or fp_load_relaxed(&rs.cancelled):
+            for r in range(got * n):
+                tensor_clear(&self.outs[r])
+            return self._end(deadline)
+        return self._stack(got)
+
+    cdef object _stack(self, int64_t got):
+        cdef int64_t n = self.nblobs, j, kk, d, isz
+        cdef Tensor* first
+        cdef Tensor* r
+        cdef Tensor out
+        cdef _RecordBufs base = _RecordBufs.__new__(_RecordBufs)
+        base.init(n, None)
+        arrays = []
+        try:
+            for j in range(n):
+                first = &self.outs[j]
+                for kk in range(1, got):
+                    r = &self.outs[kk * n + j]
+                    bad = r.dtype != first.dtype or r.ndim != first.ndim
+                    for d in range(r.ndim):
+                        if not bad and r.shape[d] != first.shape[d]:
+                            bad = True
+                    if bad:
+                        raise RunError("RecordIterator over rebatching queue %r: cannot stack "
+                                       "records: column %d is %s in record %d but %s in "
+                                       "record 0" % (self.qname, j, tensor_describe(r).decode(),
+                                                     kk, tensor_describe(first).decode()))
+                if first.ndim + 1 > MAX_DIMS:
+                    raise RunError("RecordIterator over rebatching queue %r: column %d is %s; "
+                                   "a batch of it would have more than 8 dims"
+                                   % (self.qname, j, tensor_describe(first).decode()))
+                if first.dtype == DT_STRING:
+                    arrays.append(_np.stack([_snapshot_to_numpy(&self.outs[kk * n + j])
+                                             for kk in range(got)]))
+                    continue
+                memset(&out, 0, sizeof(Tensor))
+                out.shape[0] = got
+                for d in range(first.ndim):
+                    out.shape[d + 1] = first.shape[d]
+                if tensor_reshape(&out, first.dtype, first.ndim + 1, out.shape) != 0:
+                    raise OutOfMemoryError("RecordIterator over rebatching queue %r" % self.qname)
+                isz = first.size * dtype_itemsize(first.dtype)
+                for kk in range(got):
+                    if isz:
+                        memcpy(<char*>tdata(&out) + kk * isz, tdata(&self.outs[kk * n + j]), isz)
+                arrays.append(_take_array(&out, base, j))
+        except BaseException:
+            self.phase = IT_END
+            self._release()
+            self.nrun._stop(True)
+            raise
+        finally:
+            if self.outs != NULL:
+                for kk in range(got * n):
+                    tensor_clear(&self.outs[kk])
+        if self.rec_type is None:
+            return tuple(arrays)
+        return self.rec_type(arrays)
+
     cdef _set_fields(self):
         cdef size_t i
         names = None
-        if self.q.fields.size() == <size_t>self.nblobs and self.nblobs > 0:
+        if self.q != NULL and self.q.fields.size() == <size_t>self.nblobs and self.nblobs > 0:
             names = tuple(self.q.fields[i].decode("utf-8", "replace")
                           for i in range(self.q.fields.size()))
         elif self._fields is not None and len(self._fields) == self.nblobs:
@@ -803,7 +928,7 @@ cdef class RecordIterator:
         try:
             if self.phase == IT_READ:
                 # fast path: a record is waiting, the run is healthy
-                if self.k == 1 and not fp_load_relaxed(&self.rs.cancelled):
+                if self.k == 1 and self.q != NULL and not fp_load_relaxed(&self.rs.cancelled):
                     self._prime(self.outs)
                     if try_read(self.q, self.ptrs, &self.st) == Q_OK:
                         self._after_read()
@@ -834,6 +959,8 @@ cdef class RecordIterator:
             deadline = fp_now_ns() + self.timeout_ns
         if self.phase == IT_DRAIN:
             return self._end(deadline)
+        if self.rq != NULL:
+            return self._next_rq(deadline)
         if self.k == 1:
             self._prime(self.outs)
             if not self._read_one(self.ptrs, deadline):
