@@ -247,7 +247,11 @@ class LocalSession(Session):
             runnable: a TaskGroup (or anything ``run`` takes).
             queue: a ``queue_util.Queue`` (what ``pipeline.pipe`` returns), a
                 ``QueueWrapper``, or a blob queue's ``BlobReference`` / name.
-                The job creates it (its init nets) or uses it.
+                The job creates it (its init nets) or uses it.  A rebatching
+                queue's blob (``CreateRebatchingQueue``) works too: each item
+                is then what ``DequeueRebatchingQueue(num_elements=
+                num_records)`` returns (up to ``num_records`` records
+                stacked along a new dim 0).
             num_records: records per item, concatenated along dim 0 as
                 SafeDequeueBlobs does (the last item may hold fewer).
             timeout: seconds one ``next()`` may wait; then it raises

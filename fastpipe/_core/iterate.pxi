@@ -64,8 +64,10 @@ cdef extern from *:
         for (const auto& kv : s->r) { out->push_back(kv.first); out->push_back(kv.second); }
     }
     static void fp_ranges_absorb(std::vector<FpRanges>* d, FpTags* t) {
-        for (const FpTag& x : *t)
+        for (size_t i = 0; i < t->size(); i++) {
+            const FpTag& x = t->at(i);
             if (x.src >= 0 && (size_t)x.src < d->size()) (*d)[x.src].add(x.start, x.end);
+        }
         delete t;
     }
     static FpTrack* fp_track_new() { return new FpTrack(); }
@@ -73,7 +75,7 @@ cdef extern from *:
     """
     void fp_track_collect(FpTrack* t, vector[FpRanges]* d, string* untracked) except +
     void fp_ranges_export(const FpRanges* s, vector[int64_t]* out) except +
-    void fp_ranges_absorb(vector[FpRanges]* d, vector[FpTag]* t) except +
+    void fp_ranges_absorb(vector[FpRanges]* d, FpTags* t) except +
     FpTrack* fp_track_new() except +
     void fp_track_add_key(FpTrack* t, const string& k, int64_t src) except +
 
@@ -571,7 +573,7 @@ cdef class RecordIterator:
     cdef inline void _absorb(self):
         """The tags of the records just read (this thread's pending tags)
         join the delivered set: call only when the item is handed over."""
-        cdef vector[FpTag]* t = fp_tags_take()
+        cdef FpTags* t = fp_tags_take()
         if t != NULL:
             if self.dlv != NULL:
                 fp_ranges_absorb(self.dlv, t)

@@ -33,7 +33,7 @@ ctypedef struct Slot:
     # Slots live inline in one cache-aligned block (stride: a multiple of
     # 64 bytes) so a record's sequence word and tensors share cache lines.
     int64_t seq             # Vyukov sequence: pos = free for the writer at pos, pos+1 = full
-    vector[FpTag]* tags     # the record's provenance tags (NULL: none; runtime.pxi)
+    FpTags* tags     # the record's provenance tags (NULL: none; runtime.pxi)
                             # the slot's nblobs tensors follow at byte 16 (slot_t)
 
 

@@ -99,9 +99,22 @@ cdef extern from *:
     #include <atomic>
     #include <mutex>
     #include <cstdint>
+    #include <algorithm>
     struct FpTag { int64_t src, start, end; };
-    typedef std::vector<FpTag> FpTags;
-    static thread_local FpTags* fp_tls_tags = nullptr;
+    /* A record's tags: a few inline (one allocation per tagged record), more
+       in a vector (records merged by num_records, sources zipped). */
+    struct FpTags {
+        int n = 0;
+        FpTag inl[3];
+        std::vector<FpTag> more;
+        size_t size() const { return (size_t)n + more.size(); }
+        const FpTag& at(size_t i) const { return i < (size_t)n ? inl[i] : more[i - n]; }
+        FpTag& back() { return more.empty() ? inl[n - 1] : more.back(); }
+        void push(const FpTag& t) { if (n < 3 && more.empty()) inl[n++] = t; else more.push_back(t); }
+    };
+    /* initial-exec: the pending-tags pointer is read on every enqueue of a
+       tracking run; no __tls_get_addr call for it (8 bytes of static TLS) */
+    static __thread FpTags* fp_tls_tags __attribute__((tls_model("initial-exec"))) = nullptr;
     static std::atomic<int64_t> fp_tracking_runs{0};
     static inline int fp_tracking_active() noexcept {
         return fp_tracking_runs.load(std::memory_order_relaxed) != 0;
@@ -116,11 +129,11 @@ cdef extern from *:
         if (b <= a || src < 0) return 0;
         try {
             FpTags* t = fp_tls_tags;
-            if (!t) { t = new FpTags(); t->reserve(2); fp_tls_tags = t; }
-            if (!t->empty() && t->back().src == src && t->back().end == a) {
+            if (!t) { t = new FpTags(); fp_tls_tags = t; }
+            if (t->size() && t->back().src == src && t->back().end == a) {
                 t->back().end = b; return 0;
             }
-            t->push_back(FpTag{src, a, b});
+            t->push(FpTag{src, a, b});
             return 0;
         } catch (...) { return -1; }
     }
@@ -129,48 +142,52 @@ cdef extern from *:
         if (!t) return;
         FpTags* cur = fp_tls_tags;
         if (!cur) { fp_tls_tags = t; return; }
-        try { cur->insert(cur->end(), t->begin(), t->end()); } catch (...) {}
+        try { for (size_t i = 0; i < t->size(); i++) cur->push(t->at(i)); } catch (...) {}
         delete t;
     }
     /* Disjoint, non-adjacent ranges [a, b) above `low` (everything below
        low is in the set): what an iterator delivered, per source. */
+    /* (a sorted vector, not a tree: it holds about as many ranges as
+       records can be in flight, and adding one allocates nothing) */
+    typedef std::pair<int64_t, int64_t> FpRange;
     struct FpRanges {
         int64_t low = 0;
-        std::map<int64_t, int64_t> r;
+        std::vector<FpRange> r;
         void add(int64_t a, int64_t b) {
             if (b <= low) return;
             if (a < low) a = low;
             if (a == low) {
                 low = b;
-                while (!r.empty() && r.begin()->first <= low) {
-                    if (r.begin()->second > low) low = r.begin()->second;
-                    r.erase(r.begin());
+                size_t k = 0;
+                while (k < r.size() && r[k].first <= low) {
+                    if (r[k].second > low) low = r[k].second;
+                    k++;
                 }
+                if (k) r.erase(r.begin(), r.begin() + k);
                 return;
             }
-            auto it = r.upper_bound(a);
-            if (it != r.begin()) {
-                auto p = std::prev(it);
-                if (p->second >= a) {
-                    a = p->first;
-                    if (p->second > b) b = p->second;
-                    r.erase(p);
-                }
+            /* the first range that ends at or after a: it and the ones after
+               it that start at or before b merge with [a, b) */
+            auto it = std::lower_bound(r.begin(), r.end(), a,
+                [](const FpRange& p, int64_t v) { return p.second < v; });
+            auto jt = it;
+            while (jt != r.end() && jt->first <= b) {
+                if (jt->first < a) a = jt->first;
+                if (jt->second > b) b = jt->second;
+                ++jt;
             }
-            while (it != r.end() && it->first <= b) {
-                if (it->second > b) b = it->second;
-                it = r.erase(it);
-            }
-            r[a] = b;
+            if (it == jt) r.insert(it, FpRange(a, b));
+            else { *it = FpRange(a, b); r.erase(it + 1, jt); }
         }
     };
     /* A reader's cursor at pos: the first position >= pos not in s, and in
        *limit the start of the next range of s above it (INT64_MAX: none). */
     static int64_t fp_ranges_jump(const FpRanges* s, int64_t pos, int64_t* limit) noexcept {
         if (pos < s->low) pos = s->low;
-        auto it = s->r.upper_bound(pos);
+        auto it = std::upper_bound(s->r.begin(), s->r.end(), pos,
+            [](int64_t v, const FpRange& p) { return v < p.first; });
         if (it != s->r.begin()) {
-            auto p = std::prev(it);
+            auto p = it - 1;
             if (p->second > pos) pos = p->second;
         }
         *limit = it == s->r.end() ? INT64_MAX : it->first;
@@ -220,7 +237,8 @@ cdef extern from *:
         if (!p) return;
         if (t && ok) {
             std::lock_guard<std::mutex> g(t->mu);
-            try { t->orphans.insert(t->orphans.end(), p->begin(), p->end()); } catch (...) {}
+            try { for (size_t i = 0; i < p->size(); i++) t->orphans.push_back(p->at(i)); }
+            catch (...) {}
         }
         delete p;
     }
@@ -233,6 +251,8 @@ cdef extern from *:
         int64_t src
         int64_t start
         int64_t end
+    cppclass FpTags:
+        pass
     cppclass FpRanges:
         int64_t low
         void add(int64_t a, int64_t b) except +
@@ -243,12 +263,12 @@ cdef extern from *:
         vector[FpTag] orphans
         string untracked
     bint fp_tracking_active() noexcept nogil
-    vector[FpTag]* fp_tags_peek() noexcept nogil
-    vector[FpTag]* fp_tags_take() noexcept nogil
-    void fp_tags_put(vector[FpTag]* t) noexcept nogil
-    void fp_tags_free(vector[FpTag]* t) noexcept nogil
+    FpTags* fp_tags_peek() noexcept nogil
+    FpTags* fp_tags_take() noexcept nogil
+    void fp_tags_put(FpTags* t) noexcept nogil
+    void fp_tags_free(FpTags* t) noexcept nogil
     int fp_tags_add(int64_t src, int64_t a, int64_t b) noexcept nogil
-    void fp_tags_merge(vector[FpTag]* t) noexcept nogil
+    void fp_tags_merge(FpTags* t) noexcept nogil
     int64_t fp_ranges_jump(const FpRanges* s, int64_t pos, int64_t* limit) noexcept nogil
     void fp_track_decref(FpTrack* t) noexcept nogil
     void fp_track_set_next(FpTrack* t) noexcept nogil
