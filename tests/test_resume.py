@@ -595,3 +595,76 @@ def test_closing_an_iterator_over_a_blocked_rebatching_queue_joins_the_job():
     it.close()                  # cancels the job: the blocked enqueue wakes, threads join
     with pytest.raises(StopIteration):
         next(it)
+
+
+# ---- nested Dataset fields, NpyReader ---------------------------------------------------
+
+def _nested_job(ws, n, batch, inst, epoch_shuffle=False):
+    """Records (id, v) where v is a list of id % 4 values id * 10 + j: the
+    skip of a resumed ReadNextBatch must move the nested offsets too."""
+    ds = Dataset(["id", "v:lengths", "v:values"], name="nest")
+    init = core.Net("nest_init")
+    with core.NameScope("nest"):
+        ds.init_empty(init)
+    ws.run(init)
+    lens = (np.arange(n) % 4).astype(np.int32)
+    vals = np.concatenate([np.arange(k, dtype=np.float32) + 10 * i for i, k in enumerate(lens)])
+    b = ds.get_blobs()
+    ws.blobs[str(b[0])].feed(np.arange(n, dtype=np.int64))
+    ws.blobs[str(b[1])].feed(lens)
+    ws.blobs[str(b[2])].feed(vals)
+    reader = ds.epoch_reader(batch_size=batch, shuffle=True, seed=9) if epoch_shuffle \
+        else ds.reader(batch_size=batch)
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(reader, num_runtime_threads=inst, capacity=2)
+        q = pipeline.pipe(q, num_runtime_threads=inst, capacity=2)
+    return tg, q
+
+
+def _nested_records(it, stop=None):
+    out = {}
+    for k, (ids, lens, vals) in enumerate(it):
+        off = 0
+        for i, l in zip(ids.tolist(), lens.tolist()):
+            assert i not in out
+            out[i] = vals[off:off + l].tolist()
+            off += l
+        if stop is not None and k + 1 >= stop:
+            break
+    return out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("epoch_shuffle", [False, True])
+def test_nested_dataset_fields_resume_whole_records(epoch_shuffle):
+    ws = workspace.C.Workspace()
+    tg, q = _nested_job(ws, 200, 3, 2, epoch_shuffle)
+    with session.LocalSession(ws).iterate(tg, q, timeout=TIMEOUT) as it:
+        first = _nested_records(it, stop=11)
+        saved = json.loads(json.dumps(it.state()))
+    ws = workspace.C.Workspace()
+    tg, q = _nested_job(ws, 200, 5, 3, epoch_shuffle)
+    with session.LocalSession(ws).iterate(tg, q, timeout=TIMEOUT, state=saved) as it:
+        second = _nested_records(it)
+    assert not set(first) & set(second)
+    allrec = {**first, **second}
+    assert sorted(allrec) == list(range(200))
+    assert all(v == [10.0 * i + j for j in range(i % 4)] for i, v in allrec.items())
+
+
+def test_npy_reader_resumes(tmp_path):
+    np.save(str(tmp_path / "id.npy"), np.arange(N, dtype=np.int64))
+
+    def job(ws, batch, inst):
+        with task.TaskGroup() as tg:
+            src = sources.NpyReader(str(tmp_path), fields=["id"], batch_size=batch,
+                                    shuffle=True, seed=4)
+            q = pipeline.pipe(src, processor=_py_stage(False), num_runtime_threads=inst)
+        return tg, q
+    ws = workspace.C.Workspace()
+    tg, q = job(ws, 8, 2)
+    first, saved = _run1(ws, tg, q, stop=7)
+    ws = workspace.C.Workspace()
+    tg, q = job(ws, 3, 4)
+    second, _ = _run2(ws, tg, q, saved)
+    assert sorted(first + second) == list(range(N))

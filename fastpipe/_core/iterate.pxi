@@ -63,19 +63,22 @@ cdef extern from *:
         out->clear();
         for (const auto& kv : s->r) { out->push_back(kv.first); out->push_back(kv.second); }
     }
-    static void fp_ranges_absorb(std::vector<FpRanges>* d, FpTags* t) {
+    /* This thread's pending tags (the records just read) join d. */
+    static void fp_ranges_absorb(std::vector<FpRanges>* d) {
+        FpTags* t = fp_tls_tags;
+        if (!t || t->size() == 0) return;
         for (size_t i = 0; i < t->size(); i++) {
             const FpTag& x = t->at(i);
             if (x.src >= 0 && (size_t)x.src < d->size()) (*d)[x.src].add(x.start, x.end);
         }
-        delete t;
+        t->clear();
     }
     static FpTrack* fp_track_new() { return new FpTrack(); }
     static void fp_track_add_key(FpTrack* t, const std::string& k, int64_t src) { t->src_of[k] = src; }
     """
     void fp_track_collect(FpTrack* t, vector[FpRanges]* d, string* untracked) except +
     void fp_ranges_export(const FpRanges* s, vector[int64_t]* out) except +
-    void fp_ranges_absorb(vector[FpRanges]* d, FpTags* t) except +
+    void fp_ranges_absorb(vector[FpRanges]* d) except +
     FpTrack* fp_track_new() except +
     void fp_track_add_key(FpTrack* t, const string& k, int64_t src) except +
 
@@ -567,18 +570,16 @@ cdef class RecordIterator:
                 self.dlv[0][i].add(a, b)
         self._src_meta = list(meta)
         self._refusals = list(refusals)
-        fp_tags_free(fp_tags_take())        # nothing of another run on this thread
+        fp_tags_clear()                     # nothing of another run on this thread
         fp_track_set_next(t)
 
     cdef inline void _absorb(self):
         """The tags of the records just read (this thread's pending tags)
         join the delivered set: call only when the item is handed over."""
-        cdef FpTags* t = fp_tags_take()
-        if t != NULL:
-            if self.dlv != NULL:
-                fp_ranges_absorb(self.dlv, t)
-            else:
-                fp_tags_free(t)
+        if self.dlv != NULL:
+            fp_ranges_absorb(self.dlv)
+        else:
+            fp_tags_clear()
 
     def state(self):
         """A small JSON-serialisable dict saying which records this iterator
@@ -746,7 +747,7 @@ cdef class RecordIterator:
             except BaseException as e:
                 self._abort(e)
                 raise
-        fp_tags_free(fp_tags_take())    # rebatched records carry no tags to keep
+        fp_tags_clear()                 # rebatched records carry no tags to keep
         if got == 0 or fp_load_relaxed(&rs.cancelled):
             for r in range(got * n):
                 tensor_clear(&self.outs[r])
@@ -995,7 +996,7 @@ cdef class RecordIterator:
                 break
             got += 1
         if got == 0 or fp_load_relaxed(&self.rs.cancelled):
-            fp_tags_free(fp_tags_take())    # not handed over: not delivered
+            fp_tags_clear()                 # not handed over: not delivered
             return self._end(deadline)
         if self.trk != NULL:
             self._absorb()                  # the k records' tags, as one item

@@ -33,8 +33,8 @@ ctypedef struct Slot:
     # Slots live inline in one cache-aligned block (stride: a multiple of
     # 64 bytes) so a record's sequence word and tensors share cache lines.
     int64_t seq             # Vyukov sequence: pos = free for the writer at pos, pos+1 = full
-    FpTags* tags     # the record's provenance tags (NULL: none; runtime.pxi)
-                            # the slot's nblobs tensors follow at byte 16 (slot_t)
+    FpSlotTags tags         # the record's provenance tags (runtime.pxi; zeros: none)
+    int64_t pad_            # the slot's nblobs tensors follow at byte 48 (slot_t)
 
 
 cdef cppclass Queue:
@@ -77,7 +77,7 @@ cdef void queue_destroy(void* p) noexcept nogil:
     cdef int64_t i, j
     live_queue_remove(q)
     for i in range(q.ring):
-        fp_tags_free(slot_at(q, i).tags)
+        fp_tags_from_slot(&slot_at(q, i).tags)      # frees the heap part
         for j in range(q.nblobs):
             tensor_clear(&slot_t(slot_at(q, i))[j])
     free(q.slot_mem)
@@ -91,7 +91,7 @@ cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept no
     cdef Queue* q = new Queue()
     cdef int64_t i
     cdef int64_t ring = capacity if capacity >= 2 else 2
-    cdef int64_t stride = (16 + nblobs * <int64_t>sizeof(Tensor) + 63) // 64 * 64
+    cdef int64_t stride = (48 + nblobs * <int64_t>sizeof(Tensor) + 63) // 64 * 64
     q.slot_mem = <char*>fp_aligned_alloc(64, ring * stride)
     if q.slot_mem == NULL:
         del q
@@ -126,7 +126,7 @@ cdef inline Slot* slot_at(Queue* q, int64_t i) noexcept nogil:
 
 
 cdef inline Tensor* slot_t(Slot* s) noexcept nogil:
-    return <Tensor*>((<char*>s) + 16)
+    return <Tensor*>((<char*>s) + 48)
 
 
 cdef void queue_close(Queue* q) noexcept nogil:
@@ -200,7 +200,7 @@ cdef int try_write(Queue* q, Tensor** ts) noexcept nogil:
     for j in range(q.nblobs):
         tensor_swap(&slot_t(s)[j], ts[j])
     if fp_tracking_active():
-        s.tags = fp_tags_take()         # the writer's pending tags ride on the record
+        fp_tags_to_slot(&s.tags)        # the writer's pending tags ride on the record
     fp_exchange(&s.seq, pos + 1)        # publish (seq_cst: pairs with wake())
     return Q_OK
 
@@ -227,9 +227,8 @@ cdef int try_read(Queue* q, Tensor** outs, QStats* st) noexcept nogil:
         st.bytes += nb
         st.field_bytes[j] += nb
         tensor_swap(&slot_t(s)[j], outs[j])
-    if s.tags != NULL:
-        fp_tags_merge(s.tags)           # the reader's thread now carries them
-        s.tags = NULL
+    if s.tags.one.end != s.tags.one.start or s.tags.more != NULL:
+        fp_tags_from_slot(&s.tags)      # the reader's thread now carries them
     fp_exchange(&s.seq, pos + q.ring)   # release the slot (seq_cst: pairs with wake())
     return Q_OK
 
@@ -552,7 +551,7 @@ cdef int k_enqueue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int r
     if q == NULL or check_record(op, ctx, q, 1, n) != 0:
         return -1
-    if ctx.rs.track != NULL and fp_tags_peek() == NULL:
+    if ctx.rs.track != NULL and not fp_tags_pending():
         track_untagged(op, ctx, q.name)
     r = enqueue_inputs(op, ctx, q, n)
     if r == -1:
@@ -571,7 +570,7 @@ cdef int k_safe_enqueue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int r
     if q == NULL or check_record(op, ctx, q, 1, n) != 0:
         return -1
-    if ctx.rs.track != NULL and fp_tags_peek() == NULL:
+    if ctx.rs.track != NULL and not fp_tags_pending():
         track_untagged(op, ctx, q.name)
     r = enqueue_inputs(op, ctx, q, n)
     if r == -1:

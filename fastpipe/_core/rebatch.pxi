@@ -303,7 +303,7 @@ cdef int k_enqueue_rebatching_queue(OpInst* op, RunCtx* ctx) noexcept nogil:
         fp_track_note_untracked(ctx.rs.track, op_where(op, ctx) + cstr(b" enqueues into "
                                 b"rebatching queue '") + q.name + cstr(b"', which splits and "
                                 b"regroups records: exact resume cannot follow them"))
-        fp_tags_free(fp_tags_take())
+        fp_tags_clear()
     for j in range(n):
         t = in_t(op, ctx, 1 + j)
         if t == NULL:

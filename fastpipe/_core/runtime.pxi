@@ -101,8 +101,9 @@ cdef extern from *:
     #include <cstdint>
     #include <algorithm>
     struct FpTag { int64_t src, start, end; };
-    /* A record's tags: a few inline (one allocation per tagged record), more
-       in a vector (records merged by num_records, sources zipped). */
+    /* A thread's pending tags: a few inline, more in a vector (records
+       merged by num_records, sources zipped).  One per thread, reused: a
+       steady tracking loop allocates nothing for tags. */
     struct FpTags {
         int n = 0;
         FpTag inl[3];
@@ -111,25 +112,34 @@ cdef extern from *:
         const FpTag& at(size_t i) const { return i < (size_t)n ? inl[i] : more[i - n]; }
         FpTag& back() { return more.empty() ? inl[n - 1] : more.back(); }
         void push(const FpTag& t) { if (n < 3 && more.empty()) inl[n++] = t; else more.push_back(t); }
+        void clear() { n = 0; more.clear(); }
     };
-    /* initial-exec: the pending-tags pointer is read on every enqueue of a
-       tracking run; no __tls_get_addr call for it (8 bytes of static TLS) */
+    /* What a queue slot holds: one tag inline (end > start: present), the
+       rest (rare) in a heap vector. */
+    struct FpSlotTags { std::vector<FpTag>* more; FpTag one; };
+    /* initial-exec: the pointer is read on every enqueue and dequeue of a
+       tracking run without a __tls_get_addr call (8 bytes of static TLS);
+       the buffer is freed by a thread_local owner when the thread exits. */
     static __thread FpTags* fp_tls_tags __attribute__((tls_model("initial-exec"))) = nullptr;
+    struct FpTagsOwner { FpTags* p = nullptr; ~FpTagsOwner() { delete p; fp_tls_tags = nullptr; } };
+    static thread_local FpTagsOwner fp_tags_owner;
+    static FpTags* fp_tags_buf() {
+        FpTags* t = fp_tls_tags;
+        if (!t) { t = new FpTags(); fp_tags_owner.p = t; fp_tls_tags = t; }
+        return t;
+    }
     static std::atomic<int64_t> fp_tracking_runs{0};
     static inline int fp_tracking_active() noexcept {
         return fp_tracking_runs.load(std::memory_order_relaxed) != 0;
     }
-    static inline FpTags* fp_tags_peek() noexcept { return fp_tls_tags; }
-    static inline FpTags* fp_tags_take() noexcept {
-        FpTags* t = fp_tls_tags; fp_tls_tags = nullptr; return t;
+    static inline int fp_tags_pending() noexcept {
+        FpTags* t = fp_tls_tags; return t != nullptr && t->size() != 0;
     }
-    static inline void fp_tags_put(FpTags* t) noexcept { fp_tls_tags = t; }
-    static inline void fp_tags_free(FpTags* t) noexcept { delete t; }
+    static inline void fp_tags_clear() noexcept { if (fp_tls_tags) fp_tls_tags->clear(); }
     static int fp_tags_add(int64_t src, int64_t a, int64_t b) noexcept {
         if (b <= a || src < 0) return 0;
         try {
-            FpTags* t = fp_tls_tags;
-            if (!t) { t = new FpTags(); fp_tls_tags = t; }
+            FpTags* t = fp_tags_buf();
             if (t->size() && t->back().src == src && t->back().end == a) {
                 t->back().end = b; return 0;
             }
@@ -137,13 +147,26 @@ cdef extern from *:
             return 0;
         } catch (...) { return -1; }
     }
-    /* Add t's tags to this thread's pending ones (takes t). */
-    static void fp_tags_merge(FpTags* t) noexcept {
-        if (!t) return;
-        FpTags* cur = fp_tls_tags;
-        if (!cur) { fp_tls_tags = t; return; }
-        try { for (size_t i = 0; i < t->size(); i++) cur->push(t->at(i)); } catch (...) {}
-        delete t;
+    /* An enqueue: the thread's pending tags move onto the slot. */
+    static inline void fp_tags_to_slot(FpSlotTags* s) noexcept {
+        FpTags* t = fp_tls_tags;
+        if (!t || t->size() == 0) return;       /* the slot's tags are clear */
+        if (t->size() == 1) { s->one = t->inl[0]; t->n = 0; return; }
+        try {
+            s->more = new std::vector<FpTag>();
+            for (size_t i = 0; i < t->size(); i++) s->more->push_back(t->at(i));
+        } catch (...) {}
+        t->clear();
+    }
+    /* A dequeue: the slot's tags join the thread's pending ones. */
+    static inline void fp_tags_from_slot(FpSlotTags* s) noexcept {
+        try {
+            FpTags* t = fp_tags_buf();
+            if (s->one.end > s->one.start) { t->push(s->one); s->one = FpTag{0, 0, 0}; }
+            if (s->more) { for (const FpTag& x : *s->more) t->push(x); }
+        } catch (...) {}
+        delete s->more;
+        s->more = nullptr;
     }
     /* Disjoint, non-adjacent ranges [a, b) above `low` (everything below
        low is in the set): what an iterator delivered, per source. */
@@ -233,14 +256,14 @@ cdef extern from *:
     /* A thread ends normally: its pending tags belong to records nothing
        carried on (dropped by a filter): delivered-empty. */
     static void fp_track_thread_end(FpTrack* t, int ok) noexcept {
-        FpTags* p = fp_tags_take();
-        if (!p) return;
+        FpTags* p = fp_tls_tags;
+        if (!p || p->size() == 0) return;
         if (t && ok) {
             std::lock_guard<std::mutex> g(t->mu);
             try { for (size_t i = 0; i < p->size(); i++) t->orphans.push_back(p->at(i)); }
             catch (...) {}
         }
-        delete p;
+        p->clear();
     }
     static void fp_track_note_untracked(FpTrack* t, const std::string& msg) noexcept {
         std::lock_guard<std::mutex> g(t->mu);
@@ -253,6 +276,9 @@ cdef extern from *:
         int64_t end
     cppclass FpTags:
         pass
+    ctypedef struct FpSlotTags:
+        void* more
+        FpTag one
     cppclass FpRanges:
         int64_t low
         void add(int64_t a, int64_t b) except +
@@ -263,12 +289,11 @@ cdef extern from *:
         vector[FpTag] orphans
         string untracked
     bint fp_tracking_active() noexcept nogil
-    FpTags* fp_tags_peek() noexcept nogil
-    FpTags* fp_tags_take() noexcept nogil
-    void fp_tags_put(FpTags* t) noexcept nogil
-    void fp_tags_free(FpTags* t) noexcept nogil
+    bint fp_tags_pending() noexcept nogil
+    void fp_tags_clear() noexcept nogil
     int fp_tags_add(int64_t src, int64_t a, int64_t b) noexcept nogil
-    void fp_tags_merge(FpTags* t) noexcept nogil
+    void fp_tags_to_slot(FpSlotTags* s) noexcept nogil
+    void fp_tags_from_slot(FpSlotTags* s) noexcept nogil
     int64_t fp_ranges_jump(const FpRanges* s, int64_t pos, int64_t* limit) noexcept nogil
     void fp_track_decref(FpTrack* t) noexcept nogil
     void fp_track_set_next(FpTrack* t) noexcept nogil
@@ -982,7 +1007,7 @@ cdef void* worker_main(void* arg) noexcept nogil:
         w.rc = -1
     else:
         w.rc = exec_step(w.step, &w.ctx)
-    if fp_tags_peek() != NULL:
+    if fp_tags_pending():
         fp_track_thread_end(w.ctx.rs.track, w.rc == 0 and not rs_cancelled(&w.ctx))
     return NULL
 
