@@ -77,7 +77,7 @@ cdef void queue_destroy(void* p) noexcept nogil:
     cdef int64_t i, j
     live_queue_remove(q)
     for i in range(q.ring):
-        fp_tags_from_slot(&slot_at(q, i).tags)      # frees the heap part
+        fp_slot_tags_drop(&slot_at(q, i).tags)
         for j in range(q.nblobs):
             tensor_clear(&slot_t(slot_at(q, i))[j])
     free(q.slot_mem)

@@ -158,6 +158,12 @@ cdef extern from *:
         } catch (...) {}
         t->clear();
     }
+    /* A queue goes away with tagged records in it: drop their tags. */
+    static inline void fp_slot_tags_drop(FpSlotTags* s) noexcept {
+        delete s->more;
+        s->more = nullptr;
+        s->one = FpTag{0, 0, 0};
+    }
     /* A dequeue: the slot's tags join the thread's pending ones. */
     static inline void fp_tags_from_slot(FpSlotTags* s) noexcept {
         try {
@@ -294,6 +300,7 @@ cdef extern from *:
     int fp_tags_add(int64_t src, int64_t a, int64_t b) noexcept nogil
     void fp_tags_to_slot(FpSlotTags* s) noexcept nogil
     void fp_tags_from_slot(FpSlotTags* s) noexcept nogil
+    void fp_slot_tags_drop(FpSlotTags* s) noexcept nogil
     int64_t fp_ranges_jump(const FpRanges* s, int64_t pos, int64_t* limit) noexcept nogil
     void fp_track_decref(FpTrack* t) noexcept nogil
     void fp_track_set_next(FpTrack* t) noexcept nogil
