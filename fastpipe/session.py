@@ -286,13 +286,14 @@ class LocalSession(Session):
         in queues or inside a stage when ``state()`` was taken come again,
         delivered ones do not.  Resumable sources: Dataset readers
         (``reader()``, ``epoch_reader()``, ``random_reader()`` over a seeded
-        ``SortAndShuffle``), ``sources.ArrayReader``/``NpyReader``; a shuffle
-        needs its seed.  ``state()`` raises ``NotSupportedError`` naming the
+        ``SortAndShuffle``), ``sources.ArrayReader``/``NpyReader``,
+        ``text_file_reader.TextFileReader``; a shuffle needs its seed.  ``state()`` raises ``NotSupportedError`` naming the
         source or stage for what cannot be resumed exactly: an unseeded
         shuffle, an ``IterableReader``, ``ReadRandomBatch(loop_over=True)``,
-        a Python op or other reader fastpipe does not know, a stage that
-        splits one item into several (a rebatching queue); ``iterate(...,
-        state=...)`` raises it at once.
+        a Python op, a counter or other reader fastpipe does not know, a
+        stage that splits one item into several (a rebatching queue);
+        ``iterate(..., state=...)`` raises at once for what it can see
+        before the start.
 
         Example::
 

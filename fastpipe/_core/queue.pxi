@@ -34,7 +34,7 @@ ctypedef struct Slot:
     # 64 bytes) so a record's sequence word and tensors share cache lines.
     int64_t seq             # Vyukov sequence: pos = free for the writer at pos, pos+1 = full
     FpSlotTags tags         # the record's provenance tags (runtime.pxi; zeros: none)
-    int64_t pad_            # the slot's nblobs tensors follow at byte 48 (slot_t)
+                            # the slot's nblobs tensors follow at byte 32 (slot_t)
 
 
 cdef cppclass Queue:
@@ -91,7 +91,7 @@ cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept no
     cdef Queue* q = new Queue()
     cdef int64_t i
     cdef int64_t ring = capacity if capacity >= 2 else 2
-    cdef int64_t stride = (48 + nblobs * <int64_t>sizeof(Tensor) + 63) // 64 * 64
+    cdef int64_t stride = (32 + nblobs * <int64_t>sizeof(Tensor) + 63) // 64 * 64
     q.slot_mem = <char*>fp_aligned_alloc(64, ring * stride)
     if q.slot_mem == NULL:
         del q
@@ -126,7 +126,7 @@ cdef inline Slot* slot_at(Queue* q, int64_t i) noexcept nogil:
 
 
 cdef inline Tensor* slot_t(Slot* s) noexcept nogil:
-    return <Tensor*>((<char*>s) + 48)
+    return <Tensor*>((<char*>s) + 32)
 
 
 cdef void queue_close(Queue* q) noexcept nogil:
@@ -227,7 +227,7 @@ cdef int try_read(Queue* q, Tensor** outs, QStats* st) noexcept nogil:
         st.bytes += nb
         st.field_bytes[j] += nb
         tensor_swap(&slot_t(s)[j], outs[j])
-    if s.tags.one.end != s.tags.one.start or s.tags.more != NULL:
+    if s.tags.len != 0 or s.tags.more != NULL:
         fp_tags_from_slot(&s.tags)      # the reader's thread now carries them
     fp_exchange(&s.seq, pos + q.ring)   # release the slot (seq_cst: pairs with wake())
     return Q_OK

@@ -114,9 +114,10 @@ cdef extern from *:
         void push(const FpTag& t) { if (n < 3 && more.empty()) inl[n++] = t; else more.push_back(t); }
         void clear() { n = 0; more.clear(); }
     };
-    /* What a queue slot holds: one tag inline (end > start: present), the
-       rest (rare) in a heap vector. */
-    struct FpSlotTags { std::vector<FpTag>* more; FpTag one; };
+    /* What a queue slot holds (24 bytes, so a slot header stays 32): one
+       tag inline (len > 0: present), the rest (rare) in a heap vector. */
+    struct FpSlotTags { std::vector<FpTag>* more; int64_t start; int32_t len, src; };
+    static_assert(sizeof(FpSlotTags) == 24, "a queue slot header is 32 bytes");
     /* initial-exec: the pointer is read on every enqueue and dequeue of a
        tracking run without a __tls_get_addr call (8 bytes of static TLS);
        the buffer is freed by a thread_local owner when the thread exits. */
@@ -151,7 +152,14 @@ cdef extern from *:
     static inline void fp_tags_to_slot(FpSlotTags* s) noexcept {
         FpTags* t = fp_tls_tags;
         if (!t || t->size() == 0) return;       /* the slot's tags are clear */
-        if (t->size() == 1) { s->one = t->inl[0]; t->n = 0; return; }
+        if (t->size() == 1 && t->inl[0].end - t->inl[0].start <= INT32_MAX
+                && t->inl[0].src <= INT32_MAX) {
+            s->start = t->inl[0].start;
+            s->len = (int32_t)(t->inl[0].end - t->inl[0].start);
+            s->src = (int32_t)t->inl[0].src;
+            t->n = 0;
+            return;
+        }
         try {
             s->more = new std::vector<FpTag>();
             for (size_t i = 0; i < t->size(); i++) s->more->push_back(t->at(i));
@@ -162,13 +170,13 @@ cdef extern from *:
     static inline void fp_slot_tags_drop(FpSlotTags* s) noexcept {
         delete s->more;
         s->more = nullptr;
-        s->one = FpTag{0, 0, 0};
+        s->len = 0;
     }
     /* A dequeue: the slot's tags join the thread's pending ones. */
     static inline void fp_tags_from_slot(FpSlotTags* s) noexcept {
         try {
             FpTags* t = fp_tags_buf();
-            if (s->one.end > s->one.start) { t->push(s->one); s->one = FpTag{0, 0, 0}; }
+            if (s->len > 0) { t->push(FpTag{s->src, s->start, s->start + s->len}); s->len = 0; }
             if (s->more) { for (const FpTag& x : *s->more) t->push(x); }
         } catch (...) {}
         delete s->more;
@@ -284,7 +292,7 @@ cdef extern from *:
         pass
     ctypedef struct FpSlotTags:
         void* more
-        FpTag one
+        int32_t len
     cppclass FpRanges:
         int64_t low
         void add(int64_t a, int64_t b) except +
