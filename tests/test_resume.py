@@ -104,11 +104,15 @@ def _native_filter(rec):
 
 
 def _job(ws, kind="array", n=N, batch=4, shuffle=False, inst=(2, 2), caps=(4, 4),
-         keep_odd=False, native_filter=False, tag=""):
+         keep_odd=False, native_filter=False, tag="", dq=1):
+    """source -> Python stage x inst[0] -> queue (read dq records at a time:
+    downstream rebatching) -> native stage x inst[1] -> queue."""
+    from fastpipe import queue_util
     src = _reader(ws, kind, n, batch, shuffle, tag)
     with task.TaskGroup() as tg:
-        q = pipeline.pipe(src, processor=_py_stage(keep_odd), num_runtime_threads=inst[0],
-                          capacity=caps[0])
+        mid = queue_util.Queue(capacity=caps[0], num_dequeue_records=dq)
+        q = pipeline.pipe(src, output=mid, processor=_py_stage(keep_odd),
+                          num_runtime_threads=inst[0])
         q = pipeline.pipe(q, processor=_native_filter if native_filter else None,
                           num_runtime_threads=inst[1], capacity=caps[1])
     return tg, q
@@ -159,20 +163,22 @@ def _expected(n, keep_odd=False, native_filter=False):
        caps1=st.tuples(st.sampled_from([1, 2, 8]), st.sampled_from([1, 3, 16])),
        caps2=st.tuples(st.sampled_from([1, 2, 8]), st.sampled_from([1, 3, 16])),
        keep_odd=st.booleans(), k2=st.sampled_from([1, 2, 7]),
+       dq=st.tuples(st.sampled_from([1, 3]), st.sampled_from([1, 2, 4])),
        stop=st.integers(0, 200))
 def test_every_record_exactly_once_across_a_resume(kind, shuffle, batch1, batch2, inst1,
-                                                   inst2, caps1, caps2, keep_odd, k2, stop):
+                                                   inst2, caps1, caps2, keep_odd, k2, dq, stop):
     if kind != "array":
         batch1, batch2 = batch1 or 1, batch2 or 1
     if batch1 is None or batch2 is None:
         k2 = 1                  # 0-d records cannot be concatenated by num_records
+        dq = (1, 1)
     ws1 = workspace.C.Workspace()
     tg, q = _job(ws1, kind, batch=batch1, shuffle=shuffle, inst=inst1, caps=caps1,
-                 keep_odd=keep_odd)
+                 keep_odd=keep_odd, dq=dq[0])
     first, saved = _run1(ws1, tg, q, stop)
     ws2 = workspace.C.Workspace()
     tg, q = _job(ws2, kind, batch=batch2, shuffle=shuffle, inst=inst2, caps=caps2,
-                 keep_odd=keep_odd)
+                 keep_odd=keep_odd, dq=dq[1])
     second, after = _run2(ws2, tg, q, saved, num_records=k2)
     assert sorted(first + second) == _expected(N, keep_odd)
     # the state is bounded by what can be in flight, not by the records read
