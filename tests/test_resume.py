@@ -379,6 +379,16 @@ def test_unseeded_array_shuffle_is_refused():
                                  "permutation; give the reader seed=...)")
 
 
+def test_unseeded_epoch_reader_shuffle_is_refused_at_iterate():
+    ws = workspace.C.Workspace()
+    ds = _dataset(ws, 20, "ues")
+    with task.TaskGroup() as tg:
+        q = pipeline.pipe(ds.epoch_reader(batch_size=4, shuffle=True), num_runtime_threads=2)
+    with pytest.raises(NotSupportedError, match=r"^cannot resume: ReadArrayBatch .*shuffles "
+                                                r"without a seed"):
+        session.LocalSession(ws).iterate(tg, q, state={"version": 1, "sources": []})
+
+
 def test_unseeded_sort_and_shuffle_is_refused():
     ws = workspace.C.Workspace()
     ds = _dataset(ws, 20, "uss")
