@@ -129,12 +129,13 @@ class _DatasetEpochReader(Reader):
                                  or not 0 <= seed < sources.SEED_LIMIT):
             raise GraphError("Dataset %s: epoch_reader seed=%r must be an int in [0, 2**63)"
                              % (dataset.name, seed))
+        seed_given = seed is not None     # exact resume needs a given seed
         if seed is None and shuffle:
             import secrets
             seed = secrets.randbelow(sources.SEED_LIMIT)
         self.seed = seed
         # the epoch counter (and seed) of the shuffled order
-        self._state = sources._ArrayState([], seed if seed is not None else 0)
+        self._state = sources._ArrayState([], seed if seed is not None else 0, seeded=seed_given)
         self.cursor = None
         self.indices = None
         self.offsets = None

@@ -279,7 +279,7 @@ class LocalSession(Session):
 
     def iterate(self, runnable, queue, num_records: int = 1,
                 timeout: Optional[float] = None, progress=False,
-                profile=None) -> "RecordIterator":
+                profile=None, state: Optional[dict] = None) -> "RecordIterator":
         """Start ``runnable`` and iterate the records it writes into ``queue``
         while it runs.
 
@@ -287,12 +287,21 @@ class LocalSession(Session):
             runnable: a TaskGroup (or anything ``run`` takes).
             queue: a ``queue_util.Queue`` (what ``pipeline.pipe`` returns), a
                 ``QueueWrapper``, or a blob queue's ``BlobReference`` / name.
-                The job creates it (its init nets) or uses it.
+                The job creates it (its init nets) or uses it.  A rebatching
+                queue's blob (``CreateRebatchingQueue``) works too: each item
+                is then what ``DequeueRebatchingQueue(num_elements=
+                num_records)`` returns (up to ``num_records`` records
+                stacked along a new dim 0).
             num_records: records per item, concatenated along dim 0 as
                 SafeDequeueBlobs does (the last item may hold fewer).
             timeout: seconds one ``next()`` may wait; then it raises
                 ``IterTimeoutError`` and the job keeps running.
             progress, profile: as for :meth:`start`.
+            state: what ``it.state()`` of an earlier iterator over the same
+                job returned (a dict; it survives ``json`` and a new
+                process): the run skips every record that iterator had
+                delivered, so across the runs each record is delivered
+                exactly once (see "Resuming a run" in docs/guide.md).
 
         Returns:
             A :class:`RecordIterator`: yields every record until the job has
@@ -308,6 +317,25 @@ class LocalSession(Session):
         ``next()`` holds the GIL only to take a waiting record and wrap it
         (no copy).  Drive one iterator from one thread.
 
+        Exact resume: ``it.state()`` (at any point: before the first record,
+        mid-stream, after the end) is a small JSON-serialisable dict of the
+        source positions the items handed out so far came from (every
+        record carries its source range natively through queues and
+        stages).  ``iterate(runnable, queue, state=saved)`` -- in this or a
+        new process, with other instance counts, queue capacities or
+        downstream batch sizes -- re-reads only the rest: records that were
+        in queues or inside a stage when ``state()`` was taken come again,
+        delivered ones do not.  Resumable sources: Dataset readers
+        (``reader()``, ``epoch_reader()``, ``random_reader()`` over a seeded
+        ``SortAndShuffle``), ``sources.ArrayReader``/``NpyReader``,
+        ``text_file_reader.TextFileReader``; a shuffle needs its seed.  ``state()`` raises ``NotSupportedError`` naming the
+        source or stage for what cannot be resumed exactly: an unseeded
+        shuffle, an ``IterableReader``, ``ReadRandomBatch(loop_over=True)``,
+        a Python op, a counter or other reader fastpipe does not know, a
+        stage that splits one item into several (a rebatching queue);
+        ``iterate(..., state=...)`` raises at once for what it can see
+        before the start.
+
         Example::
 
             with LocalSession(ws) as s:
@@ -321,7 +349,11 @@ class LocalSession(Session):
         # workspace (the job's CreateBlobsQueue lands there) and remember what
         # it holds now (a queue of an earlier run is not this run's)
         it = _core._make_iterator(self._ws._native, name, num_records, timeout, fields)
-        handle = self._start_compiled(compiled, progress, profile, iterated=name)
+        _resume_setup(it, compiled, state)
+        try:
+            handle = self._start_compiled(compiled, progress, profile, iterated=name)
+        finally:
+            _core._track_disarm()       # a start that failed leaves nothing armed
         it._attach(handle._run, handle)
         return it
 
@@ -463,3 +495,163 @@ class _WorkspaceFetch(object):
                 "its workspace are gone (fetch outputs before dropping them)"
                 % str(output))
         return ws.blobs[str(output)].fetch()
+
+
+# ---- exact resume of iterate (provenance tags: fastpipe/_core/runtime.pxi) --------
+
+#: reader ops whose input 0 (cursor / reader) is a resumable source, by op type
+_RESUMABLE_READS = ("ReadNextBatch", "ReadRandomBatch", "ReadArrayBatch", "TextFileReaderRead")
+_STATE_VERSION = 1
+
+
+def _op_arg(op, name, default=None):
+    for a in op.arg:
+        if a.name == name:
+            return a
+    return default
+
+
+def _op_label(op):
+    return "%s %r" % (op.type, op.name) if op.name else op.type
+
+
+def _python_fn(op):
+    """The function of a ``Python`` op (None when its token is gone)."""
+    from . import _pyop
+    tok = _op_arg(op, "token")
+    if tok is None:
+        return None
+    try:
+        return _pyop.lookup(tok.s)[0]
+    except Exception:
+        return None
+
+
+def _resume_sources(compiled):
+    """The job's sources in plan order (the same in every process for the
+    same job, whatever the instance counts): [(keys, meta, array_state)],
+    and the reasons exact resume is refused."""
+    plan = compiled.plan.Proto()
+    ops = [op for net in plan.network for op in net.op]
+    producer = {}
+    for op in ops:
+        for o in op.output:
+            producer.setdefault(o, op)
+    sources, index, refusals = [], {}, []
+    for op in ops:
+        if op.type == "Python":
+            fn = _python_fn(op)
+            name = getattr(fn, "_fastpipe_iterable", None)
+            if name is not None:
+                refusals.append(
+                    "cannot resume: IterableReader %r reads a Python iterable, which fastpipe "
+                    "cannot seek (use sources.ArrayReader / NpyReader, a Dataset or a "
+                    "TextFileReader for an exact resume)" % name)
+            continue
+        if op.type not in _RESUMABLE_READS or not op.input:
+            continue
+        key = op.input[0]
+        if key in index:
+            continue            # another read op (instance, pipe) of the same source
+        where = "%s (source %d, cursor %r)" % (_op_label(op), len(sources), key)
+        meta = {"kind": op.type}
+        array_state = None
+        permuted = op.type == "ReadRandomBatch" or (
+            op.type == "ReadArrayBatch" and _op_arg(op, "permuted") is not None
+            and _op_arg(op, "permuted").i)
+        if op.type == "ReadRandomBatch":
+            lo = _op_arg(op, "loop_over")
+            if lo is not None and lo.i:
+                refusals.append("cannot resume: %s reads with loop_over=True (its positions "
+                                "wrap around: no exact resume)" % where)
+        if permuted and len(op.input) > 1:
+            p = producer.get(op.input[1])
+            if p is not None and p.type == "SortAndShuffle":
+                seed = _op_arg(p, "seed")
+                if seed is None:
+                    refusals.append("cannot resume: %s reads through %s without a seed (a new "
+                                    "run shuffles differently; give SortAndShuffle a seed)"
+                                    % (where, _op_label(p)))
+                else:
+                    meta["seed"] = int(seed.i)
+            elif p is not None and p.type == "EpochPermutation":
+                kp = producer.get(p.input[0]) if p.input else None
+                ref = getattr(_python_fn(kp), "_fastpipe_array_state", None) \
+                    if kp is not None and kp.type == "Python" else None
+                array_state = ref() if ref is not None else None
+                if array_state is None:
+                    refusals.append("cannot resume: %s reads through a permutation whose "
+                                    "epoch key fastpipe does not know" % where)
+                elif not array_state.seeded:
+                    refusals.append("cannot resume: %s shuffles without a seed (a new process "
+                                    "draws another permutation; give the reader seed=...)"
+                                    % where)
+                else:
+                    meta["seed"] = int(array_state.seed)
+            elif p is not None:
+                refusals.append("cannot resume: %s reads in the order of %r, made by %s, which "
+                                "fastpipe cannot reproduce" % (where, op.input[1], _op_label(p)))
+            elif p is None and _core._unseeded_order(op.input[1]):
+                refusals.append("cannot resume: %s reads in the order of %r, made by a "
+                                "SortAndShuffle without a seed (a new run shuffles "
+                                "differently; give SortAndShuffle a seed)" % (where, op.input[1]))
+        index[key] = len(sources)
+        sources.append(([key], meta, array_state))
+    return sources, refusals
+
+
+def _resume_setup(it, compiled, state):
+    """Arm provenance tracking for the run about to start: the iterator's
+    sources, the positions to skip (``state``), the shuffled readers' epochs
+    pinned to the resumed run's."""
+    sources, refusals = _resume_sources(compiled)
+    if state is not None:
+        if refusals:
+            raise NotSupportedError(refusals[0])
+        saved = _check_state(state, sources)
+    else:
+        saved = [None] * len(sources)
+    keys, skip, meta = [], [], []
+    for (ks, m, array_state), sv in zip(sources, saved):
+        m = dict(m)
+        if array_state is not None:
+            epoch = sv["epoch"] if sv is not None else array_state.epoch
+            array_state.pin(epoch)
+            m["epoch"] = int(epoch)
+        keys.append(ks)
+        meta.append(m)
+        skip.append(None if sv is None else (sv["low"], sv["ranges"]))
+    it._track(keys, skip, meta, refusals)
+
+
+def _check_state(state, sources):
+    """The saved sources of ``state`` (validated against this job's)."""
+    def bad(why):
+        return ArgumentError("iterate: state does not fit this job: %s" % why)
+    if not isinstance(state, dict) or state.get("version") != _STATE_VERSION \
+            or not isinstance(state.get("sources"), list):
+        raise bad("expected a dict from RecordIterator.state() (version %d), got %r"
+                  % (_STATE_VERSION, state if not isinstance(state, dict) else
+                     {k: state[k] for k in list(state)[:3]}))
+    saved = state["sources"]
+    if len(saved) != len(sources):
+        raise bad("it has %d sources, the job has %d" % (len(saved), len(sources)))
+    out = []
+    for i, (sv, (_, meta, _)) in enumerate(zip(saved, sources)):
+        if not isinstance(sv, dict) or sv.get("kind") != meta["kind"]:
+            raise bad("source %d is a %s here but %r in the state"
+                      % (i, meta["kind"], sv.get("kind") if isinstance(sv, dict) else sv))
+        if sv.get("seed") != meta.get("seed"):
+            raise bad("source %d (%s) is seeded with %r here but %r in the state"
+                      % (i, meta["kind"], meta.get("seed"), sv.get("seed")))
+        try:
+            low = int(sv["low"])
+            ranges = [(int(a), int(b)) for a, b in sv["ranges"]]
+            epoch = int(sv.get("epoch", 0))
+        except (KeyError, TypeError, ValueError):
+            raise bad("source %d: 'low' and 'ranges' must be ints and [start, end] pairs" % i)
+        if low < 0 or any(a < 0 or b < a for a, b in ranges):
+            raise bad("source %d: negative or reversed ranges" % i)
+        out.append({"low": low, "ranges": ranges, "epoch": epoch})
+    return out
+

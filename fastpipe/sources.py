@@ -95,18 +95,29 @@ class _ArrayState(object):
     seed, the epoch counter.  The init op holds it weakly (the process-wide
     Python-op table outlives jobs); the reader and the init net hold it."""
 
-    __slots__ = ("arrays", "seed", "epoch", "lock", "__weakref__")
+    __slots__ = ("arrays", "seed", "epoch", "lock", "seeded", "pinned", "__weakref__")
 
-    def __init__(self, arrays: List[np.ndarray], seed: int):
+    def __init__(self, arrays: List[np.ndarray], seed: int, seeded: bool = True):
         self.arrays = arrays
         self.seed = seed
         self.epoch = 0
-        self.lock = threading.Lock()   # protects epoch (runs may overlap)
+        # the seed was given (the same permutations in every process): what
+        # exact resume of a shuffled reader needs (LocalSession.iterate)
+        self.seeded = seeded
+        self.pinned = None              # the epoch the next run uses (iterate pins it)
+        self.lock = threading.Lock()   # protects epoch and pinned (runs may overlap)
+
+    def pin(self, epoch: int) -> None:
+        """Make the next run read epoch ``epoch`` (a resumed run re-reads the
+        permutation of the run it resumes); later runs go on from there."""
+        with self.lock:
+            self.pinned = int(epoch)
 
     def next_key(self) -> np.ndarray:
         with self.lock:
-            e = self.epoch
-            self.epoch += 1
+            e = self.epoch if self.pinned is None else self.pinned
+            self.pinned = None
+            self.epoch = e + 1
         return np.array([self.seed, e], dtype=np.int64)
 
 
@@ -123,6 +134,7 @@ def _feed_arrays_fn(state_ref: "weakref.ref[_ArrayState]", name: str, keyed: boo
         if keyed:
             outputs[len(st.arrays)].feed(st.next_key())
     feed_arrays.__qualname__ = "ArrayReader(%s).feed_arrays" % name
+    feed_arrays._fastpipe_array_state = state_ref    # found by LocalSession.iterate (resume)
     return feed_arrays
 
 
@@ -193,6 +205,7 @@ class ArrayReader(Reader):
                 raise ArgumentError("ArrayReader %r: batch_size=%r must be an int >= 1 or None"
                                     % (self.name, batch_size))
             batch_size = int(batch_size)
+        seed_given = seed is not None
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
                     or not 0 <= seed < SEED_LIMIT:
@@ -232,7 +245,8 @@ class ArrayReader(Reader):
         self.shuffle = bool(shuffle)
         self.seed = seed
         self.enforce_batch_size = bool(enforce_batch_size)
-        self._state = _ArrayState(prepared, seed if seed is not None else 0)
+        self._state = _ArrayState(prepared, seed if seed is not None else 0,
+                                  seeded=seed_given)
         Reader.__init__(self, Struct(*[
             (fname, Scalar((arr.dtype if arr.dtype.kind not in "SUO" else np.object_,
                             arr.shape[1:])))
@@ -365,6 +379,7 @@ def _read_fn(state_ref, name, fields, batch_size):
             out.feed(v)
         outputs[0].feed(np.bool_(False))
     read_items.__qualname__ = "IterableReader(%s).read" % name
+    read_items._fastpipe_iterable = name        # LocalSession.iterate refuses to resume it
     return read_items
 
 

@@ -185,6 +185,7 @@ cdef cppclass Cursor:
     fp_mutex mu                 # protects offsets and last_run
     vector[int64_t] offsets     # one per domain; empty means "at start"
     int64_t last_run            # run id of the last ReadNextBatch (0: never read)
+    int64_t resume_run          # the resumed run that restarted it at 0 (tracking)
 
 
 cdef void cursor_destroy(void* p) noexcept nogil:
@@ -298,6 +299,7 @@ cdef int k_create_tree_cursor(OpInst* op, RunCtx* ctx) noexcept nogil:
         return op_fails(op, ctx, E_RUNTIME, err)
     fp_mutex_init(&c.mu)
     c.last_run = 0
+    c.resume_run = 0
     h = obj_new(OBJ_CURSOR, c, cursor_destroy)
     if h == NULL:
         return op_oom(op, ctx)
@@ -332,11 +334,30 @@ cdef cppclass DsState:
     vector[int64_t] sizes       # per domain: rows taken
     vector[int64_t] ends        # per domain: offset after the advance
     FieldTree tree              # CheckDatasetConsistency: parsed at init
+    int64_t trk_run             # provenance tracking: run whose source id is cached
+    int64_t trk_src             # that source id (-1: untracked)
 
 
 cdef int ds_init(OpInst* op, RunCtx* ctx) noexcept nogil:
-    op.state = <void*>new DsState()
+    cdef DsState* st = new DsState()
+    st.trk_run = 0
+    st.trk_src = -1
+    op.state = <void*>st
     return 0
+
+
+cdef inline const FpRanges* ds_resume_start(Cursor* c, RunCtx* ctx, int64_t src) noexcept nogil:
+    """In a resumed run (iterate(state=...)): the source's delivered set; the
+    first read of the run restarts the cursor at the first record (the set
+    says what to skip).  The caller holds c.mu."""
+    cdef const FpRanges* sk
+    if src < 0:
+        return NULL
+    sk = fp_track_skip(ctx.rs.track, src)
+    if sk != NULL and c.resume_run != ctx.rs.run_id:
+        c.offsets.clear()
+        c.resume_run = ctx.rs.run_id
+    return sk
 
 
 cdef int ds_check_init(OpInst* op, RunCtx* ctx) noexcept nogil:
@@ -543,6 +564,9 @@ cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int d, rc, bad_d = 0
     cdef int64_t bad_v = 0, have = 0
     cdef bint stale
+    cdef int64_t src = track_src(op, ctx, &st.trk_run, &st.trk_src)
+    cdef const FpRanges* sk = NULL
+    cdef int64_t jpos, lim = INT64_MAX, want = batch, tag0 = 0
     if c == NULL:
         return -1
     t = &c.tree
@@ -561,11 +585,12 @@ cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     st.ends.resize(t.ndomains)
     # Advance under the lock; nothing is copied while it is held.
     fp_lock(&c.mu)
+    sk = ds_resume_start(c, ctx, src)
     # The first read of a run that finds the cursor already at the end of
     # non-empty data (a cursor made once, e.g. in a user's init net, and
     # read to the end by an earlier run) reads nothing: note it, so the
     # run ends with a FastpipeWarning instead of silently zero batches.
-    stale = (c.last_run != ctx.rs.run_id and c.last_run != 0 and
+    stale = (sk == NULL and c.last_run != ctx.rs.run_id and c.last_run != 0 and
              c.offsets.size() == <size_t>t.ndomains and st.limits[0] > 0 and
              c.offsets[0] >= st.limits[0])
     c.last_run = ctx.rs.run_id
@@ -577,7 +602,21 @@ cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     else:
         for d in range(t.ndomains):
             st.start[d] = c.offsets[d]
-        rc = ds_advance(t, st, batch, &bad_d, &bad_v)
+        rc = ADV_OK
+        if sk != NULL:
+            # resumed: step over the records delivered before (no copy)
+            jpos = fp_ranges_jump(sk, st.start[0], &lim)
+            if jpos > st.limits[0]:
+                jpos = st.limits[0]
+            if jpos > st.start[0]:
+                rc = ds_advance(t, st, jpos - st.start[0], &bad_d, &bad_v)
+                if rc == ADV_OK:
+                    for d in range(t.ndomains):
+                        st.start[d] = st.ends[d]
+            if lim - st.start[0] < want:
+                want = lim - st.start[0]
+        if rc == ADV_OK:
+            rc = ds_advance(t, st, want, &bad_d, &bad_v)
         if rc == ADV_OK:
             for d in range(t.ndomains):
                 c.offsets[d] = st.ends[d]
@@ -598,8 +637,12 @@ cdef int k_read_next_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
         advance_fail(op, ctx, t, st, rc, bad_d, bad_v)
         ds_release(st)
         return -1
-    if enforce and st.sizes[0] < batch:
+    tag0 = st.start[0]
+    if src >= 0:
+        fp_tags_add(src, tag0, tag0 + st.sizes[0])
+    if enforce and st.sizes[0] < batch and (sk == NULL or st.ends[0] >= st.limits[0]):
         # a short tail is consumed but returned empty: the end-of-data signal
+        # (a batch cut short by a resume's skip is returned as it is)
         for d in range(t.ndomains):
             st.sizes[d] = 0
     rc = 0
@@ -672,6 +715,24 @@ cdef int k_compute_offset(OpInst* op, RunCtx* ctx) noexcept nogil:
 
 # ---- SortAndShuffle ------------------------------------------------------------------
 
+# Output blob names of SortAndShuffle runs without a seed (the last run of
+# each name wins): a reader through such an order cannot be resumed exactly,
+# even when the order was made outside the job (LocalSession.iterate asks).
+cdef fp_mutex g_unseeded_lock      # protects g_unseeded_orders
+fp_mutex_init(&g_unseeded_lock)
+cdef unordered_map[string, int64_t] g_unseeded_orders
+
+
+def _unseeded_order(name):
+    """True when blob `name` was last written by a SortAndShuffle without a seed."""
+    cdef string k = _bname(name)
+    cdef bint r
+    fp_lock(&g_unseeded_lock)
+    r = g_unseeded_orders.count(k) != 0
+    fp_unlock(&g_unseeded_lock)
+    return r
+
+
 cdef int k_sort_and_shuffle(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Cursor* c = op_cursor(op, ctx)
     cdef FieldTree* t
@@ -735,6 +796,12 @@ cdef int k_sort_and_shuffle(OpInst* op, RunCtx* ctx) noexcept nogil:
     # seed given (the schema checked its range): that permutation, every time;
     # not given: a fresh random seed on every run, so that processes (and runs)
     # do not all read in one order
+    fp_lock(&g_unseeded_lock)
+    if op.d.args[SAS_SEED].present:
+        g_unseeded_orders.erase(op.d.outputs[0])
+    else:
+        g_unseeded_orders[op.d.outputs[0]] = 1
+    fp_unlock(&g_unseeded_lock)
     if op.d.args[SAS_SEED].present:
         seed = <uint32_t>op.d.args[SAS_SEED].i
     else:
@@ -770,6 +837,9 @@ cdef int k_read_random_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Tensor* out
     cdef string* ss
     cdef string* ds
+    cdef int64_t src = track_src(op, ctx, &st.trk_run, &st.trk_src)
+    cdef const FpRanges* sk = NULL
+    cdef int64_t lim = INT64_MAX, want = batch, tag0 = 0
     if c == NULL:
         return -1
     t = &c.tree
@@ -807,6 +877,7 @@ cdef int k_read_random_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
         # Position under the lock (the cursor's first offset); the copy is
         # done outside it.
         fp_lock(&c.mu)
+        sk = ds_resume_start(c, ctx, src)
         # Caffe2 keeps only the first offset: a ReadNextBatch on this cursor
         # then fails (instead of reading misaligned nested slices) until a
         # ResetCursor.
@@ -814,18 +885,32 @@ cdef int k_read_random_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
             c.offsets.push_back(0)
         c.offsets.resize(1)
         pos = c.offsets[0]
-        if enforce and pos + batch > nidx:
+        if sk != NULL and 0 <= pos < nidx:
+            # resumed: step over positions delivered before; a batch ends
+            # where the next delivered range starts (it may be shorter)
+            pos = fp_ranges_jump(sk, pos, &lim)
+            if pos > nidx:
+                pos = nidx
+            if lim - pos < want:
+                want = lim - pos
+        tag0 = pos
+        if enforce and pos + batch > nidx and (sk == NULL or lim >= nidx):
             pos = nidx
         if loop_over and pos >= nidx:
             c.offsets[0] = 0
             pos = 0
-        c.offsets[0] += batch
+            tag0 = 0
+        c.offsets[0] = pos + want
         fp_unlock(&c.mu)
+        batch = want
         if pos < 0:
             pos = nidx
         end = pos + batch if batch < nidx - pos else nidx
         if end < pos:
             end = pos
+        if src >= 0 and 0 <= tag0:
+            # consumed: [tag0, end), including an enforce-dropped tail
+            fp_tags_add(src, tag0, end)
         # validate every picked record once
         for j in range(pos, end):
             r = ix[j]
@@ -1100,6 +1185,9 @@ cdef int k_read_array_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef char* dst
     cdef string* ss
     cdef string* ds
+    cdef int64_t tsrc = track_src(op, ctx, &st.trk_run, &st.trk_src)
+    cdef const FpRanges* sk = NULL
+    cdef int64_t lim = INT64_MAX, tag0, tag1
     if c == NULL:
         return -1
     if op.ins.size() < first or op.outs.size() != op.ins.size() - first + 1:
@@ -1143,17 +1231,27 @@ cdef int k_read_array_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     if n < 0:
         n = 0
     fp_lock(&c.mu)
+    sk = ds_resume_start(c, ctx, tsrc)
     if c.offsets.empty():
         c.offsets.push_back(0)
     pos = c.offsets[0]
+    if sk != NULL and pos < n:
+        pos = fp_ranges_jump(sk, pos, &lim)     # resumed: skip what was delivered
     if pos > n:
         pos = n
     take = n - pos if n - pos < batch else batch
-    if enforce and take < batch:
+    if lim - pos < take:
+        take = lim - pos    # up to the next delivered range (a shorter batch)
+    tag0 = pos
+    tag1 = pos + take
+    if enforce and take < batch and lim >= n:
+        tag1 = n
         take = 0            # a short tail is consumed and not returned
         pos = n
     c.offsets[0] = pos + take
     fp_unlock(&c.mu)
+    if tsrc >= 0:
+        fp_tags_add(tsrc, tag0, tag1)
     if scalar_out_bool(op, ctx, 0, take == 0) != 0:
         ds_release(st)
         return -1

@@ -27,7 +27,7 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.object cimport PyObject_GetAttr
 import operator as _operator
 import keyword as _keyword
-from fastpipe.errors import IterTimeoutError as _IterTimeoutError
+from fastpipe.errors import IterTimeoutError as _IterTimeoutError, NotSupportedError
 
 cdef extern from "Python.h":
     ctypedef struct _PyTypeObj "PyTypeObject":
@@ -45,6 +45,42 @@ cdef enum:
 
 
 DEF POOL_MAX = 64        # recycled buffers kept per field
+
+# Exact resume (state() / iterate(state=...)): the iterator keeps, per
+# source, the set of source positions its items carried (provenance tags,
+# runtime.pxi).  Helpers over those sets; orphans and the first untagged
+# enqueue come from the run's FpTrack under its mutex.
+cdef extern from *:
+    """
+    static void fp_track_collect(FpTrack* t, std::vector<FpRanges>* d, std::string* untracked) {
+        std::lock_guard<std::mutex> g(t->mu);
+        for (const FpTag& x : t->orphans)
+            if (x.src >= 0 && (size_t)x.src < d->size()) (*d)[x.src].add(x.start, x.end);
+        t->orphans.clear();
+        *untracked = t->untracked;
+    }
+    static void fp_ranges_export(const FpRanges* s, std::vector<int64_t>* out) {
+        out->clear();
+        for (const auto& kv : s->r) { out->push_back(kv.first); out->push_back(kv.second); }
+    }
+    /* This thread's pending tags (the records just read) join d. */
+    static void fp_ranges_absorb(std::vector<FpRanges>* d) {
+        FpTags* t = fp_tls_tags;
+        if (!t || t->size() == 0) return;
+        for (size_t i = 0; i < t->size(); i++) {
+            const FpTag& x = t->at(i);
+            if (x.src >= 0 && (size_t)x.src < d->size()) (*d)[x.src].add(x.start, x.end);
+        }
+        t->clear();
+    }
+    static FpTrack* fp_track_new() { return new FpTrack(); }
+    static void fp_track_add_key(FpTrack* t, const std::string& k, int64_t src) { t->src_of[k] = src; }
+    """
+    void fp_track_collect(FpTrack* t, vector[FpRanges]* d, string* untracked) except +
+    void fp_ranges_export(const FpRanges* s, vector[int64_t]* out) except +
+    void fp_ranges_absorb(vector[FpRanges]* d) except +
+    FpTrack* fp_track_new() except +
+    void fp_track_add_key(FpTrack* t, const string& k, int64_t src) except +
 
 
 @cython.final
@@ -326,13 +362,14 @@ cdef class RecordIterator:
     cdef ObjHeader* old_h       # what the blob held before the start (one ref)
     cdef ObjHeader* qh          # the queue (one ref) once resolved
     cdef Queue* q
+    cdef RebatchQueue* rq       # instead of q: iterating a rebatching queue
     cdef int64_t nblobs
     cdef int64_t k              # records per item
     cdef Tensor* outs           # k * nblobs tensors of the iterator (no locks)
     cdef Tensor* ptrs[MAX_REC_BLOBS]
     cdef int64_t timeout_ns     # per next(); -1: none
     cdef int64_t wake_mark      # wake parked writers once the fill is <= this
-    cdef int state
+    cdef int phase              # IT_* (named `phase`: `state` is the resume method)
     cdef bint busy              # a next() is in its slow path (GIL released at times)
     cdef QStats st
     cdef object rec_type        # None: plain tuples
@@ -340,19 +377,26 @@ cdef class RecordIterator:
     cdef object _fields
     cdef str qname
     cdef readonly object run    # the RunHandle
+    cdef FpTrack* trk           # provenance tracking of the run (one ref), or NULL
+    cdef vector[FpRanges]* dlv  # per source: positions delivered (items returned)
+    cdef object _src_meta       # per source: its JSON description (session.py)
+    cdef object _refusals       # why this run cannot be resumed exactly (strs)
     cdef object __weakref__
 
     def __cinit__(self):
-        self.state = IT_NEW
+        self.phase = IT_NEW
         self.busy = False
         self.rs = NULL
         self.blob = NULL
         self.old_h = NULL
         self.qh = NULL
         self.q = NULL
+        self.rq = NULL
         self.outs = NULL
         self.nblobs = 0
         memset(&self.st, 0, sizeof(QStats))
+        self.trk = NULL
+        self.dlv = NULL
 
     def __init__(self):
         raise ArgumentError("a RecordIterator is made by LocalSession.iterate()")
@@ -368,12 +412,12 @@ cdef class RecordIterator:
 
     def _attach(self, Run nrun not None, handle):
         """Bind the started run (LocalSession.iterate, right after the start)."""
-        if self.state != IT_NEW:
+        if self.phase != IT_NEW:
             raise ArgumentError("RecordIterator is attached already")
         self.nrun = nrun
         self.rs = nrun.pr.rs
         self.run = handle
-        self.state = IT_RESOLVE
+        self.phase = IT_RESOLVE
 
     # -- teardown
 
@@ -387,6 +431,7 @@ cdef class RecordIterator:
             obj_decref(self.qh)
             self.qh = NULL
             self.q = NULL
+            self.rq = NULL
         if self.old_h != NULL:
             obj_decref(self.old_h)
             self.old_h = NULL
@@ -413,7 +458,7 @@ cdef class RecordIterator:
         raise IterTimeoutError; a later next() waits again."""
         cdef int64_t left
         cdef bint finished
-        self.state = IT_DRAIN
+        self.phase = IT_DRAIN
         self._release()
         try:
             if deadline >= 0:
@@ -422,7 +467,7 @@ cdef class RecordIterator:
             else:
                 finished = self.nrun.wait()
         except BaseException:
-            self.state = IT_END     # the job's error is raised once
+            self.phase = IT_END     # the job's error is raised once
             raise
         if not finished:
             raise _IterTimeoutError(
@@ -430,13 +475,13 @@ cdef class RecordIterator:
                     "%.3g s: another of its tasks is blocked (an output queue nobody "
                     "reads?); the job keeps running (close() the iterator to stop it)"
                 % (self.qname, self.timeout_ns / 1e9))
-        self.state = IT_END
+        self.phase = IT_END
         raise StopIteration
 
     cdef _abort(self, exc):
         """An exception (Ctrl-C, a signal handler's) interrupted a wait in
         next(): stop the run everywhere and join it; the caller re-raises."""
-        self.state = IT_END
+        self.phase = IT_END
         self._release()
         self.nrun._abort(exc)
 
@@ -459,7 +504,7 @@ cdef class RecordIterator:
         the queue.  Idempotent; the cancellation's CancelledError is
         suppressed (a job error that came first is raised)."""
         if self.nrun is None:
-            self.state = IT_END
+            self.phase = IT_END
             self._release()
             return
         if self.busy:
@@ -467,8 +512,8 @@ cdef class RecordIterator:
             # releases the queue and raises CancelledError there) and join
             self.nrun._stop(True)
             return
-        already = self.state == IT_END
-        self.state = IT_END
+        already = self.phase == IT_END
+        self.phase = IT_END
         self._release()
         # cancel, interrupt Python ops (as dropping the iterator does) and join
         self.nrun._stop(True)
@@ -494,9 +539,84 @@ cdef class RecordIterator:
         return False
 
     def __dealloc__(self):
-        if self.nrun is not None and self.state != IT_END:
+        if self.nrun is not None and self.phase != IT_END:
             self.nrun._stop(True)   # cancel and join; never raises the job's error
         self._release()
+        fp_track_decref(self.trk)   # the run holds its own reference
+        self.trk = NULL
+        del self.dlv
+        self.dlv = NULL
+
+    # -- exact resume
+
+    def _track(self, keys, skip, meta, refusals):
+        """Track provenance in the run about to start (LocalSession.iterate,
+        just before the start, on the starting thread): ``keys[i]`` are the
+        input-0 blob names of source i's reader ops, ``skip[i]`` ``(low,
+        [[a, b], ...])`` delivered before (resume) or None, ``meta[i]`` its
+        description in state(), ``refusals`` the reasons state() refuses."""
+        cdef size_t i
+        cdef FpTrack* t
+        if self.trk != NULL:
+            raise ArgumentError("RecordIterator: tracking is set up already")
+        t = fp_track_new()
+        self.trk = t
+        self.dlv = new vector[FpRanges](len(keys))
+        for i, ks in enumerate(keys):
+            for k in ks:
+                fp_track_add_key(t, _bname(k), <int64_t>i)
+        t.skip.resize(len(keys))
+        for i, sk in enumerate(skip):
+            if sk is None:
+                continue
+            t.resumed = True
+            low, ranges = sk
+            t.skip[i].add(0, low)
+            self.dlv[0][i].add(0, low)
+            for a, b in ranges:
+                t.skip[i].add(a, b)
+                self.dlv[0][i].add(a, b)
+        self._src_meta = list(meta)
+        self._refusals = list(refusals)
+        fp_tags_clear()                     # nothing of another run on this thread
+        fp_track_set_next(t)
+
+    cdef inline void _absorb(self):
+        """The tags of the records just read (this thread's pending tags)
+        join the delivered set: call only when the item is handed over."""
+        if self.dlv != NULL:
+            fp_ranges_absorb(self.dlv)
+        else:
+            fp_tags_clear()
+
+    def state(self):
+        """A small JSON-serialisable dict saying which records this iterator
+        (and the runs it resumes) has delivered; ``LocalSession.iterate(...,
+        state=s)`` resumes from it (see there).  Safe at any point: before
+        the first record, while iterating, after the end.
+
+        Raises NotSupportedError when the job cannot be resumed exactly (the
+        message names the source or stage)."""
+        cdef string untracked
+        cdef vector[int64_t] flat
+        cdef size_t i, j
+        if self.trk == NULL:
+            raise NotSupportedError("RecordIterator over queue %r: this iterator does not "
+                                    "track what it delivered (made without LocalSession."
+                                    "iterate)" % self.qname)
+        if self._refusals:
+            raise NotSupportedError(self._refusals[0])
+        fp_track_collect(self.trk, self.dlv, &untracked)
+        if untracked.size():
+            raise NotSupportedError("cannot resume: " + untracked.decode("utf-8", "replace"))
+        sources = []
+        for i in range(self.dlv.size()):
+            fp_ranges_export(&self.dlv[0][i], &flat)
+            d = dict(self._src_meta[i])
+            d["low"] = int(self.dlv[0][i].low)
+            d["ranges"] = [[int(flat[j]), int(flat[j + 1])] for j in range(0, flat.size(), 2)]
+            sources.append(d)
+        return {"version": 1, "queue": self.qname, "sources": sources}
 
     def __iter__(self):
         return self
@@ -521,7 +641,8 @@ cdef class RecordIterator:
                     # this check broadcasts done_cv after we wait (no lost wake-up)
                     h = blob_get_obj(b)
                     registered = h != NULL and _rs_has_queue(rs, h)
-                    ok = h != NULL and h.kind == OBJ_QUEUE and (registered or h != self.old_h)
+                    ok = h != NULL and (h.kind == OBJ_QUEUE or h.kind == OBJ_REBATCH_QUEUE) \
+                        and (registered or h != self.old_h)
                     done = rs.done
                     if ok or done:
                         break
@@ -533,7 +654,8 @@ cdef class RecordIterator:
                     if fp_wait_until(&rs.done_cv, &rs.lock, slice_end):
                         break       # slice over: check signals and the deadline
                 fp_unlock(&rs.lock)
-            if not ok and done and h != NULL and h.kind == OBJ_QUEUE:
+            if not ok and done and h != NULL and (h.kind == OBJ_QUEUE or
+                                                  h.kind == OBJ_REBATCH_QUEUE):
                 ok = True       # the run ended; the blob holds a queue it did not register
             if ok:
                 break
@@ -554,6 +676,8 @@ cdef class RecordIterator:
             # make sure the run's failure or cancellation closes it
             rs_register_queue(rs, h)
         self.qh = h
+        if h.kind == OBJ_REBATCH_QUEUE:
+            return self._resolved_rq(h)
         self.q = <Queue*>h.impl
         self.nblobs = self.q.nblobs
         self.wake_mark = self.q.capacity - max(1, self.q.capacity // 4)
@@ -574,10 +698,128 @@ cdef class RecordIterator:
         self._set_fields()
         return 1
 
+    cdef int _resolved_rq(self, ObjHeader* h) except -1:
+        """The blob holds a rebatching queue: items are what
+        DequeueRebatchingQueue(num_elements=num_records) returns (up to k
+        records stacked along a new dim 0)."""
+        self.rq = <RebatchQueue*>h.impl
+        self.nblobs = self.rq.nblobs
+        if self.nblobs > MAX_REC_BLOBS:
+            raise ArgumentError("rebatching queue %r holds %d blobs per record, at most %d "
+                                "can be iterated" % (self.qname, self.nblobs, MAX_REC_BLOBS))
+        self.outs = <Tensor*>calloc(self.k * self.nblobs if self.nblobs else 1, sizeof(Tensor))
+        if self.outs == NULL:
+            raise OutOfMemoryError("RecordIterator over rebatching queue %r" % self.qname)
+        obj_decref(self.old_h)
+        self.old_h = NULL
+        self._drop_blob()
+        self._set_fields()
+        return 1
+
+    cdef object _next_rq(self, int64_t deadline):
+        """Up to k records of the rebatching queue, stacked along a new dim 0."""
+        cdef int64_t got = 0, r, n = self.nblobs, slice_end, now
+        cdef bint drained = False, done
+        cdef RunState* rs = self.rs
+        while got < self.k:
+            if fp_load_relaxed(&rs.cancelled):
+                break
+            now = fp_now_ns()
+            if deadline >= 0 and now >= deadline:
+                if got:
+                    break           # hand over the records already taken
+                raise _IterTimeoutError(
+                    "RecordIterator: no record from rebatching queue %r within %.3g s (the "
+                    "job keeps running)" % (self.qname, self.timeout_ns / 1e9))
+            slice_end = now + IT_SLICE_NS
+            if deadline >= 0 and deadline < slice_end:
+                slice_end = deadline
+            with nogil:
+                r = rq_pop_until(self.rq, &self.outs[got * n], self.k - got, slice_end,
+                                 &drained)
+            got += r
+            if got == self.k or drained:
+                break
+            if r:
+                continue
+            fp_lock(&rs.lock)
+            done = rs.done
+            fp_unlock(&rs.lock)
+            if done:                # the run ended without closing it: take what is left
+                with nogil:
+                    got += rq_pop_until(self.rq, &self.outs[got * n], self.k - got, 0,
+                                        &drained)
+                break
+            try:
+                PyErr_CheckSignals()
+            except BaseException as e:
+                self._abort(e)
+                raise
+        fp_tags_clear()                 # rebatched records carry no tags to keep
+        if got == 0 or fp_load_relaxed(&rs.cancelled):
+            for r in range(got * n):
+                tensor_clear(&self.outs[r])
+            return self._end(deadline)
+        return self._stack(got)
+
+    cdef object _stack(self, int64_t got):
+        cdef int64_t n = self.nblobs, j, kk, d, isz
+        cdef Tensor* first
+        cdef Tensor* r
+        cdef Tensor out
+        cdef _RecordBufs base = _RecordBufs.__new__(_RecordBufs)
+        base.init(n, None)
+        arrays = []
+        try:
+            for j in range(n):
+                first = &self.outs[j]
+                for kk in range(1, got):
+                    r = &self.outs[kk * n + j]
+                    bad = r.dtype != first.dtype or r.ndim != first.ndim
+                    for d in range(r.ndim):
+                        if not bad and r.shape[d] != first.shape[d]:
+                            bad = True
+                    if bad:
+                        raise RunError("RecordIterator over rebatching queue %r: cannot stack "
+                                       "records: column %d is %s in record %d but %s in "
+                                       "record 0" % (self.qname, j, tensor_describe(r).decode(),
+                                                     kk, tensor_describe(first).decode()))
+                if first.ndim + 1 > MAX_DIMS:
+                    raise RunError("RecordIterator over rebatching queue %r: column %d is %s; "
+                                   "a batch of it would have more than 8 dims"
+                                   % (self.qname, j, tensor_describe(first).decode()))
+                if first.dtype == DT_STRING:
+                    arrays.append(_np.stack([_snapshot_to_numpy(&self.outs[kk * n + j])
+                                             for kk in range(got)]))
+                    continue
+                memset(&out, 0, sizeof(Tensor))
+                out.shape[0] = got
+                for d in range(first.ndim):
+                    out.shape[d + 1] = first.shape[d]
+                if tensor_reshape(&out, first.dtype, first.ndim + 1, out.shape) != 0:
+                    raise OutOfMemoryError("RecordIterator over rebatching queue %r" % self.qname)
+                isz = first.size * dtype_itemsize(first.dtype)
+                for kk in range(got):
+                    if isz:
+                        memcpy(<char*>tdata(&out) + kk * isz, tdata(&self.outs[kk * n + j]), isz)
+                arrays.append(_take_array(&out, base, j))
+        except BaseException:
+            self.phase = IT_END
+            self._release()
+            self.nrun._stop(True)
+            raise
+        finally:
+            if self.outs != NULL:
+                for kk in range(got * n):
+                    tensor_clear(&self.outs[kk])
+        if self.rec_type is None:
+            return tuple(arrays)
+        return self.rec_type(arrays)
+
     cdef _set_fields(self):
         cdef size_t i
         names = None
-        if self.q.fields.size() == <size_t>self.nblobs and self.nblobs > 0:
+        if self.q != NULL and self.q.fields.size() == <size_t>self.nblobs and self.nblobs > 0:
             names = tuple(self.q.fields[i].decode("utf-8", "replace")
                           for i in range(self.q.fields.size()))
         elif self._fields is not None and len(self._fields) == self.nblobs:
@@ -695,12 +937,14 @@ cdef class RecordIterator:
         # and building an item allocates (a GC pass may run other threads)
         self.busy = True
         try:
-            if self.state == IT_READ:
+            if self.phase == IT_READ:
                 # fast path: a record is waiting, the run is healthy
-                if self.k == 1 and not fp_load_relaxed(&self.rs.cancelled):
+                if self.k == 1 and self.q != NULL and not fp_load_relaxed(&self.rs.cancelled):
                     self._prime(self.outs)
                     if try_read(self.q, self.ptrs, &self.st) == Q_OK:
                         self._after_read()
+                        if self.trk != NULL:
+                            self._absorb()
                         return self._item(self.outs)
             return self._next_slow()
         finally:
@@ -708,28 +952,32 @@ cdef class RecordIterator:
 
     cdef object _next_slow(self):
         cdef int64_t deadline = -1
-        if self.state == IT_READ:
+        if self.phase == IT_READ:
             pass
-        elif self.state == IT_RESOLVE:
+        elif self.phase == IT_RESOLVE:
             if not self._resolve():
-                self.state = IT_END
+                self.phase = IT_END
                 self._release()
                 self.nrun.wait()        # the run's error, if it failed
                 raise BlobError("queue blob %r holds no queue: the job finished without "
                                 "creating it (is it a queue of this job?)" % self.qname)
-            self.state = IT_READ
-        elif self.state == IT_END:
+            self.phase = IT_READ
+        elif self.phase == IT_END:
             raise StopIteration
-        elif self.state != IT_DRAIN:
+        elif self.phase != IT_DRAIN:
             raise ArgumentError("RecordIterator was never started")
         if self.timeout_ns >= 0:
             deadline = fp_now_ns() + self.timeout_ns
-        if self.state == IT_DRAIN:
+        if self.phase == IT_DRAIN:
             return self._end(deadline)
+        if self.rq != NULL:
+            return self._next_rq(deadline)
         if self.k == 1:
             self._prime(self.outs)
             if not self._read_one(self.ptrs, deadline):
                 return self._end(deadline)
+            if self.trk != NULL:
+                self._absorb()
             return self._item(self.outs)
         return self._next_batch(deadline)
 
@@ -756,7 +1004,10 @@ cdef class RecordIterator:
                 break
             got += 1
         if got == 0 or fp_load_relaxed(&self.rs.cancelled):
+            fp_tags_clear()                 # not handed over: not delivered
             return self._end(deadline)
+        if self.trk != NULL:
+            self._absorb()                  # the k records' tags, as one item
         return self._concat(got)
 
     cdef object _concat(self, int64_t got):
@@ -809,7 +1060,7 @@ cdef class RecordIterator:
                     off += r.size
                 arrays.append(_take_array(&out, base, j))
         except BaseException:
-            self.state = IT_END
+            self.phase = IT_END
             self._release()
             self.nrun._stop(True)
             raise
@@ -870,3 +1121,9 @@ def _make_iterator(Workspace ws not None, name, num_records, timeout, fields):
     ws.active += 1
     it.old_h = blob_get_obj(it.blob)
     return it
+
+
+def _track_disarm():
+    """Forget a tracking handed to the next run of this thread and not taken
+    (LocalSession.iterate, after the start)."""
+    fp_track_set_next(NULL)

@@ -39,7 +39,8 @@ ctypedef struct Slot:
     # Slots live inline in one cache-aligned block (stride: a multiple of
     # 64 bytes) so a record's sequence word and tensors share cache lines.
     int64_t seq             # Vyukov sequence: pos = free for the writer at pos, pos+1 = full
-    int64_t pad_            # the slot's nblobs tensors follow at byte 16 (slot_t)
+    FpSlotTags tags         # the record's provenance tags (runtime.pxi; zeros: none)
+                            # the slot's nblobs tensors follow at byte 32 (slot_t)
 
 
 cdef cppclass Queue:
@@ -82,6 +83,7 @@ cdef void queue_destroy(void* p) noexcept nogil:
     cdef int64_t i, j
     live_queue_remove(q)
     for i in range(q.ring):
+        fp_slot_tags_drop(&slot_at(q, i).tags)
         for j in range(q.nblobs):
             tensor_clear(&slot_t(slot_at(q, i))[j])
     free(q.slot_mem)
@@ -95,7 +97,7 @@ cdef Queue* queue_new(int64_t capacity, int64_t nblobs, bint strict) noexcept no
     cdef Queue* q = new Queue()
     cdef int64_t i
     cdef int64_t ring = capacity if capacity >= 2 else 2
-    cdef int64_t stride = (16 + nblobs * <int64_t>sizeof(Tensor) + 63) // 64 * 64
+    cdef int64_t stride = (32 + nblobs * <int64_t>sizeof(Tensor) + 63) // 64 * 64
     q.slot_mem = <char*>fp_aligned_alloc(64, ring * stride)
     if q.slot_mem == NULL:
         del q
@@ -130,7 +132,7 @@ cdef inline Slot* slot_at(Queue* q, int64_t i) noexcept nogil:
 
 
 cdef inline Tensor* slot_t(Slot* s) noexcept nogil:
-    return <Tensor*>((<char*>s) + 16)
+    return <Tensor*>((<char*>s) + 32)
 
 
 cdef void queue_close(Queue* q) noexcept nogil:
@@ -203,6 +205,8 @@ cdef int try_write(Queue* q, Tensor** ts) noexcept nogil:
             raw = fp_load_relaxed(&q.tail)
     for j in range(q.nblobs):
         tensor_swap(&slot_t(s)[j], ts[j])
+    if fp_tracking_active():
+        fp_tags_to_slot(&s.tags)        # the writer's pending tags ride on the record
     fp_exchange(&s.seq, pos + 1)        # publish (seq_cst: pairs with wake())
     return Q_OK
 
@@ -229,6 +233,8 @@ cdef int try_read(Queue* q, Tensor** outs, QStats* st) noexcept nogil:
         st.bytes += nb
         st.field_bytes[j] += nb
         tensor_swap(&slot_t(s)[j], outs[j])
+    if s.tags.len != 0 or s.tags.more != NULL:
+        fp_tags_from_slot(&s.tags)      # the reader's thread now carries them
     fp_exchange(&s.seq, pos + q.ring)   # release the slot (seq_cst: pairs with wake())
     return Q_OK
 
@@ -636,12 +642,24 @@ cdef int enqueue_inputs(OpInst* op, RunCtx* ctx, Queue* q, size_t n) noexcept no
     return queue_write(q, ts, 0, qst(op))
 
 
+cdef void track_untagged(OpInst* op, RunCtx* ctx, const string& qname) noexcept nogil:
+    """A tracking run enqueues a record that carries no provenance tag: it
+    came from a source fastpipe cannot resume, or it is the second piece of
+    a split record.  Noted once; the iterator's state() refuses with it."""
+    fp_track_note_untracked(ctx.rs.track, op_where(op, ctx) + cstr(b" enqueued into queue '") +
+                            qname + cstr(b"' a record that no resumable source read (a reader "
+                            b"fastpipe cannot resume, e.g. a Python op, or a stage that splits "
+                            b"one item into several queue items)"))
+
+
 cdef int k_enqueue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Queue* q = op_queue(op, ctx, 0)
     cdef size_t n = op.ins.size() - 1
     cdef int r
     if q == NULL or check_record(op, ctx, q, 1, n) != 0:
         return -1
+    if ctx.rs.track != NULL and not fp_tags_pending():
+        track_untagged(op, ctx, q.name)
     r = enqueue_inputs(op, ctx, q, n)
     if r == -1:
         return -1
@@ -659,6 +677,8 @@ cdef int k_safe_enqueue(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int r
     if q == NULL or check_record(op, ctx, q, 1, n) != 0:
         return -1
+    if ctx.rs.track != NULL and not fp_tags_pending():
+        track_untagged(op, ctx, q.name)
     r = enqueue_inputs(op, ctx, q, n)
     if r == -1:
         return -1

@@ -146,6 +146,35 @@ cdef int64_t rq_pop(RebatchQueue* q, Tensor* recs, int64_t want) noexcept nogil:
     return got
 
 
+cdef int64_t rq_pop_until(RebatchQueue* q, Tensor* recs, int64_t want, int64_t until_ns,
+                          bint* drained) noexcept nogil:
+    """rq_pop for a RecordIterator: gives up at until_ns (monotonic ns) with
+    what it has.  *drained: the queue is closed and empty."""
+    cdef int64_t got = 0, j, n = q.nblobs
+    cdef Tensor* slot
+    cdef bint timed_out = False
+    drained[0] = False
+    fp_lock(&q.mu)
+    while got < want:
+        while q.rpos == q.wpos and not q.closed and not timed_out:
+            q.wait_readers += 1
+            timed_out = fp_wait_until(&q.not_empty, &q.mu, until_ns)
+            q.wait_readers -= 1
+        if q.rpos == q.wpos:
+            drained[0] = q.closed
+            break
+        while got < want and q.rpos < q.wpos:
+            slot = q.ring + (q.rpos % q.capacity) * n
+            for j in range(n):
+                tensor_swap(&recs[got * n + j], &slot[j])
+            q.rpos += 1
+            got += 1
+        if q.wait_writers > 0:
+            fp_broadcast(&q.not_full)
+    fp_unlock(&q.mu)
+    return got
+
+
 # ---- ops -----------------------------------------------------------------------
 
 cdef enum:
@@ -269,6 +298,12 @@ cdef int k_enqueue_rebatching_queue(OpInst* op, RunCtx* ctx) noexcept nogil:
                         cstr(b"' holds ") + to_str(q.nblobs) +
                         cstr(b" blobs per record, but the op has ") + to_str(n) +
                         cstr(b" data inputs"))
+    if ctx.rs.track != NULL:
+        # provenance tags (runtime.pxi) do not follow rows split off a batch
+        fp_track_note_untracked(ctx.rs.track, op_where(op, ctx) + cstr(b" enqueues into "
+                                b"rebatching queue '") + q.name + cstr(b"', which splits and "
+                                b"regroups records: exact resume cannot follow them"))
+        fp_tags_clear()
     for j in range(n):
         t = in_t(op, ctx, 1 + j)
         if t == NULL:

@@ -175,6 +175,248 @@ cdef void obs_remove_probe(RunObs* o, Probe* p) noexcept nogil:
             o.probes.pop_back()
             break
     fp_unlock(&o.lock)
+# ---- provenance tags (exact resume of iterate; see iterate.pxi) ----------------
+#
+# A record read by a resumable source carries the source-space ranges it came
+# from, (source, start, end).  The tags travel with the thread: a reader op
+# adds its range to the calling thread's pending tags (a thread-local list,
+# NULL when nothing is pending: a run that does not track pays one load per
+# enqueue), a dequeue adds the dequeued record's tags, an enqueue moves the
+# pending tags onto the record (the slot's `tags` word).  A net iteration
+# that enqueues nothing (a filter dropped the record) keeps its tags pending:
+# they ride on that thread's next enqueue, or are handed to the run as
+# "orphans" when the thread ends normally.  A run tracks only when it was
+# started with an FpTrack (LocalSession.iterate hands one over through
+# fp_track_set_next on the starting thread; rs_new takes it).
+
+cdef extern from *:
+    """
+    #include <vector>
+    #include <map>
+    #include <string>
+    #include <unordered_map>
+    #include <atomic>
+    #include <mutex>
+    #include <cstdint>
+    #include <algorithm>
+    struct FpTag { int64_t src, start, end; };
+    /* A thread's pending tags: a few inline, more in a vector (records
+       merged by num_records, sources zipped).  One per thread, reused: a
+       steady tracking loop allocates nothing for tags. */
+    struct FpTags {
+        int n = 0;
+        FpTag inl[3];
+        std::vector<FpTag> more;
+        size_t size() const { return (size_t)n + more.size(); }
+        const FpTag& at(size_t i) const { return i < (size_t)n ? inl[i] : more[i - n]; }
+        FpTag& back() { return more.empty() ? inl[n - 1] : more.back(); }
+        void push(const FpTag& t) { if (n < 3 && more.empty()) inl[n++] = t; else more.push_back(t); }
+        void clear() { n = 0; more.clear(); }
+    };
+    /* What a queue slot holds (24 bytes, so a slot header stays 32): one
+       tag inline (len > 0: present), the rest (rare) in a heap vector. */
+    struct FpSlotTags { std::vector<FpTag>* more; int64_t start; int32_t len, src; };
+    static_assert(sizeof(FpSlotTags) == 24, "a queue slot header is 32 bytes");
+    /* initial-exec: the pointer is read on every enqueue and dequeue of a
+       tracking run without a __tls_get_addr call (8 bytes of static TLS);
+       the buffer is freed by a thread_local owner when the thread exits. */
+    static __thread FpTags* fp_tls_tags __attribute__((tls_model("initial-exec"))) = nullptr;
+    struct FpTagsOwner { FpTags* p = nullptr; ~FpTagsOwner() { delete p; fp_tls_tags = nullptr; } };
+    static thread_local FpTagsOwner fp_tags_owner;
+    static FpTags* fp_tags_buf() {
+        FpTags* t = fp_tls_tags;
+        if (!t) { t = new FpTags(); fp_tags_owner.p = t; fp_tls_tags = t; }
+        return t;
+    }
+    static std::atomic<int64_t> fp_tracking_runs{0};
+    static inline int fp_tracking_active() noexcept {
+        return fp_tracking_runs.load(std::memory_order_relaxed) != 0;
+    }
+    static inline int fp_tags_pending() noexcept {
+        FpTags* t = fp_tls_tags; return t != nullptr && t->size() != 0;
+    }
+    static inline void fp_tags_clear() noexcept { if (fp_tls_tags) fp_tls_tags->clear(); }
+    static int fp_tags_add(int64_t src, int64_t a, int64_t b) noexcept {
+        if (b <= a || src < 0) return 0;
+        try {
+            FpTags* t = fp_tags_buf();
+            if (t->size() && t->back().src == src && t->back().end == a) {
+                t->back().end = b; return 0;
+            }
+            t->push(FpTag{src, a, b});
+            return 0;
+        } catch (...) { return -1; }
+    }
+    /* An enqueue: the thread's pending tags move onto the slot. */
+    static inline void fp_tags_to_slot(FpSlotTags* s) noexcept {
+        FpTags* t = fp_tls_tags;
+        if (!t || t->size() == 0) return;       /* the slot's tags are clear */
+        if (t->size() == 1 && t->inl[0].end - t->inl[0].start <= INT32_MAX
+                && t->inl[0].src <= INT32_MAX) {
+            s->start = t->inl[0].start;
+            s->len = (int32_t)(t->inl[0].end - t->inl[0].start);
+            s->src = (int32_t)t->inl[0].src;
+            t->n = 0;
+            return;
+        }
+        try {
+            s->more = new std::vector<FpTag>();
+            for (size_t i = 0; i < t->size(); i++) s->more->push_back(t->at(i));
+        } catch (...) {}
+        t->clear();
+    }
+    /* A queue goes away with tagged records in it: drop their tags. */
+    static inline void fp_slot_tags_drop(FpSlotTags* s) noexcept {
+        delete s->more;
+        s->more = nullptr;
+        s->len = 0;
+    }
+    /* A dequeue: the slot's tags join the thread's pending ones. */
+    static inline void fp_tags_from_slot(FpSlotTags* s) noexcept {
+        try {
+            FpTags* t = fp_tags_buf();
+            if (s->len > 0) { t->push(FpTag{s->src, s->start, s->start + s->len}); s->len = 0; }
+            if (s->more) { for (const FpTag& x : *s->more) t->push(x); }
+        } catch (...) {}
+        delete s->more;
+        s->more = nullptr;
+    }
+    /* Disjoint, non-adjacent ranges [a, b) above `low` (everything below
+       low is in the set): what an iterator delivered, per source. */
+    /* (a sorted vector, not a tree: it holds about as many ranges as
+       records can be in flight, and adding one allocates nothing) */
+    typedef std::pair<int64_t, int64_t> FpRange;
+    struct FpRanges {
+        int64_t low = 0;
+        std::vector<FpRange> r;
+        void add(int64_t a, int64_t b) {
+            if (b <= low) return;
+            if (a < low) a = low;
+            if (a == low) {
+                low = b;
+                size_t k = 0;
+                while (k < r.size() && r[k].first <= low) {
+                    if (r[k].second > low) low = r[k].second;
+                    k++;
+                }
+                if (k) r.erase(r.begin(), r.begin() + k);
+                return;
+            }
+            /* the first range that ends at or after a: it and the ones after
+               it that start at or before b merge with [a, b) */
+            auto it = std::lower_bound(r.begin(), r.end(), a,
+                [](const FpRange& p, int64_t v) { return p.second < v; });
+            auto jt = it;
+            while (jt != r.end() && jt->first <= b) {
+                if (jt->first < a) a = jt->first;
+                if (jt->second > b) b = jt->second;
+                ++jt;
+            }
+            if (it == jt) r.insert(it, FpRange(a, b));
+            else { *it = FpRange(a, b); r.erase(it + 1, jt); }
+        }
+    };
+    /* A reader's cursor at pos: the first position >= pos not in s, and in
+       *limit the start of the next range of s above it (INT64_MAX: none). */
+    static int64_t fp_ranges_jump(const FpRanges* s, int64_t pos, int64_t* limit) noexcept {
+        if (pos < s->low) pos = s->low;
+        auto it = std::upper_bound(s->r.begin(), s->r.end(), pos,
+            [](int64_t v, const FpRange& p) { return v < p.first; });
+        if (it != s->r.begin()) {
+            auto p = it - 1;
+            if (p->second > pos) pos = p->second;
+        }
+        *limit = it == s->r.end() ? INT64_MAX : it->first;
+        return pos;
+    }
+    /* What a tracking run shares with its iterator (refcounted: the run's
+       RunState and the iterator each hold one reference). */
+    struct FpTrack {
+        std::atomic<int64_t> refcnt{1};
+        std::unordered_map<std::string, int64_t> src_of;  // reader input 0 -> source id
+        std::vector<FpRanges> skip;         // per source: delivered before (resume)
+        bool resumed = false;               // a resumed run: cursors restart at 0
+        std::mutex mu;                      // protects orphans and untracked
+        std::vector<FpTag> orphans;         // tags of records no enqueue carried on
+        std::string untracked;              // the first enqueue of an untagged record
+    };
+    static thread_local FpTrack* fp_next_track = nullptr;
+    static inline void fp_track_decref(FpTrack* t) noexcept {
+        if (t && t->refcnt.fetch_sub(1) == 1) delete t;
+    }
+    /* The next rs_new on this thread tracks with t (one reference is given). */
+    static inline void fp_track_set_next(FpTrack* t) noexcept {
+        if (fp_next_track) fp_track_decref(fp_next_track);
+        if (t) t->refcnt.fetch_add(1);
+        fp_next_track = t;
+    }
+    static inline FpTrack* fp_track_take_next() noexcept {
+        FpTrack* t = fp_next_track; fp_next_track = nullptr;
+        if (t) fp_tracking_runs.fetch_add(1);
+        return t;
+    }
+    static inline void fp_track_run_done(FpTrack* t) noexcept {
+        if (t) { fp_tracking_runs.fetch_sub(1); fp_track_decref(t); }
+    }
+    static inline int64_t fp_track_src(FpTrack* t, const std::string& name) noexcept {
+        auto it = t->src_of.find(name);
+        return it == t->src_of.end() ? -1 : it->second;
+    }
+    static inline const FpRanges* fp_track_skip(FpTrack* t, int64_t src) noexcept {
+        if (!t->resumed || src < 0 || (size_t)src >= t->skip.size()) return nullptr;
+        return &t->skip[src];
+    }
+    /* A thread ends normally: its pending tags belong to records nothing
+       carried on (dropped by a filter): delivered-empty. */
+    static void fp_track_thread_end(FpTrack* t, int ok) noexcept {
+        FpTags* p = fp_tls_tags;
+        if (!p || p->size() == 0) return;
+        if (t && ok) {
+            std::lock_guard<std::mutex> g(t->mu);
+            try { for (size_t i = 0; i < p->size(); i++) t->orphans.push_back(p->at(i)); }
+            catch (...) {}
+        }
+        p->clear();
+    }
+    static void fp_track_note_untracked(FpTrack* t, const std::string& msg) noexcept {
+        std::lock_guard<std::mutex> g(t->mu);
+        if (t->untracked.empty()) { try { t->untracked = msg; } catch (...) {} }
+    }
+    """
+    ctypedef struct FpTag:
+        int64_t src
+        int64_t start
+        int64_t end
+    cppclass FpTags:
+        pass
+    ctypedef struct FpSlotTags:
+        void* more
+        int32_t len
+    cppclass FpRanges:
+        int64_t low
+        void add(int64_t a, int64_t b) except +
+    cppclass FpTrack:
+        unordered_map[string, int64_t] src_of
+        vector[FpRanges] skip
+        bint resumed
+        vector[FpTag] orphans
+        string untracked
+    bint fp_tracking_active() noexcept nogil
+    bint fp_tags_pending() noexcept nogil
+    void fp_tags_clear() noexcept nogil
+    int fp_tags_add(int64_t src, int64_t a, int64_t b) noexcept nogil
+    void fp_tags_to_slot(FpSlotTags* s) noexcept nogil
+    void fp_tags_from_slot(FpSlotTags* s) noexcept nogil
+    void fp_slot_tags_drop(FpSlotTags* s) noexcept nogil
+    int64_t fp_ranges_jump(const FpRanges* s, int64_t pos, int64_t* limit) noexcept nogil
+    void fp_track_decref(FpTrack* t) noexcept nogil
+    void fp_track_set_next(FpTrack* t) noexcept nogil
+    FpTrack* fp_track_take_next() noexcept nogil
+    void fp_track_run_done(FpTrack* t) noexcept nogil
+    int64_t fp_track_src(FpTrack* t, const string& name) noexcept nogil
+    const FpRanges* fp_track_skip(FpTrack* t, int64_t src) noexcept nogil
+    void fp_track_thread_end(FpTrack* t, bint ok) noexcept nogil
+    void fp_track_note_untracked(FpTrack* t, const string& msg) noexcept nogil
 
 
 cdef int64_t g_run_ids = 0
@@ -206,6 +448,7 @@ cdef cppclass RunState:
     # them as FastpipeWarning when the run ends (run_warnings in dataset.pxi).
     vector[string] warnings
     RunObs* obs             # one reference, set before the driver starts; NULL: not observed
+    FpTrack* track          # provenance tracking (NULL: this run does not track)
 
 
 ctypedef struct RunCtx:
@@ -230,6 +473,7 @@ cdef RunState* rs_new() noexcept nogil:
     rs.err_instance = -1
     rs.err_stage = 0
     rs.obs = NULL
+    rs.track = fp_track_take_next()     # set by LocalSession.iterate on this thread
     return rs
 
 
@@ -253,6 +497,7 @@ cdef void rs_free(RunState* rs) noexcept nogil:
         with gil:
             Py_DECREF(<object>rs.err_exc)
     obs_decref(rs.obs)
+    fp_track_run_done(rs.track)
     fp_mutex_destroy(&rs.lock)
     fp_cond_destroy(&rs.done_cv)
     del rs
@@ -374,6 +619,17 @@ cdef bint rs_cancel_unfinished(RunState* rs, int code, const string& msg) noexce
 
 cdef inline bint rs_cancelled(RunCtx* ctx) noexcept nogil:
     return fp_load_relaxed(&ctx.rs.cancelled) != 0
+
+
+cdef inline int64_t track_src(OpInst* op, RunCtx* ctx, int64_t* run, int64_t* src) noexcept nogil:
+    """The source id of reader op `op` (keyed by its input 0: the cursor or
+    reader blob) in a tracking run, else -1; cached in *run / *src."""
+    if ctx.rs == NULL or ctx.rs.track == NULL:
+        return -1
+    if run[0] != ctx.rs.run_id:
+        src[0] = fp_track_src(ctx.rs.track, op.d.inputs[0])
+        run[0] = ctx.rs.run_id
+    return src[0]
 
 
 cdef string op_where(OpInst* op, RunCtx* ctx) noexcept nogil:
@@ -897,6 +1153,8 @@ cdef void* worker_main(void* arg) noexcept nogil:
         w.rc = -1
     else:
         w.rc = exec_step(w.step, &w.ctx)
+    if fp_tags_pending():
+        fp_track_thread_end(w.ctx.rs.track, w.rc == 0 and not rs_cancelled(&w.ctx))
     return NULL
 
 

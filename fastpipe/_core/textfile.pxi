@@ -247,6 +247,7 @@ cdef cppclass TextReader:
     bint at_eof                 # this pass's read() returned 0
     int64_t pass_no             # 0-based; == num_passes: every pass is done
     int64_t line_no             # lines handed out in this pass
+    int64_t resume_run          # the resumed run that restarted it (exact resume)
 
 
 cdef void text_reader_destroy(void* p) noexcept nogil:
@@ -398,6 +399,8 @@ cdef cppclass TfState:
     vector[int64_t] seg_line    # 1-based line number of its first line
     vector[int64_t] seg_pass    # 0-based pass of the segment
     vector[void*] outs          # per field: output data (scratch)
+    int64_t trk_run             # provenance tracking: run whose source id is cached
+    int64_t trk_src             # that source id (-1: untracked)
 
 
 cdef enum:   # argument positions (checked against the schemas on import)
@@ -435,6 +438,7 @@ cdef int k_create_text_file_reader(OpInst* op, RunCtx* ctx) noexcept nogil:
     r.at_eof = False
     r.pass_no = 0
     r.line_no = 0
+    r.resume_run = 0
     fp_mutex_init(&r.mu)
     if r.buf == NULL:
         text_reader_destroy(r)
@@ -452,6 +456,8 @@ cdef int tf_init(OpInst* op, RunCtx* ctx) noexcept nogil:
     st.cap = 0
     st.length = 0
     st.nlines = 0
+    st.trk_run = 0
+    st.trk_src = -1
     op.state = <void*>st
     return 0
 
@@ -486,10 +492,20 @@ cdef int tf_append(TfState* st, const char* p, int64_t n, bint add_nl) noexcept 
     return 0
 
 
-cdef int tf_take(TextReader* r, TfState* st, int64_t want) noexcept nogil:
+# Exact resume: a line's source position is pass * TF_PASS_SPAN + its 0-based
+# line number in the pass (the same in every process for the same file).
+cdef int64_t TF_PASS_SPAN = (<int64_t>1) << 40     # lines per pass at most
+
+
+cdef int tf_take(TextReader* r, TfState* st, int64_t want, int64_t src,
+                 const FpRanges* sk) noexcept nogil:
     """Hand the next (up to) want lines of r to st, across passes.  The
-    caller holds r.mu.  0; -1 out of memory; > 0 an errno of read/lseek."""
+    caller holds r.mu.  0; -1 out of memory; > 0 an errno of read/lseek.
+    Tracking (src >= 0): tags the lines handed out; resumed (sk): lines
+    whose positions are in sk are stepped over, not handed out."""
     cdef bint new_seg = True
+    cdef bint skipping = False
+    cdef int64_t room, pos, jpos, lim
     cdef char* p
     cdef char* q
     cdef char* e
@@ -503,7 +519,18 @@ cdef int tf_take(TextReader* r, TfState* st, int64_t want) noexcept nogil:
     st.seg_line.clear()
     st.seg_pass.clear()
     while st.nlines < want and r.pass_no < r.num_passes:
-        if new_seg:
+        room = want - st.nlines
+        skipping = False
+        if sk != NULL:
+            pos = r.pass_no * TF_PASS_SPAN + r.line_no
+            jpos = fp_ranges_jump(sk, pos, &lim)
+            if jpos > pos:
+                skipping = True         # delivered before: step over, hand out nothing
+                room = jpos - pos
+                new_seg = True
+            elif lim - pos < room:
+                room = lim - pos
+        if new_seg and not skipping:
             st.seg_off.push_back(st.length)
             st.seg_line.push_back(r.line_no + 1)
             st.seg_pass.push_back(r.pass_no)
@@ -513,26 +540,36 @@ cdef int tf_take(TextReader* r, TfState* st, int64_t want) noexcept nogil:
         e = r.buf + r.end
         q = p
         lines = 0
-        while st.nlines + lines < want:
+        while lines < room:
             nl = <char*>memchr(q, 10, e - q)
             if nl == NULL:
                 break
             q = nl + 1
             lines += 1
         if q > p:
-            if tf_append(st, p, q - p, False) != 0:
-                return -1
+            if not skipping:
+                if tf_append(st, p, q - p, False) != 0:
+                    return -1
+                st.nlines += lines
+                if src >= 0:
+                    fp_tags_add(src, r.pass_no * TF_PASS_SPAN + r.line_no,
+                                r.pass_no * TF_PASS_SPAN + r.line_no + lines)
             r.beg += q - p
-            st.nlines += lines
             r.line_no += lines
         if st.nlines >= want:
             break
+        if lines == room and q > p:
+            continue                    # a skip or a cut ended: look again
         if r.at_eof:
             if r.beg < r.end:       # a last line without a line end
-                if tf_append(st, r.buf + r.beg, r.end - r.beg, True) != 0:
-                    return -1
+                if not skipping:
+                    if tf_append(st, r.buf + r.beg, r.end - r.beg, True) != 0:
+                        return -1
+                    st.nlines += 1
+                    if src >= 0:
+                        fp_tags_add(src, r.pass_no * TF_PASS_SPAN + r.line_no,
+                                    r.pass_no * TF_PASS_SPAN + r.line_no + 1)
                 r.beg = r.end
-                st.nlines += 1
                 r.line_no += 1
                 continue
             r.pass_no += 1          # this pass is done
@@ -657,6 +694,8 @@ cdef int k_text_file_reader_read(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef int64_t rows
     cdef Tensor* out
     cdef fp_tsv_err err
+    cdef int64_t src
+    cdef const FpRanges* sk
     if h == NULL:
         return -1
     r = <TextReader*>h.impl
@@ -666,8 +705,23 @@ cdef int k_text_file_reader_read(OpInst* op, RunCtx* ctx) noexcept nogil:
                         cstr(b"' (file '") + r.filename + cstr(b"') has ") +
                         to_str(<int64_t>nf) + cstr(b" fields but the op has ") +
                         to_str(<int64_t>op.outs.size()) + cstr(b" outputs"))
+    src = track_src(op, ctx, &st.trk_run, &st.trk_src)
+    sk = fp_track_skip(ctx.rs.track, src) if src >= 0 else NULL
     fp_lock(&r.mu)
-    rc = tf_take(r, st, batch)
+    if sk != NULL and r.resume_run != ctx.rs.run_id:
+        # resumed: the first read of the run restarts the file at pass 0, line 0
+        r.resume_run = ctx.rs.run_id
+        rc = fp_tsv_rewind(r.fd)
+        if rc != 0:
+            fp_unlock(&r.mu)
+            return op_fails(op, ctx, E_RUNTIME, cstr(b"rewinding file '") + r.filename +
+                            cstr(b"': ") + fp_tsv_strerror(rc))
+        r.pass_no = 0
+        r.line_no = 0
+        r.beg = 0
+        r.end = 0
+        r.at_eof = False
+    rc = tf_take(r, st, batch, src, sk)
     fp_unlock(&r.mu)
     if rc == -1:
         return op_oom(op, ctx)
