@@ -500,7 +500,8 @@ class _WorkspaceFetch(object):
 # ---- exact resume of iterate (provenance tags: fastpipe/_core/runtime.pxi) --------
 
 #: reader ops whose input 0 (cursor / reader) is a resumable source, by op type
-_RESUMABLE_READS = ("ReadNextBatch", "ReadRandomBatch", "ReadArrayBatch", "TextFileReaderRead")
+_RESUMABLE_READS = ("ReadNextBatch", "ReadRandomBatch", "ReadArrayBatch", "ReadSegmentBatch",
+                    "TextFileReaderRead")
 _STATE_VERSION = 1
 
 
@@ -557,7 +558,7 @@ def _resume_sources(compiled):
         meta = {"kind": op.type}
         array_state = None
         permuted = op.type == "ReadRandomBatch" or (
-            op.type == "ReadArrayBatch" and _op_arg(op, "permuted") is not None
+            op.type in ("ReadArrayBatch", "ReadSegmentBatch") and _op_arg(op, "permuted") is not None
             and _op_arg(op, "permuted").i)
         if op.type == "ReadRandomBatch":
             lo = _op_arg(op, "loop_over")

@@ -786,6 +786,7 @@ def _feed_segments_fn(state_ref, name, keyed, num_records):
             _core._borrow_array(outputs[len(st.arrays)], rows)
             outputs[len(st.arrays) + 1].feed(st.next_key())
     feed_segments.__qualname__ = "NpyReader(%s).feed_segments" % name
+    feed_segments._fastpipe_array_state = state_ref   # found by LocalSession.iterate (resume)
     return feed_segments
 
 

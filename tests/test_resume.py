@@ -668,13 +668,22 @@ def test_nested_dataset_fields_resume_whole_records(epoch_shuffle):
     assert all(v == [10.0 * i + j for j in range(i % 4)] for i, v in allrec.items())
 
 
-def test_npy_reader_resumes(tmp_path):
-    np.save(str(tmp_path / "id.npy"), np.arange(N, dtype=np.int64))
+@pytest.mark.parametrize("shards", [1, 7])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_npy_reader_resumes(tmp_path, shards, shuffle):
+    """NpyReader reads in place through ReadSegmentBatch: one file, and 7
+    shards (batches that cross a shard boundary are assembled)."""
+    ids = np.arange(N, dtype=np.int64)
+    if shards == 1:
+        np.save(str(tmp_path / "id.npy"), ids)
+    else:
+        for k, part in enumerate(np.array_split(ids, shards)):
+            np.save(str(tmp_path / ("id-%d.npy" % k)), part)
 
     def job(ws, batch, inst):
         with task.TaskGroup() as tg:
             src = sources.NpyReader(str(tmp_path), fields=["id"], batch_size=batch,
-                                    shuffle=True, seed=4)
+                                    shuffle=shuffle, seed=4)
             q = pipeline.pipe(src, processor=_py_stage(False), num_runtime_threads=inst)
         return tg, q
     ws = workspace.C.Workspace()

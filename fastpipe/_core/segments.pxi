@@ -67,6 +67,8 @@ cdef cppclass SegState:
     int64_t* n_borrowed         # stat registry slots, or NULL (no counters)
     int64_t* n_assembled
     int64_t* n_gathered
+    int64_t trk_run             # provenance tracking (iterate state): cached source id
+    int64_t trk_src
 
 
 cdef int seg_init(OpInst* op, RunCtx* ctx) noexcept nogil:
@@ -88,6 +90,8 @@ cdef int seg_init(OpInst* op, RunCtx* ctx) noexcept nogil:
     for s in range(rows.size()):
         tensor_init(&st.pins[s])
     tensor_init(&st.idx)
+    st.trk_run = 0
+    st.trk_src = -1
     if pre.size():
         st.n_borrowed = stat_slot(pre + cstr(b"/borrowed_batches"))
         st.n_assembled = stat_slot(pre + cstr(b"/assembled_batches"))
@@ -231,6 +235,9 @@ cdef int k_read_segment_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
     cdef Tensor* out
     cdef Tensor* pidx
     cdef int64_t* ix = NULL
+    cdef int64_t tsrc = track_src(op, ctx, &st.trk_run, &st.trk_src)
+    cdef const FpRanges* sk = NULL
+    cdef int64_t lim = INT64_MAX, tag0, tag1
     if c == NULL:
         return -1
     S = st.pins.size()
@@ -256,17 +263,27 @@ cdef int k_read_segment_batch(OpInst* op, RunCtx* ctx) noexcept nogil:
             return rc
         ix = <int64_t*>st.idx.buf.data
     fp_lock(&c.mu)
+    sk = ds_resume_start(c, ctx, tsrc)
     if c.offsets.empty():
         c.offsets.push_back(0)
     pos = c.offsets[0]
+    if sk != NULL and pos < n:
+        pos = fp_ranges_jump(sk, pos, &lim)     # resumed: skip what was delivered
     if pos > n:
         pos = n
     take = n - pos if n - pos < batch else batch
-    if enforce and take < batch:
+    if lim - pos < take:
+        take = lim - pos    # up to the next delivered range (a shorter batch)
+    tag0 = pos
+    tag1 = pos + take
+    if enforce and take < batch and lim >= n:
+        tag1 = n
         take = 0            # a short tail is consumed and not returned
         pos = n
     c.offsets[0] = pos + take
     fp_unlock(&c.mu)
+    if tsrc >= 0:
+        fp_tags_add(tsrc, tag0, tag1)
     if scalar_out_bool(op, ctx, 0, take == 0) != 0:
         rc = -1
     elif take == 0 and record:
