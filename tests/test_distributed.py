@@ -485,3 +485,34 @@ def test_a_part_filled_batch_reaches_the_consumer_while_the_producer_waits():
         got = sorted(int(next(it)[0]) for _ in range(3))
         it.close()
     assert got == [0, 1, 2]
+
+
+@pytest.mark.timeout(120)
+def test_live_stats_and_diagnose_of_every_node_while_the_job_runs():
+    """stats() asks every node actor for its run's native counters (the
+    fastpipe.observe stats of LocalSession) while the job runs; the job is
+    held mid-run by the driver not reading (the iterator's first records)."""
+    import json
+    n = 5000
+    with task.TaskGroup() as tg:
+        with task.Node("producer"):
+            q = pipeline.pipe(sources.ArrayReader({"id": np.arange(n, dtype=np.int64)},
+                                                  batch_size=None, name="ids"), capacity=4)
+        with task.Node("consumer"):
+            out = pipeline.pipe(q, processor=pipeline.PythonProcessor(_times_two),
+                                num_runtime_threads=2, capacity=4)
+    with RaySession(node_timeout_s=TIMEOUT_S, batch_size=8, max_in_flight=2) as s:
+        it = s.iterate(tg, out, timeout=30)
+        got = [int(next(it)[0]) for _ in range(10)]
+        st = it.stats()
+        json.dumps(st)
+        prod, cons = st["nodes"]["producer"], st["nodes"]["consumer"]
+        assert prod is not None and cons is not None     # both still running
+        assert any(x["records_out"] > 0 for x in prod["stages"])
+        assert any(x["name"] == "_times_two" for x in cons["stages"]), cons["stages"]
+        assert prod["bridges"]["send"][str(q.queue())]["records"] >= 10
+        verdicts = it.diagnose()
+        assert set(verdicts) == {"producer", "consumer"}
+        assert all(isinstance(v, str) and v for v in verdicts.values())
+        it.close()
+    assert len(set(got)) == 10 and all(g % 2 == 0 and 0 <= g < 2 * n for g in got)

@@ -247,6 +247,24 @@ class NodeHost(object):
             recv = {r: dict(rs.recv_stats) for r, rs in self._runs.items()}
         return {"stacks": text, "outboxes": boxes, "recv": recv}
 
+    def observe(self, run_id):
+        """Live stats of this node's part of run ``run_id`` (fastpipe.observe
+        stats of its native run, plus its bridges), or None when that run is
+        not running here (not started yet, or finished)."""
+        from ..observe import Observer
+        with self._lock:
+            rs = self._runs.get(run_id)
+        run = getattr(rs, "run", None) if rs is not None else None
+        if run is None:
+            return None
+        obs = getattr(rs, "observer", None)
+        if obs is None:
+            obs = rs.observer = Observer(run)
+        out = obs.stats()
+        out["bridges"] = {"send": {q: b.stats() for q, b in rs.outboxes.items()},
+                          "recv": {q: dict(v) for q, v in rs.recv_stats.items()}}
+        return out
+
     def loaded_jobs(self):
         with self._lock:
             return len(self._jobs)

@@ -299,7 +299,7 @@ class RayRunHandle(object):
         self._error = None
         self._done = threading.Event()
         self._thread = None
-        self.stats = {}
+        self._final_stats = {}
 
     @property
     def outputs(self):
@@ -435,8 +435,8 @@ class RayRunHandle(object):
         with self._lock:
             failures = list(self._failures)
             cancelled = self._cancel_requested
-        self.stats = {n: r.get("stats", {}) for n, r in self._results.items() if r.get("ok")}
-        self._session.last_stats = self.stats
+        self._final_stats = {n: r.get("stats", {}) for n, r in self._results.items() if r.get("ok")}
+        self._session.last_stats = self._final_stats
         if failures or cancelled:
             # the nodes' workspaces may be half-way through anything: drop them
             self._session._kill_actors()
@@ -476,6 +476,36 @@ class RayRunHandle(object):
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
+
+    def stats(self, timeout: float = 5.0) -> dict:
+        """Live stats of every node, read without stopping the job:
+        ``{"nodes": {node: stats}}`` where each node's stats are what
+        ``RunHandle.stats()`` gives for its part of the job (stages and
+        queues by name, JSON-serialisable) plus ``"bridges"`` (records and
+        batches sent / received per cross-node queue); a node that is not
+        running (finished, or not started) is None -- after the end, the
+        final bridge counts are in ``RaySession.last_stats``."""
+        import ray
+        refs = {n: a.observe.remote(self._run_id) for n, a in self._actors.items()}
+        out = {}
+        for n, ref in refs.items():
+            try:
+                out[n] = ray.get(ref, timeout=timeout)
+            except Exception as e:      # a dead or busy actor: say so, never hang
+                out[n] = {"error": "%s: %s" % (type(e).__name__, e)}
+        return {"nodes": out}
+
+    def diagnose(self, timeout: float = 5.0) -> dict:
+        """Per running node, fastpipe's bottleneck verdict over its stages
+        (``str`` of ``RunHandle.diagnose()``'s verdict, one line)."""
+        from ..observe import bottleneck
+        res = {}
+        for n, st in self.stats(timeout)["nodes"].items():
+            if st is None or "error" in st:
+                res[n] = "not running" if st is None else st["error"]
+            else:
+                res[n] = str(bottleneck(st))
+        return res
 
     def cancel(self) -> None:
         with self._lock:
@@ -598,6 +628,18 @@ class RayRecordIterator(object):
     @property
     def fields(self):
         return self._fields
+
+    def stats(self, timeout: float = 5.0) -> dict:
+        """Live stats of every node (``RayRunHandle.stats``)."""
+        return self.run.stats(timeout)
+
+    def diagnose(self, timeout: float = 5.0) -> dict:
+        """Per node, the bottleneck verdict (``RayRunHandle.diagnose``)."""
+        return self.run.diagnose(timeout)
+
+    def cancel(self) -> None:
+        """Cancel the job on every node (``close()`` also joins it)."""
+        self.run.cancel()
 
     def __iter__(self):
         return self
