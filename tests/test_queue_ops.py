@@ -314,3 +314,27 @@ def test_buffer_viewed_from_python_is_never_recycled_under_the_view():
     assert len(views) == 200
     for i, v in enumerate(views):
         assert v.tolist() == [i] * 8, (i, v.tolist())
+
+
+def test_a_created_net_rerun_after_its_queue_was_recreated_counts_into_the_new_queue():
+    """CreateBlobsQueue runs again while a created net's EnqueueBlobs holds
+    the old queue's last reference: the op must hand its counters to the old
+    queue before dropping it (found in review: the counters were added into
+    the freed queue -- a heap-use-after-free under tools/sanitize.sh)."""
+    ws = workspace.C.Workspace()
+    init = core.Net("init")
+    init.CreateBlobsQueue([], ["q"], capacity=4, num_blobs=1)
+    ws.feed_blob("x", np.arange(3, dtype=np.float32))
+    prod = core.Net("prod")
+    prod.EnqueueBlobs(["q", "x"], ["x"])
+    ws.run(init)
+    ws.create_net(prod)
+    ws._native.run_net("prod")
+    for _ in range(3):
+        ws.run(init)                  # a new queue; the op held the old one's last reference
+        ws.feed_blob("x", np.arange(3, dtype=np.float32))
+        ws._native.run_net("prod")
+    drain = core.Net("drain")
+    drain.DequeueBlobs(["q"], ["y"])
+    ws.run(drain)
+    assert np.array_equal(ws.fetch_blob("y"), np.arange(3, dtype=np.float32))

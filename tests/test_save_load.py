@@ -549,3 +549,63 @@ def test_text_file_reader_whose_file_is_gone_is_a_clear_load_error(tmp_path):
     with pytest.raises(RunError, match=r"record 0 \('tfr'\): text file reader state: cannot "
                                        r"reopen file '%s'" % path):
         _load(workspace.C.Workspace(), ["tfr"], tmp_path / "db")
+
+
+# ---- hostile files (found in review: each crashed or silently succeeded) ----------
+
+def _rec(name, kind, dtype, shape, payload, plen=None):
+    import struct
+    if plen is None:
+        plen = len(payload)
+    nb = name.encode()
+    h = struct.pack("<4sIIIIIQ", b"FPRC", kind, dtype, len(shape), len(nb), 0, plen)
+    h += struct.pack("<%dq" % len(shape), *shape) + nb
+    h += struct.pack("<I", _crc32c(h))
+    return h + payload + struct.pack("<I", _crc32c(payload))
+
+
+def _db(recs):
+    import struct
+    h = b"FPMINIDB" + struct.pack("<IIQI", 1, 0, len(recs), 0)
+    h += struct.pack("<I", _crc32c(h))
+    return h + b"".join(recs)
+
+
+def test_a_record_claiming_a_huge_payload_is_an_error_not_a_silent_success(tmp_path):
+    """A string record whose length field says 2**62 bytes (valid header
+    checksum, file truncated): before, resize() threw inside a noexcept
+    kernel, Cython printed 'Exception ignored' and Load returned success
+    with the blob unchanged."""
+    ws = workspace.C.Workspace()
+    ws.feed_blob("s", np.array([b"old"], dtype=object))
+    p = tmp_path / "huge.db"
+    p.write_bytes(_db([_rec("s", 0, 4, (1,), b"", plen=1 << 62)])[:-4])
+    with pytest.raises(RunError, match="payload longer than the rest of the file"):
+        _load(ws, ["s"], p)
+
+
+def test_a_text_reader_state_with_a_bad_field_type_is_refused(tmp_path):
+    """A text-file reader record whose field type the parser does not read
+    (5: a 1-byte type; 999): before, the next read wrote std::strings into
+    1-byte slots (a segfault)."""
+    import struct
+    data = tmp_path / "data.tsv"
+    data.write_text("".join("%s\t%d.5\n" % ("x" * 40, i) for i in range(200)))
+    fn = str(data).encode()
+    for t in (5, 999):
+        pay = (struct.pack("<I", len(fn)) + fn + struct.pack("<I", 2) + struct.pack("<ii", t, 1)
+               + struct.pack("<I", 0) + struct.pack("<qqqq", 1, 0, 0, 0))
+        p = tmp_path / ("tr%d.db" % t)
+        p.write_bytes(_db([_rec("tfr", 7, 0, (), pay)]))
+        ws = workspace.C.Workspace()
+        with pytest.raises(RunError, match="field type %d is not one a text reader reads" % t):
+            _load(ws, ["tfr"], p)
+
+
+def test_save_refuses_a_name_load_would_refuse(tmp_path):
+    ws = workspace.C.Workspace()
+    name = "n" * ((1 << 20) + 5)
+    ws.feed_blob(name, np.zeros(1, np.float32))
+    with pytest.raises(RunError, match="longer than a minidb record allows"):
+        _save(ws, [name], tmp_path / "long.db")
+    assert not (tmp_path / "long.db").exists()

@@ -491,8 +491,20 @@ cdef int k_create_queue(OpInst* op, RunCtx* ctx) noexcept nogil:
 cdef Queue* op_queue(OpInst* op, RunCtx* ctx, size_t i) noexcept nogil:
     """Input i as a queue, registered with this run so that a failure
     anywhere closes it (waking every waiter)."""
-    cdef ObjHeader* h = op_obj(op, ctx, i, OBJ_QUEUE)
+    cdef ObjHeader* old = op.objs[i]
+    cdef QOpState* s
+    cdef ObjHeader* h
     cdef int64_t by
+    if old != NULL and op.ins[i].obj != old and op.d.init == qop_init:
+        # The blob holds another queue now (CreateBlobsQueue ran again) and
+        # op_obj is about to drop the op's reference to the old one, maybe
+        # its last: hand the op's counters to the old queue while it lives.
+        s = <QOpState*>op.state
+        if s != NULL and s.st.queue == old.impl:
+            qop_unbind(s)
+            qstats_flush(&s.st)
+            s.st.queue = NULL
+    h = op_obj(op, ctx, i, OBJ_QUEUE)
     if h == NULL:
         return NULL
     if op.obj_run[i] != ctx.rs.run_id:

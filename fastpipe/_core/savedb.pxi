@@ -207,6 +207,13 @@ cdef extern from *:
         if (fd < 0) *eno = errno;
         return fd;
     }
+    /* bytes of the open file after the current offset (-1: unknown) */
+    static int64_t fp_db_left(int fd) {
+        struct stat st;
+        off_t cur = lseek(fd, 0, SEEK_CUR);
+        if (cur < 0 || fstat(fd, &st) != 0) return -1;
+        return (int64_t)st.st_size - (int64_t)cur;
+    }
     static int fp_db_open_new(const char* path, int* eno) {
         int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd < 0) *eno = errno;
@@ -241,6 +248,7 @@ cdef extern from *:
     int fp_db_write_all(int fd, const void* p, int64_t n) noexcept nogil
     int64_t fp_db_read_all(int fd, void* p, int64_t n, int* eno) noexcept nogil
     string fp_db_strerror(int e) noexcept nogil
+    int64_t fp_db_left(int fd) noexcept nogil
     int fp_db_open_read(const char* path, int* eno) noexcept nogil
     int fp_db_open_new(const char* path, int* eno) noexcept nogil
     int fp_db_finish(int fd) noexcept nogil
@@ -376,6 +384,10 @@ cdef int db_save_blob(int fd, Blob* b, const string& key, string* pending,
     cdef int64_t plen = 0
     cdef int e
     cdef int64_t zero_shape[1]
+    if key.size() > DB_MAX_NAME:
+        err[0] = cstr(b"blob name of ") + to_str(<int64_t>key.size()) + \
+            cstr(b" bytes is longer than a minidb record allows (1 MiB)")
+        return -1
     h = blob_get_obj(b)
     if h != NULL:
         if h.kind == OBJ_COUNTER:
@@ -606,6 +618,7 @@ cdef int db_next_header(DbReader* r, string* err) noexcept nogil:
     cdef string rest
     cdef uint32_t nlen, crc
     cdef int i
+    cdef int64_t left
     r.name.clear()
     if db_read_exact(r, f, DB_REC_FIXED, err) != 0:
         return -1
@@ -627,6 +640,12 @@ cdef int db_next_header(DbReader* r, string* err) noexcept nogil:
     for i in range(r.ndim):
         r.shape[i] = <int64_t>get_u64(rest.data() + 8 * i)
     r.name = rest.substr(8 * r.ndim, nlen)
+    # a payload (and its CRC) must fit in what is left of the file: a corrupt
+    # length is an error here, before anything is allocated for it
+    left = fp_db_left(r.fd)
+    if r.plen > (<uint64_t>1 << 62) or (left >= 0 and <int64_t>r.plen + 4 > left):
+        return db_fail(r, err, b"the file is corrupt or truncated (record payload longer than "
+                       b"the rest of the file)")
     return 0
 
 

@@ -339,6 +339,10 @@ cdef int text_reader_from_state(const char* p, size_t len, ObjHeader** out,
     for k in range(n):
         memcpy(&t, p + pos, 4)
         pos += 4
+        if not (t == 1 or t == 2 or t == 4 or t == 6 or t == 7 or t == 8 or t == 9 or
+                t == 10 or t == 13):     # TEXT_FIELD_TYPES (_opschema): what fp_tsv_parse reads
+            err[0] = cstr(b"field type ") + to_str(t) + cstr(b" is not one a text reader reads")
+            return -1
         types.push_back(t)
     if len - pos < 4:
         err[0] = cstr(b"too short")
@@ -354,6 +358,10 @@ cdef int text_reader_from_state(const char* p, size_t len, ObjHeader** out,
         err[0] = cstr(b"bad length")
         return -1
     memcpy(v, p + pos, 32)
+    if types.size() == 0 or (names.size() and names.size() != types.size()) or \
+            v[0] < 0 or v[1] < 0 or v[2] < 0 or v[3] < 0:
+        err[0] = cstr(b"inconsistent state (fields, passes, line or offset out of range)")
+        return -1
     fd = fp_tsv_open(fname.c_str(), err)
     if fd < 0:
         err[0] = cstr(b"cannot reopen file '") + fname + cstr(b"': ") + err[0]

@@ -230,7 +230,9 @@ class RaySession(_session.Session):
             cur = self._current
             if cur is not None and not cur.done():
                 raise GraphError("RaySession: a job is already running on this session "
-                                 "(its nodes' workspaces are shared); wait() for it first")
+                                 "(its nodes' workspaces are shared): wait() for its run handle, or "
+                                 "close() the iterator of an earlier iterate() (a loop left with "
+                                 "break keeps its job running until then)")
         node_kwargs = _node_kwargs(compiled)
         actors = {n: self._actor(n, node_kwargs.get(n, {})) for n in compiled.nodes()}
         handle = RayRunHandle(self, compiled, actors)
