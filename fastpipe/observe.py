@@ -398,6 +398,7 @@ def make_stall_handler(native_ref, iterated, on_stall):
     def handler():
         ident = threading.get_ident()
         known = ident in threading._active      # (the watchdog is a native thread)
+        native = report = None
         try:
             native = native_ref()
             if native is None:
@@ -415,11 +416,30 @@ def make_stall_handler(native_ref, iterated, on_stall):
                 from .errors import StallError
                 native._fail_with(StallError(str(report), report))
         finally:
+            report = None
+            if native is not None and sys.getrefcount(native) <= 2:
+                # The user dropped the run while this ran: this is its last
+                # reference, and freeing the Run here would join the driver
+                # thread, which is joining this one.  Hand it to a thread
+                # that frees it once this one has let go.
+                box, let_go = [native], threading.Event()
+                threading.Thread(target=_release, args=(box, let_go), name="fastpipe-release",
+                                 daemon=True).start()
+                native = None
+                let_go.set()
+            native = None
             if not known:
                 # logging called threading.current_thread(), which registers a
                 # _DummyThread for this native thread that would never go away
                 threading._active.pop(ident, None)
     return handler
+
+
+def _release(box, let_go):
+    """Drop the object in ``box`` on this thread, once ``let_go`` is set
+    (see make_stall_handler)."""
+    let_go.wait()
+    box.clear()
 
 
 # ---- progress ---------------------------------------------------------------------------

@@ -394,3 +394,43 @@ def test_a_slow_loop_over_a_full_queue_is_not_a_stall(ws):
     finally:
         logger.removeHandler(seen)
     assert not [m for m in seen.messages if "stalled" in m]
+
+
+@pytest.mark.timeout(60)
+def test_dropping_the_run_while_the_stall_handler_logs_frees_it_without_deadlock():
+    """The user drops the run while the watchdog's handler is inside a slow
+    log handler: the handler then holds the Run's last reference.  Freeing
+    it there joined the driver thread, which was joining the watchdog: both
+    threads hung for ever (found in review).  Now it is freed on a helper
+    thread and every thread ends."""
+    import gc
+    import os
+    from fastpipe import workspace
+    entered, dropped = threading.Event(), threading.Event()
+
+    class Slow(logging.Handler):
+        def emit(self, record):
+            if not entered.is_set():
+                entered.set()
+                dropped.wait(20)
+
+    def ntasks():
+        return len(os.listdir("/proc/self/task"))
+    lg = logging.getLogger("fastpipe")
+    h = Slow()
+    lg.addHandler(h)
+    try:
+        before = ntasks()
+        tg, _, _ = _stalled_job()
+        s = session.LocalSession(workspace.C.Workspace(), stall_timeout=0.2)
+        run = s.start(tg)
+        assert entered.wait(20)
+        del run
+        gc.collect()
+        dropped.set()
+        deadline = time.monotonic() + 20
+        while ntasks() > before and time.monotonic() < deadline:
+            time.sleep(0.01)      # polling for the threads to end (bounded), not synchronisation
+        assert ntasks() <= before, "threads left: %d (before: %d)" % (ntasks(), before)
+    finally:
+        lg.removeHandler(h)
