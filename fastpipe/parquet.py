@@ -431,6 +431,16 @@ class ParquetReader(Reader):
             fill = {}
         else:
             fill = {f: fill_nulls for f in fields}
+        for f, t in zip(fields, types):
+            if f in fill:
+                try:
+                    pa.scalar(fill[f], type=t)
+                except (TypeError, ValueError, pa.ArrowException) as e:
+                    raise ArgumentError(
+                        "%s: fill_nulls value %r does not fit column %r (%s): %s%s"
+                        % (what, fill[f], f, t, e,
+                           "" if isinstance(fill_nulls, Mapping) else
+                           "; give one value per column: fill_nulls={column: value}")) from e
         self.paths = paths
         self.field_names_ = fields
         self.dtypes = [_numpy_dtype(pa, t) for t in types]

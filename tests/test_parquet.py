@@ -196,6 +196,20 @@ def test_nulls_are_an_error_naming_file_column_and_row_group(ws, tmp_path):
         ParquetReader(str(tmp_path / "n.parquet"), fill_nulls={"nope": 0})
 
 
+def test_a_fill_value_that_does_not_fit_a_column_is_refused_naming_it(tmp_path):
+    """fill_nulls=0 for every column, one of them strings: refused when the
+    reader is made, naming the column (before: an ArrowTypeError at run
+    time naming no column -- a newcomer's report)."""
+    pq.write_table(pa.table({"id": np.arange(4, dtype=np.int64),
+                             "label": ["a", None, "c", "d"]}), str(tmp_path / "s.parquet"))
+    with pytest.raises(ArgumentError, match="fill_nulls value 0 does not fit column 'label'"
+                                            ".*fill_nulls=\\{column: value\\}"):
+        ParquetReader(str(tmp_path / "s.parquet"), fill_nulls=0)
+    with pytest.raises(ArgumentError, match="does not fit column 'label'"):
+        ParquetReader(str(tmp_path / "s.parquet"), fill_nulls={"label": 3.5})
+    ParquetReader(str(tmp_path / "s.parquet"), fill_nulls={"label": "?"})
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("instances", [2, 4])
 def test_shuffle_with_a_seed_is_reproducible(ws, tmp_path, instances):
