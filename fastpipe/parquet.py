@@ -32,15 +32,15 @@ import sys
 import threading
 import weakref
 from collections import deque
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core, core
 from .dataio import Reader
-from .errors import ArgumentError, FastpipeError, GraphError, NotSupportedError
+from .errors import ArgumentError, FastpipeError, NotSupportedError
 from .schema import Scalar, Struct
-from .sources import SEED_LIMIT, FileMissingError, _check_one_group, _dead, _name_last_op
+from .sources import SEED_LIMIT, FileMissingError, _dead, _PythonOpSource
 
 __all__ = ["ParquetReader", "NullValueError", "PARQUET_EXTRA"]
 
@@ -307,7 +307,7 @@ def _read_fn(state_ref, name, batch_size, pa, pq):
     return read_batch
 
 
-class ParquetReader(Reader):
+class ParquetReader(_PythonOpSource):
     """A reader over Parquet files: row groups decoded in parallel, batches
     of exactly ``batch_size``.
 
@@ -466,27 +466,17 @@ class ParquetReader(Reader):
         with self._state.cond:
             return dict(self._state.counts)
 
-    def setup_ex(self, init_net: core.Net, exit_net: Optional[core.Net]) -> None:
-        """Add the op that starts an epoch to ``init_net`` (once)."""
-        if _check_one_group(self, "ParquetReader") or self._set_up:
-            return
-        init_net.add_attribute("fastpipe.sources", self._state)
-        init_net.Python(_start_fn(weakref.ref(self._state), self.name))([], [])
-        _name_last_op(init_net, self.name + "/start")
-        self._set_up = True
+    _KIND = "ParquetReader"
 
-    def read(self, read_net: core.Net) -> Tuple[core.BlobReference, List[core.BlobReference]]:
-        """Append the ``Python`` op that reads the next batch."""
-        if not self._set_up:
-            raise GraphError("ParquetReader %r: setup_ex not called." % self.name)
-        read_net.add_attribute("fastpipe.sources", self._state)
-        scope = core.ScopedName(read_net.NextName(self.name))
-        outs = [core.BlobReference("%s/%s" % (scope, f)) for f in ["stop"] + self.field_names_]
+    def _field_names(self) -> Sequence[str]:
+        return self.field_names_
+
+    def _start_op(self):
+        return _start_fn(weakref.ref(self._state), self.name)
+
+    def _read_op(self):
         pa, pq = self._pa
-        read_net.Python(_read_fn(weakref.ref(self._state), self.name, self.batch_size,
-                                 pa, pq))([], outs)
-        _name_last_op(read_net, self.name)
-        return outs[0], outs[1:]
+        return _read_fn(weakref.ref(self._state), self.name, self.batch_size, pa, pq)
 
     def reset(self, net: core.Net) -> None:
         raise NotSupportedError("ParquetReader %r: reset is not supported (every run starts "

@@ -383,7 +383,38 @@ def _read_fn(state_ref, name, fields, batch_size):
     return read_items
 
 
-class IterableReader(Reader):
+class _PythonOpSource(Reader):
+    """A source whose run starts with one Python op (``_start_op()``, in the
+    init net) and whose read is one Python op (``_read_op()``) producing the
+    stop flag and the fields (``_field_names()``); subclasses hold their run
+    state in ``_state`` and set ``_set_up = False``.  ``_KIND`` names the
+    class in errors."""
+
+    _KIND = "source"
+
+    def setup_ex(self, init_net: core.Net, exit_net: Optional[core.Net]) -> None:
+        """Add the op that starts a run's iteration to ``init_net`` (once)."""
+        if _check_one_group(self, self._KIND) or self._set_up:
+            return
+        init_net.add_attribute("fastpipe.sources", self._state)
+        init_net.Python(self._start_op())([], [])
+        _name_last_op(init_net, self.name + "/start")
+        self._set_up = True
+
+    def read(self, read_net: core.Net) -> Tuple[core.BlobReference, List[core.BlobReference]]:
+        """Append the ``Python`` op that reads the next batch or item(s)."""
+        if not self._set_up:
+            raise GraphError("%s %r: setup_ex not called." % (self._KIND, self.name))
+        read_net.add_attribute("fastpipe.sources", self._state)
+        scope = core.ScopedName(read_net.NextName(self.name))
+        outs = [core.BlobReference("%s/%s" % (scope, f))
+                for f in ("stop",) + tuple(self._field_names())]
+        read_net.Python(self._read_op())([], outs)
+        _name_last_op(read_net, self.name)
+        return outs[0], outs[1:]
+
+
+class IterableReader(_PythonOpSource):
     """A reader over a Python iterable or generator.
 
     Args:
@@ -442,26 +473,16 @@ class IterableReader(Reader):
         Reader.__init__(self, Struct(*[(f, Scalar()) for f in fields]))
         self._set_up = False
 
-    def setup_ex(self, init_net: core.Net, exit_net: Optional[core.Net]) -> None:
-        """Add the op that starts the iteration to ``init_net`` (once)."""
-        if _check_one_group(self, "IterableReader") or self._set_up:
-            return
-        init_net.add_attribute("fastpipe.sources", self._state)
-        init_net.Python(_start_fn(weakref.ref(self._state), self.name))([], [])
-        _name_last_op(init_net, self.name + "/start")
-        self._set_up = True
+    _KIND = "IterableReader"
 
-    def read(self, read_net: core.Net) -> Tuple[core.BlobReference, List[core.BlobReference]]:
-        """Append the ``Python`` op that reads the next item(s)."""
-        if not self._set_up:
-            raise GraphError("IterableReader %r: setup_ex not called." % self.name)
-        read_net.add_attribute("fastpipe.sources", self._state)
-        scope = core.ScopedName(read_net.NextName(self.name))
-        outs = [core.BlobReference("%s/%s" % (scope, f)) for f in ("stop",) + self.fields]
-        read_net.Python(_read_fn(weakref.ref(self._state), self.name, self.fields,
-                                 self.batch_size))([], outs)
-        _name_last_op(read_net, self.name)
-        return outs[0], outs[1:]
+    def _field_names(self) -> Sequence[str]:
+        return self.fields
+
+    def _start_op(self):
+        return _start_fn(weakref.ref(self._state), self.name)
+
+    def _read_op(self):
+        return _read_fn(weakref.ref(self._state), self.name, self.fields, self.batch_size)
 
 
 
