@@ -376,7 +376,30 @@ def _queue_blob(queue) -> Tuple[str, Optional[Tuple[str, ...]]]:
                         % type(queue).__name__)
 
 
-class RunHandle(object):
+class JoinOnExit(object):
+    """A run handle as a context manager: exit cancels an unfinished job and
+    joins it (its CancelledError suppressed; another error is raised unless
+    the block is already leaving with one).  Needs done/cancel/wait."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self.done():
+            self.cancel()
+        try:
+            self.wait()
+        except CancelledError:
+            pass
+        except Exception:
+            if exc_type is None:
+                raise
+        return False
+
+
+class RunHandle(JoinOnExit):
     """A job started by ``LocalSession.start`` (or the one a RecordIterator
     reads from).  It runs on native threads; this handle only waits for it
     or stops it.
@@ -452,21 +475,6 @@ class RunHandle(object):
 
     def done(self) -> bool:
         return self._run.done()
-
-    def __enter__(self) -> "RunHandle":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if not self._run.done():
-            self._run.cancel()
-        try:
-            self.wait()
-        except CancelledError:
-            pass
-        except Exception:
-            if exc_type is None:
-                raise
-        return False
 
     def __repr__(self):
         return "<RunHandle %s>" % ("done" if self._run.done() else "running")

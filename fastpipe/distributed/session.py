@@ -276,7 +276,7 @@ def _node_kwargs(compiled):
     return dict(getattr(compiled.split, "node_kwargs", {}) or {})
 
 
-class RayRunHandle(object):
+class RayRunHandle(_session.JoinOnExit):
     """A job started by ``RaySession.start`` (same methods as
     ``session.RunHandle``): ``wait(timeout=None)`` returns True once every
     node finished (raising the job's error -- ``NodeFailedError`` /
@@ -521,21 +521,6 @@ class RayRunHandle(object):
         """The first failure seen so far (a dict), or None."""
         with self._lock:
             return self._failures[0] if self._failures else None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if not self.done():
-            self.cancel()
-        try:
-            self.wait()
-        except CancelledError:
-            pass
-        except Exception:
-            if exc_type is None:
-                raise
-        return False
 
     def __repr__(self):
         return "<RayRunHandle %s>" % ("done" if self.done() else "running")
