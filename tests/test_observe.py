@@ -382,7 +382,9 @@ def test_a_slow_loop_over_a_full_queue_is_not_a_stall(ws):
     logger = logging.getLogger("fastpipe")
     logger.addHandler(seen)
     try:
-        with session.LocalSession(ws, stall_timeout=0.05, on_stall="raise") as s:
+        # stall_timeout well above a loaded machine's scheduling gaps: at
+        # 0.05 s, CI once saw 50 ms without a move while the loop drained
+        with session.LocalSession(ws, stall_timeout=0.5, on_stall="raise") as s:
             it = s.iterate(tg, q)
             next(it)
             # wait (bounded) until the watchdog has looked at the still job
